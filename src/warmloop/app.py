@@ -1,0 +1,85 @@
+"""`create_app(config)`: the ASGI app. Everything mutable hangs off the app it builds."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from warmloop.config import Config
+from warmloop.engine.engine import Engine, EngineConfig
+from warmloop.protocol.errors import APIError, InvalidRequest, NotFound
+from warmloop.serving.prompt import PromptRenderer
+from warmloop.serving.responses_service import ResponsesService
+from warmloop.session.response_store import InMemoryResponseStore
+from warmloop.transport import http, websocket
+from warmloop.transport.auth import KeyRing
+from warmloop.transport.errors import api_error_handler, http_error
+from warmloop.transport.runtime import Runtime
+
+log = logging.getLogger("warmloop")
+
+
+def build_runtime(config: Config) -> tuple[Runtime, Engine]:
+    model_path = config.model_path()
+    engine = Engine(
+        EngineConfig(
+            model_path=model_path,
+            ctx_per_seq=config.ctx,
+            slots=config.slots,
+            threads=config.threads,
+            batch_tokens=config.batch_tokens,
+            kv_reuse=config.kv_reuse,
+        )
+    )
+    backend = engine.backend
+    renderer = PromptRenderer(
+        backend.chat_template(),
+        bos_token=backend.special_text("bos"),
+        eos_token=backend.special_text("eos"),
+    )
+    store = InMemoryResponseStore(config.store_max_responses, config.store_max_bytes)
+    service = ResponsesService(config, engine, store, renderer, model_id=model_path.stem)
+    return Runtime(config=config, service=service, keys=KeyRing(config.api_keys)), engine
+
+
+def create_app(config: Config) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime, engine = build_runtime(config)
+        engine.start()
+        app.state.runtime = runtime
+        log.info(
+            "warmloop serving %s on %d slots x %d tokens (kv reuse %s)",
+            runtime.service.model_id,
+            config.slots,
+            config.ctx,
+            "on" if config.kv_reuse else "off",
+        )
+        try:
+            yield
+        finally:
+            engine.stop()
+
+    app = FastAPI(title="warmloop", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.include_router(http.router)
+    app.include_router(websocket.router)
+    app.add_exception_handler(APIError, api_error_handler)
+
+    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in err.get("loc", ())[1:]) or None
+        return http_error(InvalidRequest(f"Invalid value for '{param}': {err['msg']}", param=param))
+
+    async def not_found(request: Request, _exc: Exception) -> JSONResponse:
+        return http_error(NotFound(f"Unknown route: {request.method} {request.url.path}"))
+
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(404, not_found)
+    return app

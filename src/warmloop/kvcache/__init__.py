@@ -1,0 +1,1 @@
+"""kvcache layer (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""Wire-level types: requests, items, events and errors of the Responses API."""

@@ -1,0 +1,184 @@
+"""Conversation items: parsed from the wire into small frozen records, and back.
+
+Internally a conversation is a tuple of `Item`s; the wire shapes are the SDK's
+(`openai.types.responses`), produced by `item_to_wire`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from warmloop.protocol.errors import InvalidRequest
+
+Role = Literal["user", "system", "developer", "assistant"]
+_ROLES: tuple[str, ...] = ("user", "system", "developer", "assistant")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+@dataclass(frozen=True)
+class MessageItem:
+    id: str
+    role: Role
+    text: str
+    type: Literal["message"] = "message"
+
+
+@dataclass(frozen=True)
+class FunctionCallItem:
+    id: str
+    call_id: str
+    name: str
+    arguments: str
+    type: Literal["function_call"] = "function_call"
+
+
+@dataclass(frozen=True)
+class FunctionCallOutputItem:
+    id: str
+    call_id: str
+    output: str
+    type: Literal["function_call_output"] = "function_call_output"
+
+
+@dataclass(frozen=True)
+class ItemReference:
+    """`{"type": "item_reference", "id": ...}`: resolved against stored items."""
+
+    id: str
+
+
+Item = MessageItem | FunctionCallItem | FunctionCallOutputItem
+
+
+def item_size(item: Item) -> int:
+    """Approximate bytes an item holds (for the store's byte bound)."""
+    if isinstance(item, MessageItem):
+        return 64 + len(item.text.encode())
+    if isinstance(item, FunctionCallItem):
+        return 96 + len(item.arguments.encode()) + len(item.name)
+    return 64 + len(item.output.encode())
+
+
+def item_to_wire(item: Item) -> dict[str, Any]:
+    if isinstance(item, MessageItem):
+        part = "output_text" if item.role == "assistant" else "input_text"
+        content: dict[str, Any] = {"type": part, "text": item.text}
+        if part == "output_text":
+            content["annotations"] = []
+            content["logprobs"] = []
+        return {
+            "type": "message",
+            "id": item.id,
+            "role": item.role,
+            "status": "completed",
+            "content": [content],
+        }
+    if isinstance(item, FunctionCallItem):
+        return {
+            "type": "function_call",
+            "id": item.id,
+            "call_id": item.call_id,
+            "name": item.name,
+            "arguments": item.arguments,
+            "status": "completed",
+        }
+    return {
+        "type": "function_call_output",
+        "id": item.id,
+        "call_id": item.call_id,
+        "output": item.output,
+        "status": "completed",
+    }
+
+
+# ----- parsing ------------------------------------------------------------------------
+def _str_field(raw: dict[str, Any], key: str, param: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{param}.{key}' must be a string.", param=f"{param}.{key}")
+    return value
+
+
+def _message_text(content: Any, param: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidRequest(
+            f"'{param}.content' must be a string or a list of content parts.",
+            param=f"{param}.content",
+        )
+    texts: list[str] = []
+    for j, part in enumerate(content):
+        where = f"{param}.content[{j}]"
+        if not isinstance(part, dict):
+            raise InvalidRequest(f"'{where}' must be an object.", param=where)
+        kind = part.get("type")
+        if kind in ("input_text", "output_text", "text"):
+            texts.append(_str_field(part, "text", where))
+        elif kind == "refusal":
+            texts.append(_str_field(part, "refusal", where))
+        else:
+            raise InvalidRequest(
+                f"Content part type '{kind}' is not supported by this model "
+                "(text only: 'input_text', 'output_text').",
+                param=f"{where}.type",
+            )
+    return "".join(texts)
+
+
+def _output_text(raw: Any, param: str) -> str:
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, list):  # list of input_text parts is allowed for tool outputs
+        return _message_text(raw, param.rsplit(".", 1)[0])
+    raise InvalidRequest(f"'{param}' must be a string.", param=param)
+
+
+def parse_item(raw: Any, index: int) -> Item | ItemReference:
+    param = f"input[{index}]"
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"'{param}' must be an object.", param=param)
+    kind = raw.get("type", "message" if "role" in raw else None)
+    if kind == "message":
+        role = raw.get("role")
+        if role not in _ROLES:
+            raise InvalidRequest(
+                f"'{param}.role' must be one of {', '.join(_ROLES)}.", param=f"{param}.role"
+            )
+        if "content" not in raw:
+            raise InvalidRequest(f"'{param}.content' is required.", param=f"{param}.content")
+        item_id = raw.get("id") or new_id("msg")
+        return MessageItem(str(item_id), role, _message_text(raw["content"], param))
+    if kind == "function_call":
+        call_id = _str_field(raw, "call_id", param)
+        name = _str_field(raw, "name", param)
+        arguments = _str_field(raw, "arguments", param)
+        return FunctionCallItem(str(raw.get("id") or new_id("fc")), call_id, name, arguments)
+    if kind == "function_call_output":
+        call_id = _str_field(raw, "call_id", param)
+        if "output" not in raw:
+            raise InvalidRequest(f"'{param}.output' is required.", param=f"{param}.output")
+        output = _output_text(raw["output"], f"{param}.output")
+        return FunctionCallOutputItem(str(raw.get("id") or new_id("fco")), call_id, output)
+    if kind == "item_reference":
+        return ItemReference(_str_field(raw, "id", param))
+    raise InvalidRequest(
+        f"Input item type '{kind}' is not supported "
+        "(supported: message, function_call, function_call_output, item_reference).",
+        param=f"{param}.type",
+    )
+
+
+def parse_input(raw: Any) -> list[Item | ItemReference]:
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        return [MessageItem(new_id("msg"), "user", raw)]
+    if not isinstance(raw, list):
+        raise InvalidRequest("'input' must be a string or a list of items.", param="input")
+    return [parse_item(x, i) for i, x in enumerate(raw)]

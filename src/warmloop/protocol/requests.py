@@ -1,0 +1,233 @@
+"""The `POST /v1/responses` body (and WebSocket `response.create`), validated.
+
+Unknown fields are a 400 naming the field; fields that carry no meaning for a local
+model (`service_tier`, `prompt_cache_key`, `user`, ...) are accepted and echoed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from warmloop.protocol.errors import InvalidRequest
+from warmloop.protocol.items import Item, ItemReference, parse_input
+
+# Hosted or client-executed tool kinds that a local chat model cannot be given as
+# JSON-schema functions. They are left out of the prompt (and logged), as OpenAI's
+# docs allow for tools a model does not support; every other unknown kind is a 400.
+SKIPPABLE_TOOL_TYPES = frozenset(
+    {
+        "web_search",
+        "web_search_preview",
+        "file_search",
+        "code_interpreter",
+        "image_generation",
+        "computer_use_preview",
+        "local_shell",
+        "custom",
+        "mcp",
+        "tool_search",
+    }
+)
+
+
+class CreateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    model: str | None = None
+    input: str | list[Any] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    store: bool | None = True
+    stream: bool | None = False
+    background: bool | None = None
+    generate: bool | None = True
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = True
+    max_tool_calls: int | None = Field(default=None, ge=1)
+    text: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    include: list[str] | None = None
+    reasoning: dict[str, Any] | None = None
+    service_tier: str | None = None
+    stream_options: dict[str, Any] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=0)
+    client_metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class FunctionTool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    strict: bool
+
+
+@dataclass(frozen=True)
+class TextFormat:
+    kind: Literal["text", "json_schema", "json_object"]
+    name: str | None = None
+    schema: dict[str, Any] | None = None
+
+
+ToolChoice = Literal["auto", "none", "required"] | str  # a bare name means "this function"
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    body: CreateBody
+    items: list[Item | ItemReference]
+    tools: tuple[FunctionTool, ...]
+    tool_choice: str  # "auto" | "none" | "required" | "function:<name>"
+    text_format: TextFormat
+
+    @property
+    def store(self) -> bool:
+        return self.body.store is not False
+
+    @property
+    def generate(self) -> bool:
+        return self.body.generate is not False
+
+
+def _param_from_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "list[any]", "dict[str,any]"):
+            continue  # union member tags pydantic adds to the path
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _validation_to_api(exc: ValidationError) -> InvalidRequest:
+    err = exc.errors()[0]
+    param = _param_from_loc(tuple(err["loc"]))
+    if err["type"] == "extra_forbidden":
+        return InvalidRequest(f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter")
+    return InvalidRequest(f"Invalid value for '{param}': {err['msg']}.", param=param)
+
+
+def _parse_tools(raw: list[dict[str, Any]] | None) -> tuple[FunctionTool, ...]:
+    tools: list[FunctionTool] = []
+    for i, t in enumerate(raw or []):
+        param = f"tools[{i}]"
+        kind = t.get("type")
+        if kind in SKIPPABLE_TOOL_TYPES:
+            continue
+        if kind != "function":
+            raise InvalidRequest(f"Tool type '{kind}' is not supported.", param=f"{param}.type")
+        name = t.get("name")
+        if not isinstance(name, str) or not name or len(name) > 64:
+            raise InvalidRequest(f"'{param}.name' must be a non-empty string.", param=f"{param}.name")
+        params = t.get("parameters") or {"type": "object", "properties": {}}
+        if not isinstance(params, dict):
+            raise InvalidRequest(
+                f"'{param}.parameters' must be a JSON schema object.", param=f"{param}.parameters"
+            )
+        desc = t.get("description") or ""
+        if not isinstance(desc, str):
+            raise InvalidRequest(
+                f"'{param}.description' must be a string.", param=f"{param}.description"
+            )
+        tools.append(FunctionTool(name, desc, params, bool(t.get("strict", False))))
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("Tool names must be unique.", param="tools")
+    return tuple(tools)
+
+
+def _parse_tool_choice(raw: str | dict[str, Any] | None, tools: tuple[FunctionTool, ...]) -> str:
+    if raw is None:
+        return "auto"
+    if isinstance(raw, str):
+        if raw not in ("auto", "none", "required"):
+            raise InvalidRequest(
+                "'tool_choice' must be 'auto', 'none', 'required' or a function.",
+                param="tool_choice",
+            )
+        if raw == "required" and not tools:
+            raise InvalidRequest("'tool_choice' is 'required' but no tools were given.", param="tool_choice")
+        return raw
+    if raw.get("type") == "function" and isinstance(raw.get("name"), str):
+        name = raw["name"]
+        if name not in {t.name for t in tools}:
+            raise InvalidRequest(f"Tool '{name}' in 'tool_choice' is not in 'tools'.", param="tool_choice")
+        return f"function:{name}"
+    raise InvalidRequest(
+        "Only function tool choices are supported ({'type': 'function', 'name': ...}).",
+        param="tool_choice",
+    )
+
+
+def _parse_text_format(raw: dict[str, Any] | None) -> TextFormat:
+    if not raw:
+        return TextFormat("text")
+    unknown = set(raw) - {"format", "verbosity"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise InvalidRequest(f"Unknown parameter: 'text.{name}'.", param=f"text.{name}")
+    fmt = raw.get("format") or {"type": "text"}
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return TextFormat("text")
+    if kind == "json_object":
+        return TextFormat("json_object")
+    if kind == "json_schema":
+        assert isinstance(fmt, dict)
+        schema = fmt.get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequest("'text.format.schema' must be a JSON schema object.", param="text.format.schema")
+        try:
+            json.dumps(schema)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"'text.format.schema' is not JSON: {exc}", param="text.format.schema") from exc
+        name = fmt.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("'text.format.name' is required.", param="text.format.name")
+        return TextFormat("json_schema", name, schema)
+    raise InvalidRequest(
+        "'text.format.type' must be one of 'text', 'json_schema', 'json_object'.",
+        param="text.format.type",
+    )
+
+
+def parse_create(raw: Any, *, websocket: bool = False) -> CreateRequest:
+    if not isinstance(raw, dict):
+        raise InvalidRequest("The request body must be a JSON object.", param=None)
+    try:
+        body = CreateBody.model_validate(raw)
+    except ValidationError as exc:
+        raise _validation_to_api(exc) from None
+    if body.background:
+        raise InvalidRequest("'background' is not supported by this server.", param="background")
+    if body.input is None and not websocket:
+        raise InvalidRequest("Missing required parameter: 'input'.", param="input")
+    if body.include:
+        for i, inc in enumerate(body.include):
+            if inc not in ("message.output_text.logprobs", "reasoning.encrypted_content"):
+                raise InvalidRequest(f"Unsupported include value '{inc}'.", param=f"include[{i}]")
+    items = parse_input(body.input)
+    tools = _parse_tools(body.tools)
+    return CreateRequest(
+        body=body,
+        items=items,
+        tools=tools,
+        tool_choice=_parse_tool_choice(body.tool_choice, tools),
+        text_format=_parse_text_format(body.text),
+    )

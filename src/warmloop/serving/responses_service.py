@@ -1,0 +1,484 @@
+"""Turn a validated create request into an engine job and the job's tokens into events.
+
+`prepare` does every check that can fail before the first event (model, chain,
+items, context length, grammar) and builds the prompt tokens: for a continuation whose
+rendered history is unchanged it tokenizes only the new text and appends it to the
+exact tokens the chain's KV holds. `stream` runs the job and yields Responses events.
+Transports consume the same stream for JSON, SSE and WebSocket.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from warmloop.config import Config
+from warmloop.engine.engine import Engine
+from warmloop.engine.request import Admitted, Failed, Finished, Job, SamplingParams, TokenOut
+from warmloop.protocol.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    PreviousResponseNotFound,
+)
+from warmloop.protocol.items import (
+    FunctionCallItem,
+    Item,
+    ItemReference,
+    MessageItem,
+    item_to_wire,
+    new_id,
+)
+from warmloop.protocol.requests import CreateRequest
+from warmloop.serving import event_builder as ev
+from warmloop.serving.prompt import PromptRenderer, system_text
+from warmloop.serving.tool_calls import (
+    TOOL_CALL_TRIGGER,
+    OutputParser,
+    TextDelta,
+    ToolCall,
+    text_format_grammar,
+    tool_call_grammar,
+)
+from warmloop.session.connection import Connection
+from warmloop.session.response_store import ChainState, InMemoryResponseStore, StoredResponse
+
+log = logging.getLogger("warmloop.responses")
+
+
+@dataclass
+class CallContext:
+    tenant: str = ""
+    connection: Connection | None = None
+
+
+@dataclass
+class Prepared:
+    id: str
+    request: CreateRequest
+    ctx: CallContext
+    previous: StoredResponse | None
+    new_items: tuple[Item, ...]
+    history_in: tuple[Item, ...]
+    prompt_text: str
+    tokens: list[int]
+    delta_only: bool  # the prompt reused the chain's tokens and tokenized only new text
+    params: SamplingParams
+    tool_names: tuple[str, ...]
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class _Live:
+    """A response that is running: enough to answer GET and cancel."""
+
+    job: Job
+    snapshot: dict[str, Any]
+
+
+class ResponsesService:
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        store: InMemoryResponseStore,
+        renderer: PromptRenderer,
+        model_id: str,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.store = store
+        self.renderer = renderer
+        self.model_id = model_id
+        self.model_names = {model_id, "default", *config.model_aliases}
+        self._live: dict[str, _Live] = {}
+
+    # ----- preparation: every check that can fail before the first event --------------
+    def prepare(self, request: CreateRequest, ctx: CallContext) -> Prepared:
+        body = request.body
+        if body.model is not None and body.model not in self.model_names:
+            raise ModelNotFound(
+                f"The model '{body.model}' does not exist. This server serves "
+                f"'{self.model_id}' (aliases: {', '.join(sorted(self.model_names - {self.model_id}))}).",
+                param="model",
+            )
+        previous = self._previous(body.previous_response_id, ctx)
+        base_history = previous.history if previous else ()
+        new_items = tuple(self._resolve(request.items, base_history, ctx))
+        history_in = base_history + new_items
+        if not history_in and request.generate:
+            raise InvalidRequest("'input' must contain at least one item.", param="input")
+        system = system_text(body.instructions, request.tools)
+        # A warm-up (generate:false) stops before the assistant header so the next turn's
+        # rendering extends it token for token.
+        text = self.renderer.render(system, history_in, add_generation_prompt=request.generate)
+        tokens, delta_only = self._tokens(text, previous)
+
+        ctx_limit = self.config.ctx
+        room = ctx_limit - len(tokens)
+        if body.max_output_tokens is not None:
+            max_out = min(body.max_output_tokens, self.config.max_output_tokens)
+            if len(tokens) + max_out > ctx_limit:
+                raise ContextLengthExceeded(
+                    f"This model's context is {ctx_limit} tokens; the input has {len(tokens)} "
+                    f"tokens and max_output_tokens asks for {max_out}.",
+                    param="input",
+                )
+        else:
+            max_out = min(self.config.max_output_tokens, room)
+            if room < (1 if request.generate else 0):
+                raise ContextLengthExceeded(
+                    f"This model's context is {ctx_limit} tokens; the input has {len(tokens)} tokens.",
+                    param="input",
+                )
+        grammar, trigger = self._grammar(request)
+        params = SamplingParams(
+            max_tokens=max(max_out, 1),
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            seed=body.seed if body.seed is not None else random.getrandbits(32),
+            grammar=grammar,
+            grammar_trigger=trigger,
+        )
+        names = () if request.tool_choice == "none" else tuple(t.name for t in request.tools)
+        return Prepared(
+            id=new_id("resp"),
+            request=request,
+            ctx=ctx,
+            previous=previous,
+            new_items=new_items,
+            history_in=history_in,
+            prompt_text=text,
+            tokens=tokens,
+            delta_only=delta_only,
+            params=params,
+            tool_names=names,
+        )
+
+    def _previous(self, response_id: str | None, ctx: CallContext) -> StoredResponse | None:
+        if response_id is None:
+            return None
+        record = ctx.connection.lookup(response_id) if ctx.connection else None
+        if record is None:
+            record = self.store.get(response_id, ctx.tenant)
+        if record is None:
+            raise PreviousResponseNotFound(response_id)
+        return record
+
+    def _resolve(
+        self, items: list[Item | ItemReference], history: tuple[Item, ...], ctx: CallContext
+    ) -> list[Item]:
+        out: list[Item] = []
+        known = {i.id: i for i in history}
+        for n, item in enumerate(items):
+            if isinstance(item, ItemReference):
+                found = known.get(item.id)
+                if found is None:
+                    raise InvalidRequest(f"Item with id '{item.id}' not found.", param=f"input[{n}].id")
+                out.append(found)
+            else:
+                out.append(item)
+        return out
+
+    def _tokens(self, text: str, previous: StoredResponse | None) -> tuple[list[int], bool]:
+        chain = previous.chain if previous else None
+        if chain is not None and text.startswith(chain.text):
+            # The earlier turns render exactly as before: keep the chain's own tokens
+            # (including the model's sampled ones) and tokenize only the new text.
+            return list(chain.tokens) + self.engine.backend.tokenize(text[len(chain.text) :]), True
+        return self.engine.backend.tokenize(text), False
+
+    def _grammar(self, request: CreateRequest) -> tuple[str | None, str | None]:
+        fmt_grammar = text_format_grammar(request.text_format)
+        tools = request.tools
+        choice = request.tool_choice
+        parallel = request.body.parallel_tool_calls is not False
+        if tools and choice != "none":
+            if choice.startswith("function:"):
+                name = choice.split(":", 1)[1]
+                chosen = tuple(t for t in tools if t.name == name)
+                return tool_call_grammar(chosen, parallel=False), None
+            grammar = tool_call_grammar(tools, parallel=parallel)
+            if choice == "required":
+                return grammar, None
+            if fmt_grammar is None:
+                return grammar, TOOL_CALL_TRIGGER
+        return fmt_grammar, None
+
+    # ----- running ---------------------------------------------------------------------
+    def response_object(
+        self,
+        p: Prepared,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: dict[str, Any] | None,
+        *,
+        error: dict[str, Any] | None = None,
+        incomplete_reason: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body = p.request.body
+        obj: dict[str, Any] = {
+            "id": p.id,
+            "object": "response",
+            "created_at": int(p.created_at),
+            "status": status,
+            "background": False,
+            "error": error,
+            "incomplete_details": {"reason": incomplete_reason} if incomplete_reason else None,
+            "instructions": body.instructions,
+            "max_output_tokens": body.max_output_tokens,
+            "max_tool_calls": body.max_tool_calls,
+            "model": self.model_id,
+            "output": output,
+            "parallel_tool_calls": body.parallel_tool_calls is not False,
+            "previous_response_id": body.previous_response_id,
+            "prompt_cache_key": body.prompt_cache_key,
+            "reasoning": {"effort": None, "summary": None},
+            "safety_identifier": body.safety_identifier,
+            "service_tier": "default",
+            "store": p.request.store,
+            "temperature": p.params.temperature,
+            "text": {"format": (body.text or {}).get("format") or {"type": "text"}},
+            "tool_choice": body.tool_choice if body.tool_choice is not None else "auto",
+            "tools": [t for t in (body.tools or []) if t.get("type") == "function"],
+            "top_p": p.params.top_p,
+            "truncation": body.truncation or "disabled",
+            "usage": usage,
+            "user": body.user,
+            "metadata": body.metadata or {},
+        }
+        if status in ("completed", "incomplete", "failed", "cancelled"):
+            obj["completed_at"] = int(time.time())
+        if extra:
+            obj["warmloop"] = extra
+        return obj
+
+    async def stream(self, p: Prepared) -> AsyncIterator[ev.Event]:
+        seq = ev.Sequencer()
+        request = p.request
+        job = Job(
+            id=p.id,
+            tokens=p.tokens,
+            params=p.params,
+            tenant=p.ctx.tenant,
+            lease=p.ctx.connection.id if p.ctx.connection else None,
+            prefill_only=not request.generate,
+        )
+        live = _Live(job, self.response_object(p, "in_progress", [], None))
+        self._live[p.id] = live
+        yield seq(ev.response_lifecycle("created", live.snapshot))
+        yield seq(ev.response_lifecycle("in_progress", live.snapshot))
+
+        out = _OutputBuilder(seq, OutputParser(p.tool_names))
+        cached = 0
+        generated: list[str] = []
+        t0 = time.perf_counter()
+        t_first: float | None = None
+        try:
+            async for e in self.engine.run(job):
+                if isinstance(e, Admitted):
+                    cached = e.cached_tokens
+                elif isinstance(e, TokenOut):
+                    if t_first is None:
+                        t_first = time.perf_counter()
+                    generated.append(e.text)
+                    for event in out.feed(e.text):
+                        yield event
+                elif isinstance(e, Finished):
+                    for event in out.finish():
+                        yield event
+                    yield self._finish(p, live, seq, out, cached, e, "".join(generated), t0, t_first)
+                elif isinstance(e, Failed):
+                    error = {"code": "server_error", "message": e.message}
+                    if p.previous is not None and p.ctx.connection is not None:
+                        p.ctx.connection.forget(p.previous.id)
+                    final = self.response_object(p, "failed", out.items_wire(), None, error=error)
+                    log.warning("response %s failed: %s", p.id, e.message)
+                    yield seq(ev.response_lifecycle("failed", final))
+        finally:
+            self._live.pop(p.id, None)
+
+    def _finish(
+        self,
+        p: Prepared,
+        live: _Live,
+        seq: ev.Sequencer,
+        out: _OutputBuilder,
+        cached: int,
+        fin: Finished,
+        generated_text: str,
+        t0: float,
+        t_first: float | None,
+    ) -> ev.Event:
+        usage = ev.usage(len(p.tokens), cached, fin.output_tokens)
+        now = time.perf_counter()
+        timings = {
+            "ttft_ms": round(((t_first or now) - t0) * 1000.0, 2),
+            "duration_ms": round((now - t0) * 1000.0, 2),
+            "prefill_ms": round(fin.prefill_ms, 2),
+            "decode_ms": round(fin.decode_ms, 2),
+            "delta_only": p.delta_only,
+        }
+        if live.job.cancelled or fin.reason == "cancelled":
+            status, kind, reason = "cancelled", "incomplete", None
+        elif fin.reason == "length":
+            status, kind, reason = "incomplete", "incomplete", "max_output_tokens"
+        else:
+            status, kind, reason = "completed", "completed", None
+        final = self.response_object(
+            p, status, out.items_wire(), usage, incomplete_reason=reason, extra=timings
+        )
+        output_items = tuple(out.items)
+        record = StoredResponse(
+            id=p.id,
+            owner=p.ctx.tenant,
+            response=final,
+            input_items=p.new_items,
+            output_items=output_items,
+            history=p.history_in + output_items,
+            chain=ChainState(p.prompt_text + generated_text, fin.chain_tokens),
+            stored=p.request.store,
+        )
+        if p.request.store:
+            self.store.put(record)
+        if p.ctx.connection is not None:
+            p.ctx.connection.remember(record)
+        log.info(
+            "response id=%s conn=%s status=%s input=%d cached=%d computed=%d output=%d "
+            "delta_only=%s ttft_ms=%.1f duration_ms=%.1f",
+            p.id,
+            p.ctx.connection.id if p.ctx.connection else "-",
+            status,
+            len(p.tokens),
+            cached,
+            len(p.tokens) - cached,
+            fin.output_tokens,
+            p.delta_only,
+            timings["ttft_ms"],
+            timings["duration_ms"],
+        )
+        return seq(ev.response_lifecycle(kind, final))
+
+    async def create(self, p: Prepared) -> dict[str, Any]:
+        """Run to the end and return the final response object (non-streaming)."""
+        final: dict[str, Any] | None = None
+        async for event in self.stream(p):
+            if event["type"] in ("response.completed", "response.incomplete", "response.failed"):
+                final = event["response"]
+        assert final is not None
+        return final
+
+    def connection_closed(self, connection: Connection) -> None:
+        """Unpin the connection's slot and drop its KV (its store:false chain dies with it)."""
+        self.engine.release_lease(connection.id)
+
+    # ----- retrieval ---------------------------------------------------------------------
+    def get(self, response_id: str, tenant: str) -> dict[str, Any]:
+        live = self._live.get(response_id)
+        if live is not None and live.job.tenant == tenant:
+            return live.snapshot
+        record = self.store.get(response_id, tenant)
+        if record is None:
+            raise NotFound(f"No response found with id '{response_id}'.", param="response_id")
+        return record.response
+
+    def delete(self, response_id: str, tenant: str) -> dict[str, Any]:
+        if not self.store.delete(response_id, tenant):
+            raise NotFound(f"No response found with id '{response_id}'.", param="response_id")
+        return {"id": response_id, "object": "response.deleted", "deleted": True}
+
+    def cancel(self, response_id: str, tenant: str) -> dict[str, Any]:
+        live = self._live.get(response_id)
+        if live is not None and live.job.tenant == tenant:
+            self.engine.cancel(live.job)
+            snapshot = dict(live.snapshot)
+            snapshot["status"] = "cancelled"
+            return snapshot
+        # Already finished: answer with the response as it is (the SDK retries cancels).
+        return self.get(response_id, tenant)
+
+    def input_items(
+        self, response_id: str, tenant: str, *, after: str | None, limit: int, order: str
+    ) -> dict[str, Any]:
+        record = self.store.get(response_id, tenant)
+        if record is None:
+            raise NotFound(f"No response found with id '{response_id}'.", param="response_id")
+        items = [item_to_wire(i) for i in record.input_items]
+        if order == "desc":
+            items.reverse()
+        if after is not None:
+            ids = [i["id"] for i in items]
+            if after not in ids:
+                raise InvalidRequest(f"Item '{after}' is not in this list.", param="after")
+            items = items[ids.index(after) + 1 :]
+        page = items[:limit]
+        return {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }
+
+
+class _OutputBuilder:
+    """Turns parser segments into output items and their stream events."""
+
+    def __init__(self, seq: ev.Sequencer, parser: OutputParser) -> None:
+        self.seq = seq
+        self.parser = parser
+        self.items: list[Item] = []
+        self._msg_id: str | None = None
+        self._msg_text: list[str] = []
+
+    def feed(self, text: str) -> list[ev.Event]:
+        return self._segments(self.parser.feed(text))
+
+    def finish(self) -> list[ev.Event]:
+        return self._segments(self.parser.finish()) + self._close_message()
+
+    def items_wire(self) -> list[dict[str, Any]]:
+        return [item_to_wire(i) for i in self.items]
+
+    def _segments(self, segments: list[TextDelta | ToolCall]) -> list[ev.Event]:
+        events: list[ev.Event] = []
+        for s in segments:
+            if isinstance(s, TextDelta):
+                if self._msg_id is None:
+                    self._msg_id = new_id("msg")
+                    index = len(self.items)
+                    events.append(self.seq(ev.message_added(index, self._msg_id)))
+                    events.append(self.seq(ev.content_part_added(index, self._msg_id)))
+                self._msg_text.append(s.text)
+                events.append(self.seq(ev.text_delta(len(self.items), self._msg_id, s.text)))
+            else:
+                events.extend(self._close_message())
+                index = len(self.items)
+                item = FunctionCallItem(new_id("fc"), new_id("call"), s.name, s.arguments)
+                events.append(self.seq(ev.function_call_added(index, item.id, item.call_id, item.name)))
+                events.append(self.seq(ev.function_args_delta(index, item.id, item.arguments)))
+                events.append(self.seq(ev.function_args_done(index, item.id, item.name, item.arguments)))
+                self.items.append(item)
+                events.append(self.seq(ev.output_item_done(index, item_to_wire(item))))
+        return events
+
+    def _close_message(self) -> list[ev.Event]:
+        if self._msg_id is None:
+            return []
+        index = len(self.items)
+        text = "".join(self._msg_text)
+        item = MessageItem(self._msg_id, "assistant", text)
+        self.items.append(item)
+        self._msg_id = None
+        self._msg_text = []
+        return [
+            self.seq(ev.text_done(index, item.id, text)),
+            self.seq(ev.content_part_done(index, item.id, text)),
+            self.seq(ev.output_item_done(index, item_to_wire(item))),
+        ]

@@ -1,0 +1,40 @@
+"""Per-WebSocket-connection state: identity, age, and the connection-local response chain.
+
+With `store: false` the most recent responses of a connection live only here; a
+`previous_response_id` naming one of them continues it. The connection id doubles as
+the engine lease key, so the connection's slot stays pinned across tool pauses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from warmloop.protocol.items import new_id
+from warmloop.session.response_store import StoredResponse
+
+RECENT_RESPONSES = 4
+
+
+@dataclass
+class Connection:
+    tenant: str
+    id: str = field(default_factory=lambda: new_id("conn"))
+    opened_at: float = field(default_factory=time.monotonic)
+    recent: OrderedDict[str, StoredResponse] = field(default_factory=OrderedDict)
+
+    def remember(self, record: StoredResponse) -> None:
+        self.recent[record.id] = record
+        self.recent.move_to_end(record.id)
+        while len(self.recent) > RECENT_RESPONSES:
+            self.recent.popitem(last=False)
+
+    def lookup(self, response_id: str) -> StoredResponse | None:
+        return self.recent.get(response_id)
+
+    def forget(self, response_id: str) -> None:
+        self.recent.pop(response_id, None)
+
+    def age(self) -> float:
+        return time.monotonic() - self.opened_at

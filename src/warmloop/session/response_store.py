@@ -1,0 +1,93 @@
+"""Responses kept after they finish: the records and the bounded in-memory store.
+
+A record holds the wire `response` object, the request's input items, its output
+items and the whole conversation up to and including this response (`history`), so a
+`previous_response_id` continuation needs nothing else. `chain` is the exact token
+list this conversation's KV corresponds to, kept in memory only (never persisted):
+with it a continuation tokenizes only its delta.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from warmloop.protocol.items import Item, item_size
+
+
+@dataclass(frozen=True)
+class ChainState:
+    text: str  # rendered prompt text + generated text
+    tokens: tuple[int, ...]  # the tokens of exactly that text, as the KV holds them
+
+
+@dataclass
+class StoredResponse:
+    id: str
+    owner: str
+    response: dict[str, Any]  # the final wire object
+    input_items: tuple[Item, ...]
+    output_items: tuple[Item, ...]
+    history: tuple[Item, ...]
+    chain: ChainState | None
+    stored: bool  # store:true; store:false records live only in their connection
+
+    def size(self) -> int:
+        own = sum(item_size(i) for i in self.input_items + self.output_items)
+        chain = 4 * len(self.chain.tokens) + len(self.chain.text) if self.chain else 0
+        return 512 + own + chain + 8 * len(self.history)
+
+
+class InMemoryResponseStore:
+    """LRU bounded by count and by bytes. Thread-safe; owners never see each other."""
+
+    def __init__(self, max_responses: int, max_bytes: int) -> None:
+        self.max_responses = max_responses
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, StoredResponse] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, record: StoredResponse) -> None:
+        size = record.size()
+        with self._lock:
+            self._drop(record.id)
+            self._items[record.id] = record
+            self._sizes[record.id] = size
+            self._bytes += size
+            while self._items and (
+                len(self._items) > self.max_responses or self._bytes > self.max_bytes
+            ):
+                oldest = next(iter(self._items))
+                self._drop(oldest)
+
+    def get(self, response_id: str, owner: str) -> StoredResponse | None:
+        with self._lock:
+            record = self._items.get(response_id)
+            if record is None or record.owner != owner:
+                return None
+            self._items.move_to_end(response_id)
+            return record
+
+    def delete(self, response_id: str, owner: str) -> bool:
+        with self._lock:
+            record = self._items.get(response_id)
+            if record is None or record.owner != owner:
+                return False
+            self._drop(response_id)
+            return True
+
+    def _drop(self, response_id: str) -> None:
+        if response_id in self._items:
+            del self._items[response_id]
+            self._bytes -= self._sizes.pop(response_id)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def bytes_used(self) -> int:
+        return self._bytes
