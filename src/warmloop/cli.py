@@ -37,44 +37,99 @@ def build_parser() -> argparse.ArgumentParser:
     d = Config()
     s.add_argument("--host", default=_env("host", d.host))
     s.add_argument("--port", type=int, default=int(_env("port", d.port)))
-    s.add_argument("--model", type=Path, default=_env("model", None),
-                   help="GGUF file (default: the embedded SmolLM2-135M-Instruct)")
-    s.add_argument("--model-alias", action="append", default=_env_list("model_alias"),
-                   help="another name clients may use for the model (repeatable)")
-    s.add_argument("--ctx", type=int, default=int(_env("ctx", d.ctx)),
-                   help="context tokens per sequence")
-    s.add_argument("--slots", type=int, default=int(_env("slots", d.slots)),
-                   help="engine sequences (KV slots)")
+    s.add_argument(
+        "--model",
+        type=Path,
+        default=_env("model", None),
+        help="GGUF file (default: the embedded SmolLM2-135M-Instruct)",
+    )
+    s.add_argument(
+        "--model-alias",
+        action="append",
+        default=_env_list("model_alias"),
+        help="another name clients may use for the model (repeatable)",
+    )
+    s.add_argument(
+        "--ctx", type=int, default=int(_env("ctx", d.ctx)), help="context tokens per sequence"
+    )
+    s.add_argument(
+        "--slots", type=int, default=int(_env("slots", d.slots)), help="engine sequences (KV slots)"
+    )
     s.add_argument("--threads", type=int, default=int(_env("threads", default_threads())))
-    s.add_argument("--batch-tokens", type=int, default=int(_env("batch_tokens", d.batch_tokens)),
-                   help="tokens per engine step (prefill chunk + decode tokens)")
-    s.add_argument("--api-key", action="append", default=_env_list("api_key"),
-                   help="accepted API key (repeatable); none = open server")
-    s.add_argument("--log-level", default=_env("log_level", d.log_level),
-                   choices=["debug", "info", "warning", "error"])
-    s.add_argument("--no-kv-reuse", action="store_true", default=_env_bool("no_kv_reuse", False),
-                   help="compute every prompt in full (the stateless baseline)")
-    s.add_argument("--max-body-bytes", type=int, default=int(_env("max_body_bytes", d.max_body_bytes)))
-    s.add_argument("--max-output-tokens", type=int,
-                   default=int(_env("max_output_tokens", d.max_output_tokens)),
-                   help="cap on output tokens per response")
-    s.add_argument("--store-max-responses", type=int,
-                   default=int(_env("store_max_responses", d.store_max_responses)))
-    s.add_argument("--store-max-bytes", type=int,
-                   default=int(_env("store_max_bytes", d.store_max_bytes)))
-    s.add_argument("--no-websocket", action="store_true", default=_env_bool("no_websocket", False),
-                   help="refuse WebSocket upgrades with HTTP 426")
-    s.add_argument("--ws-max-frame-bytes", type=int,
-                   default=int(_env("ws_max_frame_bytes", d.ws_max_frame_bytes)))
-    s.add_argument("--ws-max-age", type=float, default=float(_env("ws_max_age", d.ws_max_age_s)),
-                   help="seconds a WebSocket connection may live")
-    s.add_argument("--ws-queue-size", type=int, default=int(_env("ws_queue_size", d.ws_queue_size)),
-                   help="queued response.create events per connection")
-    s.add_argument("--ws-ping-interval", type=float,
-                   default=float(_env("ws_ping_interval", d.ws_ping_interval_s)))
-    s.add_argument("--max-connections", type=int,
-                   default=int(_env("max_connections", d.max_connections)),
-                   help="WebSocket connections; more get HTTP 426")
+    s.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=int(_env("batch_tokens", d.batch_tokens)),
+        help="tokens per engine step (prefill chunk + decode tokens)",
+    )
+    s.add_argument(
+        "--api-key",
+        action="append",
+        default=_env_list("api_key"),
+        help="accepted API key (repeatable); none = open server",
+    )
+    s.add_argument(
+        "--log-level",
+        default=_env("log_level", d.log_level),
+        choices=["debug", "info", "warning", "error"],
+    )
+    s.add_argument(
+        "--no-kv-reuse",
+        action="store_true",
+        default=_env_bool("no_kv_reuse", False),
+        help="compute every prompt in full (the stateless baseline)",
+    )
+    s.add_argument(
+        "--max-body-bytes", type=int, default=int(_env("max_body_bytes", d.max_body_bytes))
+    )
+    s.add_argument(
+        "--max-output-tokens",
+        type=int,
+        default=int(_env("max_output_tokens", d.max_output_tokens)),
+        help="cap on output tokens per response",
+    )
+    s.add_argument(
+        "--store-max-responses",
+        type=int,
+        default=int(_env("store_max_responses", d.store_max_responses)),
+    )
+    s.add_argument(
+        "--store-max-bytes", type=int, default=int(_env("store_max_bytes", d.store_max_bytes))
+    )
+    s.add_argument(
+        "--no-websocket",
+        action="store_true",
+        default=_env_bool("no_websocket", False),
+        help="refuse WebSocket upgrades with HTTP 426",
+    )
+    s.add_argument(
+        "--ws-max-frame-bytes",
+        type=int,
+        default=int(_env("ws_max_frame_bytes", d.ws_max_frame_bytes)),
+    )
+    s.add_argument(
+        "--ws-max-age",
+        type=float,
+        default=float(_env("ws_max_age", d.ws_max_age_s)),
+        help="seconds a WebSocket connection may live",
+    )
+    s.add_argument(
+        "--ws-queue-size",
+        type=int,
+        default=int(_env("ws_queue_size", d.ws_queue_size)),
+        help="queued response.create events per connection",
+    )
+    s.add_argument(
+        "--ws-ping-interval",
+        type=float,
+        default=float(_env("ws_ping_interval", d.ws_ping_interval_s)),
+    )
+    s.add_argument(
+        "--max-connections",
+        type=int,
+        default=int(_env("max_connections", d.max_connections)),
+        help="WebSocket connections; more get HTTP 426",
+    )
     return parser
 
 
@@ -129,14 +184,16 @@ def serve(config: Config) -> None:
         stream=sys.stderr,
     )
     if not config.api_keys:
-        print("warmloop: WARNING: no --api-key given; the server is open to anyone who can "
-              "reach it", file=sys.stderr)
+        print(
+            "warmloop: WARNING: no --api-key given; the server is open to anyone who can reach it",
+            file=sys.stderr,
+        )
     uvicorn.run(
         create_app(config),
         host=config.host,
         port=config.port,
         log_level=config.log_level,
-        ws="websockets",
+        ws="websockets-sansio",
         # uvicorn closes frames over ws_max_size with 1009; keep it above our own limit
         # so an oversize frame gets a clear error event instead.
         ws_max_size=config.ws_max_frame_bytes * 2 + 65536,

@@ -21,13 +21,12 @@ import llama_cpp
 
 log = logging.getLogger("warmloop.llama")
 
-# llama.cpp log levels (ggml_log_level): 2 = WARN, 3 = ERROR, 5 = CONT
-_GGML_WARN = 2
-_GGML_ERROR = 3
+# ggml_log_level: 1 DEBUG, 2 INFO, 3 WARN, 4 ERROR, 5 CONT
+_GGML_WARN = 3
+_GGML_ERROR = 4
 
 
-@ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
-def _forward_log(level: int, text: bytes, _user: Any) -> None:
+def _log_to_python(level: int, text: bytes, _user: Any) -> None:
     # llama.cpp is chatty at load time; only warnings and errors reach our logs.
     if level in (_GGML_WARN, _GGML_ERROR) and text:
         log.log(
@@ -36,6 +35,10 @@ def _forward_log(level: int, text: bytes, _user: Any) -> None:
         )
 
 
+# Kept at module level: llama.cpp holds the pointer for the life of the process.
+_forward_log = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(
+    _log_to_python
+)
 _backend_initialised = False
 
 
@@ -140,7 +143,9 @@ class LlamaBackend:
 
     def special_text(self, which: str) -> str:
         """Text of the BOS or EOS token ("" if the model has none), for chat templates."""
-        token = (llama_cpp.llama_vocab_bos if which == "bos" else llama_cpp.llama_vocab_eos)(self.vocab)
+        token = (llama_cpp.llama_vocab_bos if which == "bos" else llama_cpp.llama_vocab_eos)(
+            self.vocab
+        )
         if token < 0:
             return ""
         buf = ctypes.create_string_buffer(256)
@@ -240,7 +245,9 @@ class LlamaBackend:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
         else:
             if top_p < 1.0:
-                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
+                llama_cpp.llama_sampler_chain_add(
+                    chain, llama_cpp.llama_sampler_init_top_p(top_p, 1)
+                )
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(temperature))
             llama_cpp.llama_sampler_chain_add(
                 chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF)

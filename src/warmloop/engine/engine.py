@@ -143,10 +143,6 @@ class Engine:
 
         self._inbox.put(_release)
 
-    def call(self, fn: Callable[[], object]) -> None:
-        """Run `fn` on the engine thread between steps (for tests and maintenance)."""
-        self._inbox.put(lambda: None if fn() is None else None)
-
     # ----- engine thread -------------------------------------------------------------
     def _loop(self) -> None:
         while not self._stop:

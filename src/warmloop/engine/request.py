@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -74,7 +75,6 @@ class Job:
     def post(self, event: EngineEvent) -> None:
         if self.loop is None or self.out is None:
             return
-        try:
+        # RuntimeError: the loop is closed, nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.out.put_nowait, event)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            pass

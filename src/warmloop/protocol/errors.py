@@ -1,4 +1,4 @@
-"""Typed API errors. Every client-visible failure is one of these; transports map them to the wire."""
+"""Typed API errors: every client-visible failure is one; transports map them to the wire."""
 
 from __future__ import annotations
 

@@ -119,7 +119,9 @@ def _validation_to_api(exc: ValidationError) -> InvalidRequest:
     err = exc.errors()[0]
     param = _param_from_loc(tuple(err["loc"]))
     if err["type"] == "extra_forbidden":
-        return InvalidRequest(f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter")
+        return InvalidRequest(
+            f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter"
+        )
     return InvalidRequest(f"Invalid value for '{param}': {err['msg']}.", param=param)
 
 
@@ -134,7 +136,9 @@ def _parse_tools(raw: list[dict[str, Any]] | None) -> tuple[FunctionTool, ...]:
             raise InvalidRequest(f"Tool type '{kind}' is not supported.", param=f"{param}.type")
         name = t.get("name")
         if not isinstance(name, str) or not name or len(name) > 64:
-            raise InvalidRequest(f"'{param}.name' must be a non-empty string.", param=f"{param}.name")
+            raise InvalidRequest(
+                f"'{param}.name' must be a non-empty string.", param=f"{param}.name"
+            )
         params = t.get("parameters") or {"type": "object", "properties": {}}
         if not isinstance(params, dict):
             raise InvalidRequest(
@@ -162,12 +166,16 @@ def _parse_tool_choice(raw: str | dict[str, Any] | None, tools: tuple[FunctionTo
                 param="tool_choice",
             )
         if raw == "required" and not tools:
-            raise InvalidRequest("'tool_choice' is 'required' but no tools were given.", param="tool_choice")
+            raise InvalidRequest(
+                "'tool_choice' is 'required' but no tools were given.", param="tool_choice"
+            )
         return raw
     if raw.get("type") == "function" and isinstance(raw.get("name"), str):
         name = raw["name"]
         if name not in {t.name for t in tools}:
-            raise InvalidRequest(f"Tool '{name}' in 'tool_choice' is not in 'tools'.", param="tool_choice")
+            raise InvalidRequest(
+                f"Tool '{name}' in 'tool_choice' is not in 'tools'.", param="tool_choice"
+            )
         return f"function:{name}"
     raise InvalidRequest(
         "Only function tool choices are supported ({'type': 'function', 'name': ...}).",
@@ -192,15 +200,19 @@ def _parse_text_format(raw: dict[str, Any] | None) -> TextFormat:
         assert isinstance(fmt, dict)
         schema = fmt.get("schema")
         if not isinstance(schema, dict):
-            raise InvalidRequest("'text.format.schema' must be a JSON schema object.", param="text.format.schema")
+            raise InvalidRequest(
+                "'text.format.schema' must be a JSON schema object.", param="text.format.schema"
+            )
         try:
             json.dumps(schema)
         except (TypeError, ValueError) as exc:
-            raise InvalidRequest(f"'text.format.schema' is not JSON: {exc}", param="text.format.schema") from exc
-        name = fmt.get("name")
-        if not isinstance(name, str) or not name:
+            raise InvalidRequest(
+                f"'text.format.schema' is not JSON: {exc}", param="text.format.schema"
+            ) from exc
+        schema_name = fmt.get("name")
+        if not isinstance(schema_name, str) or not schema_name:
             raise InvalidRequest("'text.format.name' is required.", param="text.format.name")
-        return TextFormat("json_schema", name, schema)
+        return TextFormat("json_schema", schema_name, schema)
     raise InvalidRequest(
         "'text.format.type' must be one of 'text', 'json_schema', 'json_object'.",
         param="text.format.type",

@@ -33,7 +33,8 @@ TOOL_CALL_CLOSE = "</tool_call>"
 
 def tool_call_text(name: str, arguments: str) -> str:
     """The exact text of one tool call, as the grammar makes the model write it."""
-    return f'{TOOL_CALL_OPEN}\n{{"name": {json.dumps(name)}, "arguments": {arguments}}}\n{TOOL_CALL_CLOSE}'
+    call = f'{{"name": {json.dumps(name)}, "arguments": {arguments}}}'
+    return f"{TOOL_CALL_OPEN}\n{call}\n{TOOL_CALL_CLOSE}"
 
 
 def tools_system_text(tools: Sequence[FunctionTool]) -> str:
@@ -103,7 +104,9 @@ class PromptRenderer:
                 eos_token=self._eos,
             )
         except TemplateError as exc:
-            raise InvalidRequest(f"The model's chat template rejected the input: {exc}", param="input") from exc
+            raise InvalidRequest(
+                f"The model's chat template rejected the input: {exc}", param="input"
+            ) from exc
 
 
 def system_text(instructions: str | None, tools: Sequence[FunctionTool]) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,9 +102,10 @@ class ResponsesService:
     def prepare(self, request: CreateRequest, ctx: CallContext) -> Prepared:
         body = request.body
         if body.model is not None and body.model not in self.model_names:
+            aliases = ", ".join(sorted(self.model_names - {self.model_id}))
             raise ModelNotFound(
                 f"The model '{body.model}' does not exist. This server serves "
-                f"'{self.model_id}' (aliases: {', '.join(sorted(self.model_names - {self.model_id}))}).",
+                f"'{self.model_id}' (aliases: {aliases}).",
                 param="model",
             )
         previous = self._previous(body.previous_response_id, ctx)
@@ -133,7 +134,8 @@ class ResponsesService:
             max_out = min(self.config.max_output_tokens, room)
             if room < (1 if request.generate else 0):
                 raise ContextLengthExceeded(
-                    f"This model's context is {ctx_limit} tokens; the input has {len(tokens)} tokens.",
+                    f"This model's context is {ctx_limit} tokens; "
+                    f"the input has {len(tokens)} tokens.",
                     param="input",
                 )
         grammar, trigger = self._grammar(request)
@@ -179,7 +181,9 @@ class ResponsesService:
             if isinstance(item, ItemReference):
                 found = known.get(item.id)
                 if found is None:
-                    raise InvalidRequest(f"Item with id '{item.id}' not found.", param=f"input[{n}].id")
+                    raise InvalidRequest(
+                        f"Item with id '{item.id}' not found.", param=f"input[{n}].id"
+                    )
                 out.append(found)
             else:
                 out.append(item)
@@ -259,7 +263,7 @@ class ResponsesService:
             obj["warmloop"] = extra
         return obj
 
-    async def stream(self, p: Prepared) -> AsyncIterator[ev.Event]:
+    async def stream(self, p: Prepared) -> AsyncGenerator[ev.Event, None]:
         seq = ev.Sequencer()
         request = p.request
         job = Job(
@@ -293,7 +297,9 @@ class ResponsesService:
                 elif isinstance(e, Finished):
                     for event in out.finish():
                         yield event
-                    yield self._finish(p, live, seq, out, cached, e, "".join(generated), t0, t_first)
+                    yield self._finish(
+                        p, live, seq, out, cached, e, "".join(generated), t0, t_first
+                    )
                 elif isinstance(e, Failed):
                     error = {"code": "server_error", "message": e.message}
                     if p.previous is not None and p.ctx.connection is not None:
@@ -378,6 +384,15 @@ class ResponsesService:
         """Unpin the connection's slot and drop its KV (its store:false chain dies with it)."""
         self.engine.release_lease(connection.id)
 
+    def engine_status(self) -> dict[str, int]:
+        slots = self.engine.slots
+        return {
+            "slots": len(slots.slots),
+            "slots_busy": slots.in_use(),
+            "slots_leased": slots.leased(),
+            "responses_running": len(self._live),
+        }
+
     # ----- retrieval ---------------------------------------------------------------------
     def get(self, response_id: str, tenant: str) -> dict[str, Any]:
         live = self._live.get(response_id)
@@ -461,9 +476,13 @@ class _OutputBuilder:
                 events.extend(self._close_message())
                 index = len(self.items)
                 item = FunctionCallItem(new_id("fc"), new_id("call"), s.name, s.arguments)
-                events.append(self.seq(ev.function_call_added(index, item.id, item.call_id, item.name)))
+                events.append(
+                    self.seq(ev.function_call_added(index, item.id, item.call_id, item.name))
+                )
                 events.append(self.seq(ev.function_args_delta(index, item.id, item.arguments)))
-                events.append(self.seq(ev.function_args_done(index, item.id, item.name, item.arguments)))
+                events.append(
+                    self.seq(ev.function_args_done(index, item.id, item.name, item.arguments))
+                )
                 self.items.append(item)
                 events.append(self.seq(ev.output_item_done(index, item_to_wire(item))))
         return events

@@ -31,9 +31,14 @@ def _gbnf_literal(text: str) -> str:
     return json.dumps(text)  # GBNF string literals use JSON escapes
 
 
+def _to_gbnf(schema_json: str) -> str:
+    grammar: str = json_schema_to_gbnf(schema_json)
+    return grammar
+
+
 def _schema_grammar(schema: dict[str, object], param: str) -> str:
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        return _to_gbnf(json.dumps(schema))
     except Exception as exc:  # the converter raises plain exceptions on bad schemas
         raise InvalidRequest(f"Unsupported JSON schema: {exc}", param=param) from exc
 
@@ -45,7 +50,7 @@ def _prefix_rules(grammar: str, prefix: str) -> str:
     i, n = 0, len(grammar)
     while i < n:
         c = grammar[i]
-        if c in "\"[":
+        if c in '"[':
             close = '"' if c == '"' else "]"
             j = i + 1
             while j < n and grammar[j] != close:
@@ -76,7 +81,9 @@ def tool_call_grammar(tools: Sequence[FunctionTool], *, parallel: bool) -> str:
     alternatives: list[str] = []
     for k, tool in enumerate(tools):
         prefix = f"t{k}"
-        rules.append(_prefix_rules(_schema_grammar(tool.parameters, f"tools[{k}].parameters"), prefix))
+        rules.append(
+            _prefix_rules(_schema_grammar(tool.parameters, f"tools[{k}].parameters"), prefix)
+        )
         head = '{"name": ' + json.dumps(tool.name) + ', "arguments": '
         alternatives.append(f"{_gbnf_literal(head)} {prefix}-root {_gbnf_literal('}')}")
     call = (

@@ -11,7 +11,9 @@ from warmloop.protocol.errors import Unauthorized
 class KeyRing:
     def __init__(self, keys: tuple[str, ...]) -> None:
         # tenant id = a short digest of the key: stable, and safe to log.
-        self._keys = [(k.encode(), "key-" + hashlib.sha256(k.encode()).hexdigest()[:12]) for k in keys]
+        self._keys = [
+            (k.encode(), "key-" + hashlib.sha256(k.encode()).hexdigest()[:12]) for k in keys
+        ]
 
     @property
     def open(self) -> bool:
@@ -22,9 +24,7 @@ class KeyRing:
         if self.open:
             return ""
         if not authorization or not authorization.lower().startswith("bearer "):
-            raise Unauthorized(
-                "Missing API key: send 'Authorization: Bearer <key>'.", param=None
-            )
+            raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'.", param=None)
         given = authorization[7:].strip().encode()
         found = None
         for key, tenant in self._keys:  # check every key: timing does not reveal which

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -42,14 +42,16 @@ async def read_json(request: Request, limit: int) -> Any:
     try:
         return json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
+        raise InvalidRequest(
+            f"The request body is not valid JSON: {exc}", code="invalid_json"
+        ) from exc
 
 
 def sse_frame(event: dict[str, Any]) -> bytes:
     return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
 
 
-async def sse_stream(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def sse_stream(events: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[bytes]:
     last_seq = -1
     async with contextlib.aclosing(events) as stream:
         try:
@@ -115,11 +117,23 @@ async def list_input_items(
 async def list_models(request: Request) -> Response:
     rt = runtime(request)
     tenant_of(request)
-    model = {"id": rt.service.model_id, "object": "model", "created": rt.started_at, "owned_by": "warmloop"}
+    model = {
+        "id": rt.service.model_id,
+        "object": "model",
+        "created": rt.started_at,
+        "owned_by": "warmloop",
+    }
     return JSONResponse({"object": "list", "data": [model]})
 
 
 @router.get("/healthz")
 async def healthz(request: Request) -> Response:
     rt = runtime(request)
-    return JSONResponse({"status": "ok", "model": rt.service.model_id, "slots": rt.config.slots})
+    return JSONResponse(
+        {
+            "status": "ok",
+            "model": rt.service.model_id,
+            "websocket_connections": rt.connections,
+            **rt.service.engine_status(),
+        }
+    )

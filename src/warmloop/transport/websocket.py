@@ -39,7 +39,9 @@ class ConnectionLimitReached(APIError):
 
 
 def _refuse(status: int, message: str, code: str) -> JSONResponse:
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    body = {
+        "error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+    }
     return JSONResponse(body, status_code=status)
 
 
@@ -72,7 +74,11 @@ class _Session:
                 try:
                     text = data.decode("utf-8")
                 except UnicodeDecodeError:
-                    await self.send(ws_error(InvalidRequest("Frames must be UTF-8 JSON text.", code="invalid_json")))
+                    await self.send(
+                        ws_error(
+                            InvalidRequest("Frames must be UTF-8 JSON text.", code="invalid_json")
+                        )
+                    )
                     continue
             if len(text.encode()) > limit:
                 await self._frame_too_large(len(text.encode()))
@@ -90,10 +96,14 @@ class _Session:
         try:
             event = json.loads(text)
         except ValueError as exc:
-            await self.send(ws_error(InvalidRequest(f"Frame is not valid JSON: {exc}", code="invalid_json")))
+            await self.send(
+                ws_error(InvalidRequest(f"Frame is not valid JSON: {exc}", code="invalid_json"))
+            )
             return
         if not isinstance(event, dict):
-            await self.send(ws_error(InvalidRequest("Frame must be a JSON object.", code="invalid_json")))
+            await self.send(
+                ws_error(InvalidRequest("Frame must be a JSON object.", code="invalid_json"))
+            )
             return
         kind = event.get("type")
         if kind in IGNORED_CLIENT_EVENTS:
@@ -114,12 +124,12 @@ class _Session:
         except APIError as exc:
             await self.send(ws_error(exc))
         except asyncio.QueueFull:
-            err = TooManyRequests(
+            full = TooManyRequests(
                 f"Too many queued response.create events (limit {self.queue.maxsize}); "
                 "wait for a response to finish.",
                 code="queue_full",
             )
-            await self.send(ws_error(err))
+            await self.send(ws_error(full))
 
     async def worker(self) -> None:
         service = self.rt.service
@@ -170,7 +180,9 @@ async def responses_socket(ws: WebSocket) -> None:
     rt: Runtime = ws.app.state.runtime
     if not rt.config.websocket:
         await ws.send_denial_response(
-            _refuse(426, "WebSocket mode is disabled on this server; use HTTP.", "websocket_disabled")
+            _refuse(
+                426, "WebSocket mode is disabled on this server; use HTTP.", "websocket_disabled"
+            )
         )
         return
     try:
@@ -201,9 +213,9 @@ async def responses_socket(ws: WebSocket) -> None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for task in done:
-            exc = task.exception()
-            if exc is not None and not isinstance(exc, WebSocketDisconnect | RuntimeError):
-                log.error("connection %s task failed: %r", conn.id, exc)
+            failure = task.exception()
+            if failure is not None and not isinstance(failure, WebSocketDisconnect | RuntimeError):
+                log.error("connection %s task failed: %r", conn.id, failure)
     finally:
         rt.connections -= 1
         rt.service.connection_closed(conn)
