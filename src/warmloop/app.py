@@ -13,6 +13,9 @@ from starlette.responses import JSONResponse
 
 from warmloop.config import Config
 from warmloop.engine.engine import Engine, EngineConfig
+from warmloop.engine.slots import KVOps
+from warmloop.kvcache.manager import KVCacheManager
+from warmloop.kvcache.stats import Metrics
 from warmloop.protocol.errors import APIError, InvalidRequest, NotFound
 from warmloop.serving.prompt import PromptRenderer
 from warmloop.serving.responses_service import ResponsesService
@@ -25,18 +28,35 @@ from warmloop.transport.runtime import Runtime
 log = logging.getLogger("warmloop")
 
 
-def build_runtime(config: Config) -> tuple[Runtime, Engine]:
-    model_path = config.model_path()
-    engine = Engine(
+def build_engine(config: Config, metrics: Metrics | None = None) -> Engine:
+    """The engine with the KV cache manager placing its jobs (not started)."""
+
+    def manager(ops: KVOps) -> KVCacheManager:
+        return KVCacheManager(
+            config.slots,
+            ops,
+            kv_reuse=config.kv_reuse,
+            host_budget_bytes=config.kv_host_budget,
+            metrics=metrics,
+        )
+
+    return Engine(
         EngineConfig(
-            model_path=model_path,
+            model_path=config.model_path(),
             ctx_per_seq=config.ctx,
             slots=config.slots,
             threads=config.threads,
             batch_tokens=config.batch_tokens,
-            kv_reuse=config.kv_reuse,
-        )
+            idle_snapshot_s=config.kv_idle_snapshot_s,
+        ),
+        manager,
     )
+
+
+def build_runtime(config: Config) -> tuple[Runtime, Engine]:
+    model_path = config.model_path()
+    metrics = Metrics()
+    engine = build_engine(config, metrics)
     backend = engine.backend
     renderer = PromptRenderer(
         backend.chat_template(),
@@ -44,8 +64,19 @@ def build_runtime(config: Config) -> tuple[Runtime, Engine]:
         eos_token=backend.special_text("eos"),
     )
     store = InMemoryResponseStore(config.store_max_responses, config.store_max_bytes)
-    service = ResponsesService(config, engine, store, renderer, model_id=model_path.stem)
-    return Runtime(config=config, service=service, keys=KeyRing(config.api_keys)), engine
+    service = ResponsesService(config, engine, store, renderer, model_path.stem, metrics)
+    runtime = Runtime(
+        config=config, service=service, keys=KeyRing(config.api_keys), metrics=metrics
+    )
+    slots = engine.slots
+    metrics.bind_gauge(metrics.slots_in_use, lambda: slots.in_use())
+    metrics.bind_gauge(metrics.slots_leased, lambda: slots.leased())
+    metrics.bind_gauge(metrics.connections, lambda: runtime.connections)
+    if isinstance(slots, KVCacheManager):
+        host = slots.host
+        metrics.bind_gauge(metrics.host_bytes, lambda: host.bytes_used)
+        metrics.bind_gauge(metrics.host_snapshots, lambda: len(host))
+    return runtime, engine
 
 
 def create_app(config: Config) -> FastAPI:

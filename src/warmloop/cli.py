@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from warmloop.config import Config, default_threads
+from warmloop.config import Config, default_host_budget, default_threads
 
 ENV_PREFIX = "WARMLOOP_"
 
@@ -80,6 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute every prompt in full (the stateless baseline)",
     )
     s.add_argument(
+        "--kv-host-budget",
+        type=int,
+        default=int(_env("kv_host_budget", default_host_budget())),
+        help="bytes of host RAM for snapshots of idle chains (default: 1/4 of free RAM)",
+    )
+    s.add_argument(
+        "--kv-idle-snapshot-s",
+        type=float,
+        default=float(_env("kv_idle_snapshot_s", 0.0)),
+        help="move chains idle this long to host RAM (0 = only when slots run out)",
+    )
+    s.add_argument(
         "--max-body-bytes", type=int, default=int(_env("max_body_bytes", d.max_body_bytes))
     )
     s.add_argument(
@@ -146,6 +158,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         api_keys=tuple(args.api_key),
         log_level=args.log_level,
         kv_reuse=not args.no_kv_reuse,
+        kv_host_budget=args.kv_host_budget,
+        kv_idle_snapshot_s=args.kv_idle_snapshot_s,
         max_body_bytes=args.max_body_bytes,
         max_output_tokens=args.max_output_tokens,
         store_max_responses=args.store_max_responses,

@@ -31,6 +31,19 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def default_host_budget() -> int:
+    """A quarter of the RAM available now, at most 8 GiB: room for snapshots of idle chains."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    return min(available // 4, 8 * 1024**3)
+    except OSError:
+        pass
+    return 1024**3
+
+
 @dataclass(frozen=True)
 class Config:
     host: str = "127.0.0.1"
@@ -44,6 +57,8 @@ class Config:
     api_keys: tuple[str, ...] = ()
     log_level: str = "info"
     kv_reuse: bool = True
+    kv_host_budget: int = field(default_factory=default_host_budget)  # bytes of snapshots
+    kv_idle_snapshot_s: float = 0.0  # 0: snapshot only when a slot is needed
     # limits
     max_body_bytes: int = 4 * 1024 * 1024
     max_output_tokens: int = 4096

@@ -202,8 +202,10 @@ class LlamaBackend:
         if not llama_cpp.llama_memory_seq_rm(self.memory, seq, keep, -1):
             raise BackendError(f"could not truncate sequence {seq} at {keep}")
 
-    def seq_copy(self, src: int, dst: int, n_tokens: int) -> None:
-        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, 0, n_tokens)
+    def seq_copy(self, src: int, dst: int) -> None:
+        """Copy all of `src`'s KV into `dst` (with per-sequence KV streams llama.cpp only
+        copies whole sequences; truncate afterwards to keep a prefix)."""
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
 
     def seq_state_get(self, seq: int) -> bytes:
         size = llama_cpp.llama_state_seq_get_size(self.ctx, seq)

@@ -3,7 +3,8 @@
 Jobs arrive through a thread-safe inbox; each engine step builds one batch with one
 decode token for every running sequence plus prefill chunks of admitted prompts
 (oldest first) up to `batch_tokens`, decodes it, samples, and posts tokens back to the
-job's asyncio queue. Slot placement and prefix reuse live in `SlotTable`.
+job's asyncio queue. Which slot a job runs on, and what KV it reuses, is the injected
+`Placer`'s decision (the KV cache manager); the engine executes it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from warmloop.engine.request import (
     Job,
     TokenOut,
 )
-from warmloop.engine.slots import Placement, Slot, SlotTable
+from warmloop.engine.slots import Placement, Placer, PlacerFactory, Slot
 
 log = logging.getLogger("warmloop.engine")
 
@@ -41,7 +42,8 @@ class EngineConfig:
     slots: int
     threads: int
     batch_tokens: int
-    kv_reuse: bool = True
+    # Chains idle this long move to host RAM (0 = only when a slot is needed).
+    idle_snapshot_s: float = 0.0
 
 
 @dataclass
@@ -69,11 +71,10 @@ class EngineStats:
     prompt_tokens_reused: int = 0
     output_tokens: int = 0
     jobs_finished: int = 0
-    slot_steals: int = 0
 
 
 class Engine:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, placer: PlacerFactory) -> None:
         self.config = config
         self.backend = LlamaBackend(
             config.model_path,
@@ -82,7 +83,7 @@ class Engine:
             n_threads=config.threads,
             n_batch=config.batch_tokens,
         )
-        self.slots = SlotTable(config.slots, kv_reuse=config.kv_reuse)
+        self.slots: Placer = placer(self.backend)
         self.stats = EngineStats()
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._waiting: deque[Job] = deque()
@@ -135,13 +136,7 @@ class Engine:
 
     def release_lease(self, lease: str, *, drop_kv: bool = True) -> None:
         """The connection is gone: unpin its slot and (by default) forget its KV."""
-
-        def _release() -> None:
-            slot = self.slots.release_lease(lease)
-            if slot is not None and drop_kv and not slot.busy:
-                self._clear_slot(slot)
-
-        self._inbox.put(_release)
+        self._inbox.put(lambda: self.slots.release(lease, drop_kv=drop_kv))
 
     # ----- engine thread -------------------------------------------------------------
     def _loop(self) -> None:
@@ -153,7 +148,8 @@ class Engine:
                 while True:
                     self._inbox.get_nowait()()
             except queue.Empty:
-                pass
+                if idle and self.config.idle_snapshot_s > 0:
+                    self.slots.snapshot_idle(self.config.idle_snapshot_s)
             if self._stop:
                 break
             try:
@@ -191,16 +187,6 @@ class Engine:
 
     def _start(self, job: Job, placement: Placement) -> None:
         slot = placement.slot
-        if placement.stolen_from is not None:
-            self.stats.slot_steals += 1
-            log.debug("slot %d taken from idle lease %s", slot.id, placement.stolen_from)
-            slot.lease = None
-        self.backend.seq_truncate(slot.id, placement.reuse)
-        del slot.tokens[placement.reuse :]
-        slot.tenant = job.tenant
-        slot.job = job
-        if job.lease is not None:
-            slot.lease = job.lease
         sampler = None
         if not job.prefill_only:
             p = job.params
@@ -213,12 +199,12 @@ class Engine:
                     lazy_trigger=p.grammar_trigger,
                 )
             except BackendError as exc:
-                slot.job = None
+                self.slots.finish(slot)
                 job.post(Failed(str(exc)))
                 return
         self._running.append(_Running(job, slot, sampler, placement.reuse))
         self.stats.prompt_tokens_reused += placement.reuse
-        job.post(Admitted(slot.id, len(job.tokens), placement.reuse))
+        job.post(Admitted(slot.id, len(job.tokens), placement.reuse, placement.tier))
 
     def _step(self) -> None:
         rows: list[BatchRow] = []
@@ -258,8 +244,8 @@ class Engine:
             self.backend.decode(rows)
         except BackendError as exc:
             for r in {id(x): x for x in decode_jobs + prefill_jobs}.values():
-                self._clear_slot(r.slot)
                 self._fail(r, str(exc))
+                self.slots.clear(r.slot)
             return
         elapsed_ms = (time.perf_counter() - t0) * 1000.0
 
@@ -300,11 +286,7 @@ class Engine:
             r.job.post(TokenOut(-1, tail))
         if r.sampler is not None:
             r.sampler.free()
-        slot = r.slot
-        slot.job = None
-        self.slots.touch(slot)
-        if r.job.lease is None and slot.lease is not None:
-            slot.lease = None
+        self.slots.finish(r.slot)
         self.stats.output_tokens += len(r.generated)
         self.stats.jobs_finished += 1
         r.job.post(
@@ -322,9 +304,5 @@ class Engine:
             self._running.remove(r)
         if r.sampler is not None:
             r.sampler.free()
-        r.slot.job = None
+        self.slots.finish(r.slot)
         r.job.post(Failed(message))
-
-    def _clear_slot(self, slot: Slot) -> None:
-        self.backend.seq_truncate(slot.id, 0)
-        slot.tokens.clear()

@@ -29,6 +29,7 @@ class Admitted:
     slot: int
     prompt_tokens: int
     cached_tokens: int
+    tier: str  # where the cached tokens came from: slot | host | prefix | none
 
 
 @dataclass(frozen=True)

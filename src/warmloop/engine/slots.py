@@ -1,19 +1,23 @@
-"""Engine sequence slots: which tokens each llama.cpp sequence holds, and who may use it.
+"""Engine sequence slots, and the placement interface the engine asks for them.
 
-The engine thread is the only writer. A slot's `tokens` is the exact token list whose
-KV the sequence holds, so a new job reuses the longest common prefix and computes
-only the rest. A `lease` pins an idle slot to one connection across its tool pauses.
+A slot is one llama.cpp sequence: `tokens` is the exact token list whose KV it holds. The
+engine thread runs jobs on slots; *which* slot a job gets, and what KV is moved first,
+is decided by a `Placer` (the KV cache manager in `warmloop.kvcache`), injected when the
+engine is built, so the engine never imports the layer above it.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 from warmloop.engine.request import Job
 
+Tier = Literal["slot", "host", "prefix", "none"]
 
-def common_prefix(a: list[int], b: list[int]) -> int:
+
+def common_prefix(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -21,12 +25,12 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-@dataclass
+@dataclass(eq=False)
 class Slot:
     id: int
     tokens: list[int] = field(default_factory=list)
     tenant: str = ""
-    lease: str | None = None
+    lease: str | None = None  # connection that keeps this slot pinned across tool pauses
     job: Job | None = None
     last_used: float = 0.0
 
@@ -38,58 +42,29 @@ class Slot:
 @dataclass(frozen=True)
 class Placement:
     slot: Slot
-    reuse: int  # tokens of the slot's KV the job may keep
-    stolen_from: str | None  # lease that lost this slot to the job, if any
+    reuse: int  # prompt tokens whose KV the job keeps
+    tier: Tier  # where those tokens came from
 
 
-class SlotTable:
-    def __init__(self, n_slots: int, *, kv_reuse: bool = True) -> None:
-        self.slots = [Slot(i) for i in range(n_slots)]
-        self.kv_reuse = kv_reuse
+class KVOps(Protocol):
+    """Sequence operations the backend provides to whoever places jobs."""
 
-    def leased_to(self, lease: str) -> Slot | None:
-        return next((s for s in self.slots if s.lease == lease), None)
+    def seq_truncate(self, seq: int, keep: int) -> None: ...
+    def seq_copy(self, src: int, dst: int) -> None: ...
+    def seq_state_get(self, seq: int) -> bytes: ...
+    def seq_state_set(self, seq: int, data: bytes) -> None: ...
 
-    def place(self, job: Job) -> Placement | None:
-        """Pick a slot for `job`, or None if it must wait.
 
-        Order: the slot the job's connection already leases; else the free unleased slot
-        with the longest common prefix (llama-server's rule), least recently used on
-        ties; else the least recently used idle leased slot, whose owner loses it.
-        """
-        if job.lease is not None:
-            own = self.leased_to(job.lease)
-            if own is not None:
-                return None if own.busy else Placement(own, self._reuse(own, job), None)
-        free = [s for s in self.slots if not s.busy and s.lease is None]
-        if free:
-            best = max(free, key=lambda s: (self._reuse(s, job), -s.last_used))
-            return Placement(best, self._reuse(best, job), None)
-        idle = [s for s in self.slots if not s.busy]
-        if idle:
-            victim = min(idle, key=lambda s: s.last_used)
-            return Placement(victim, self._reuse(victim, job), victim.lease)
-        return None
+class Placer(Protocol):
+    slots: list[Slot]
 
-    def _reuse(self, slot: Slot, job: Job) -> int:
-        if not self.kv_reuse or slot.tenant != job.tenant:
-            return 0
-        n = common_prefix(slot.tokens, job.tokens)
-        # At least one prompt token is always computed so there are logits to sample
-        # from; a prefill-only job has nothing to sample and may reuse everything.
-        return n if job.prefill_only else min(n, len(job.tokens) - 1)
+    def place(self, job: Job) -> Placement | None: ...
+    def finish(self, slot: Slot) -> None: ...
+    def clear(self, slot: Slot) -> None: ...
+    def release(self, lease: str, *, drop_kv: bool) -> None: ...
+    def snapshot_idle(self, idle_s: float) -> int: ...
+    def in_use(self) -> int: ...
+    def leased(self) -> int: ...
 
-    def release_lease(self, lease: str) -> Slot | None:
-        slot = self.leased_to(lease)
-        if slot is not None:
-            slot.lease = None
-        return slot
 
-    def touch(self, slot: Slot) -> None:
-        slot.last_used = time.monotonic()
-
-    def in_use(self) -> int:
-        return sum(1 for s in self.slots if s.busy)
-
-    def leased(self) -> int:
-        return sum(1 for s in self.slots if s.lease is not None)
+PlacerFactory = Callable[[KVOps], Placer]

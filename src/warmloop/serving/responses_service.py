@@ -19,6 +19,7 @@ from typing import Any
 from warmloop.config import Config
 from warmloop.engine.engine import Engine
 from warmloop.engine.request import Admitted, Failed, Finished, Job, SamplingParams, TokenOut
+from warmloop.kvcache.stats import Metrics
 from warmloop.protocol.errors import (
     ContextLengthExceeded,
     InvalidRequest,
@@ -74,6 +75,18 @@ class Prepared:
 
 
 @dataclass
+class _Run:
+    """What one running response has seen of its engine job so far."""
+
+    t0: float = field(default_factory=time.perf_counter)
+    cached: int = 0
+    tier: str = "none"
+    t_first: float | None = None
+    t_last: float | None = None
+    generated: list[str] = field(default_factory=list)
+
+
+@dataclass
 class _Live:
     """A response that is running: enough to answer GET and cancel."""
 
@@ -89,7 +102,9 @@ class ResponsesService:
         store: InMemoryResponseStore,
         renderer: PromptRenderer,
         model_id: str,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.config = config
         self.engine = engine
         self.store = store
@@ -280,35 +295,42 @@ class ResponsesService:
         yield seq(ev.response_lifecycle("in_progress", live.snapshot))
 
         out = _OutputBuilder(seq, OutputParser(p.tool_names))
-        cached = 0
-        generated: list[str] = []
-        t0 = time.perf_counter()
-        t_first: float | None = None
+        run = _Run()
         try:
             async for e in self.engine.run(job):
                 if isinstance(e, Admitted):
-                    cached = e.cached_tokens
+                    run.cached, run.tier = e.cached_tokens, e.tier
                 elif isinstance(e, TokenOut):
-                    if t_first is None:
-                        t_first = time.perf_counter()
-                    generated.append(e.text)
+                    self._observe_token(run)
+                    run.generated.append(e.text)
                     for event in out.feed(e.text):
                         yield event
                 elif isinstance(e, Finished):
                     for event in out.finish():
                         yield event
-                    yield self._finish(
-                        p, live, seq, out, cached, e, "".join(generated), t0, t_first
-                    )
+                    yield self._finish(p, live, seq, out, run, e)
                 elif isinstance(e, Failed):
                     error = {"code": "server_error", "message": e.message}
                     if p.previous is not None and p.ctx.connection is not None:
                         p.ctx.connection.forget(p.previous.id)
                     final = self.response_object(p, "failed", out.items_wire(), None, error=error)
                     log.warning("response %s failed: %s", p.id, e.message)
+                    if self.metrics:
+                        self.metrics.responses.labels("failed").inc()
                     yield seq(ev.response_lifecycle("failed", final))
         finally:
             self._live.pop(p.id, None)
+
+    def _observe_token(self, run: _Run) -> None:
+        now = time.perf_counter()
+        if self.metrics:
+            if run.t_last is None:
+                self.metrics.ttft_seconds.observe(now - run.t0)
+            else:
+                self.metrics.token_seconds.observe(now - run.t_last)
+        if run.t_first is None:
+            run.t_first = now
+        run.t_last = now
 
     def _finish(
         self,
@@ -316,20 +338,19 @@ class ResponsesService:
         live: _Live,
         seq: ev.Sequencer,
         out: _OutputBuilder,
-        cached: int,
+        run: _Run,
         fin: Finished,
-        generated_text: str,
-        t0: float,
-        t_first: float | None,
     ) -> ev.Event:
+        cached = run.cached
         usage = ev.usage(len(p.tokens), cached, fin.output_tokens)
         now = time.perf_counter()
         timings = {
-            "ttft_ms": round(((t_first or now) - t0) * 1000.0, 2),
-            "duration_ms": round((now - t0) * 1000.0, 2),
+            "ttft_ms": round(((run.t_first or now) - run.t0) * 1000.0, 2),
+            "duration_ms": round((now - run.t0) * 1000.0, 2),
             "prefill_ms": round(fin.prefill_ms, 2),
             "decode_ms": round(fin.decode_ms, 2),
             "delta_only": p.delta_only,
+            "cache_tier": run.tier,
         }
         if live.job.cancelled or fin.reason == "cancelled":
             status, kind, reason = "cancelled", "incomplete", None
@@ -348,16 +369,20 @@ class ResponsesService:
             input_items=p.new_items,
             output_items=output_items,
             history=p.history_in + output_items,
-            chain=ChainState(p.prompt_text + generated_text, fin.chain_tokens),
+            chain=ChainState(p.prompt_text + "".join(run.generated), fin.chain_tokens),
             stored=p.request.store,
         )
         if p.request.store:
             self.store.put(record)
         if p.ctx.connection is not None:
             p.ctx.connection.remember(record)
+        if self.metrics:
+            self.metrics.prompt_tokens_computed.inc(len(p.tokens) - cached)
+            self.metrics.output_tokens.inc(fin.output_tokens)
+            self.metrics.responses.labels(status).inc()
         log.info(
             "response id=%s conn=%s status=%s input=%d cached=%d computed=%d output=%d "
-            "delta_only=%s ttft_ms=%.1f duration_ms=%.1f",
+            "tier=%s delta_only=%s ttft_ms=%.1f duration_ms=%.1f",
             p.id,
             p.ctx.connection.id if p.ctx.connection else "-",
             status,
@@ -365,6 +390,7 @@ class ResponsesService:
             cached,
             len(p.tokens) - cached,
             fin.output_tokens,
+            run.tier,
             p.delta_only,
             timings["ttft_ms"],
             timings["duration_ms"],
@@ -381,8 +407,9 @@ class ResponsesService:
         return final
 
     def connection_closed(self, connection: Connection) -> None:
-        """Unpin the connection's slot and drop its KV (its store:false chain dies with it)."""
-        self.engine.release_lease(connection.id)
+        """Unpin the connection's slot. A store:false chain's KV dies with the socket; a
+        store:true chain's stays as a tenant-scoped prefix a later continuation can find."""
+        self.engine.release_lease(connection.id, drop_kv=not connection.chain_is_stored)
 
     def engine_status(self) -> dict[str, int]:
         slots = self.engine.slots

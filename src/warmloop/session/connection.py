@@ -24,6 +24,11 @@ class Connection:
     opened_at: float = field(default_factory=time.monotonic)
     recent: OrderedDict[str, StoredResponse] = field(default_factory=OrderedDict)
 
+    @property
+    def chain_is_stored(self) -> bool:
+        """Whether the latest response was store:true (its KV may outlive the socket)."""
+        return bool(self.recent) and next(reversed(self.recent.values())).stored
+
     def remember(self, record: StoredResponse) -> None:
         self.recent[record.id] = record
         self.recent.move_to_end(record.id)

@@ -126,6 +126,12 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [model]})
 
 
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    body = runtime(request).metrics.render()
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
 @router.get("/healthz")
 async def healthz(request: Request) -> Response:
     rt = runtime(request)

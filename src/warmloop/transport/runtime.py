@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from warmloop.config import Config
+from warmloop.kvcache.stats import Metrics
 from warmloop.serving.responses_service import ResponsesService
 from warmloop.transport.auth import KeyRing
 
@@ -15,5 +16,6 @@ class Runtime:
     config: Config
     service: ResponsesService
     keys: KeyRing
+    metrics: Metrics
     started_at: int = field(default_factory=lambda: int(time.time()))
     connections: int = 0

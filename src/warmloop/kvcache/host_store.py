@@ -1,0 +1,69 @@
+"""Host-RAM tier: sequence snapshots (`llama_state_seq_get_data`) under a byte budget.
+
+A snapshot is the KV of one sequence plus the exact tokens it holds; restoring it into
+any free slot resumes that chain delta-only. When the budget is exceeded the least
+recently used snapshots go; a chain whose snapshot went is recomputed from its items
+on its next turn (slower, never wrong).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Snapshot:
+    tokens: tuple[int, ...]
+    data: bytes
+    tenant: str
+    lease: str | None  # the connection whose chain this is, if any
+    id: int = field(default_factory=lambda: next(_ids))
+    created: float = field(default_factory=time.monotonic)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data) + 4 * len(self.tokens)
+
+
+class HostStore:
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = budget_bytes
+        self._snaps: OrderedDict[int, Snapshot] = OrderedDict()
+        self.bytes_used = 0
+
+    def __len__(self) -> int:
+        return len(self._snaps)
+
+    def __iter__(self) -> Iterator[Snapshot]:
+        return iter(list(self._snaps.values()))
+
+    def fits(self, nbytes: int) -> bool:
+        return nbytes <= self.budget
+
+    def put(self, snap: Snapshot) -> list[Snapshot]:
+        """Add `snap`; returns the snapshots evicted to stay within the budget."""
+        self._snaps[snap.id] = snap
+        self.bytes_used += snap.nbytes
+        evicted: list[Snapshot] = []
+        while self.bytes_used > self.budget and self._snaps:
+            _, old = self._snaps.popitem(last=False)
+            self.bytes_used -= old.nbytes
+            evicted.append(old)
+        return evicted
+
+    def touch(self, snap: Snapshot) -> None:
+        if snap.id in self._snaps:
+            self._snaps.move_to_end(snap.id)
+
+    def drop(self, snap: Snapshot) -> None:
+        if self._snaps.pop(snap.id, None) is not None:
+            self.bytes_used -= snap.nbytes
+
+    def __contains__(self, snap: object) -> bool:
+        return isinstance(snap, Snapshot) and snap.id in self._snaps

@@ -1,0 +1,243 @@
+"""The KV cache manager: every placement decision for engine sequences lives here.
+
+The engine asks `place(job)` for a slot; the manager picks it, moves whatever must move
+(saves an idle chain to host RAM, restores a snapshot, copies a shared prefix from
+another slot, truncates to the reusable prefix) through the `KVOps` the engine's
+backend provides, and says how many prompt tokens are reused and from which tier.
+
+Invariants (engine thread only, so no locks):
+- `slot.tokens` is exactly the token list whose KV the sequence holds.
+- A slot with a job (`busy`) is never a victim, a copy source, or in the prefix index.
+- Every idle slot with tokens and every host snapshot is in the prefix index under its
+  tenant; nothing is ever matched across tenants.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from warmloop.engine.request import Job
+from warmloop.engine.slots import KVOps, Placement, Slot, Tier, common_prefix
+from warmloop.kvcache.host_store import HostStore, Snapshot
+from warmloop.kvcache.prefix_index import PrefixIndex
+from warmloop.kvcache.stats import Metrics
+
+log = logging.getLogger("warmloop.kvcache")
+
+
+@dataclass
+class KVStats:
+    snapshots: int = 0
+    restores: int = 0
+    prefix_copies: int = 0
+    slot_evictions: int = 0
+    host_evictions: int = 0
+
+
+class KVCacheManager:
+    def __init__(
+        self,
+        n_slots: int,
+        ops: KVOps,
+        *,
+        kv_reuse: bool = True,
+        host_budget_bytes: int = 0,
+        min_snapshot_tokens: int = 32,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.slots = [Slot(i) for i in range(n_slots)]
+        self.ops = ops
+        self.kv_reuse = kv_reuse
+        self.host = HostStore(host_budget_bytes if kv_reuse else 0)
+        self.index = PrefixIndex()
+        self.min_snapshot_tokens = min_snapshot_tokens
+        self.metrics = metrics
+        self.stats = KVStats()
+
+    # ----- queries ---------------------------------------------------------------------
+    def leased_to(self, lease: str) -> Slot | None:
+        return next((s for s in self.slots if s.lease == lease), None)
+
+    def in_use(self) -> int:
+        return sum(1 for s in self.slots if s.busy)
+
+    def leased(self) -> int:
+        return sum(1 for s in self.slots if s.lease is not None)
+
+    # ----- placement ---------------------------------------------------------------------
+    def place(self, job: Job) -> Placement | None:
+        """Give `job` a slot holding the longest reusable prefix, or None if it must wait."""
+        target = self._target(job)
+        if target is None:
+            return None
+        cap = len(job.tokens) if job.prefill_only else len(job.tokens) - 1
+        if not self.kv_reuse:
+            self._truncate(target, 0)
+            return self._claim(target, job, 0, "none")
+        own = common_prefix(target.tokens, job.tokens) if target.tenant == job.tenant else 0
+        own = min(own, cap)
+        best, holders = self.index.match(job.tenant, job.tokens)
+        best = min(best, cap)
+        source = self._pick_source(holders - {target}) if best > own else None
+        if source is None:
+            self._preserve(target, keep=own)
+            self._truncate(target, own)
+            return self._claim(target, job, own, "slot" if own > 0 else "none")
+        self._preserve(target, keep=0)
+        if isinstance(source, Slot):
+            self._copy(source, target, best)
+            return self._claim(target, job, best, "prefix")
+        self._restore(
+            source, target, best, own_chain=job.lease is not None and source.lease == job.lease
+        )
+        return self._claim(target, job, best, "host")
+
+    def _target(self, job: Job) -> Slot | None:
+        if job.lease is not None:
+            own = self.leased_to(job.lease)
+            if own is not None:
+                return None if own.busy else own
+        free = [s for s in self.slots if not s.busy and s.lease is None]
+        if free:
+
+            def score(s: Slot) -> tuple[int, float]:
+                same = self.kv_reuse and s.tenant == job.tenant
+                return (common_prefix(s.tokens, job.tokens) if same else 0, -s.last_used)
+
+            return max(free, key=score)
+        idle = [s for s in self.slots if not s.busy]
+        if not idle:
+            return None
+        victim = min(idle, key=lambda s: s.last_used)
+        # The victim's connection loses its pin; its chain goes to host RAM in _preserve.
+        self.stats.slot_evictions += 1
+        if self.metrics:
+            self.metrics.slot_evictions.inc()
+        return victim
+
+    def _pick_source(self, holders: set[Hashable]) -> Slot | Snapshot | None:
+        slots = [h for h in holders if isinstance(h, Slot) and not h.busy]
+        if slots:  # a device-side copy beats a restore from host RAM
+            return max(slots, key=lambda s: s.last_used)
+        snaps = [h for h in holders if isinstance(h, Snapshot) and h in self.host]
+        return max(snaps, key=lambda s: s.created) if snaps else None
+
+    def _claim(self, slot: Slot, job: Job, reuse: int, tier: Tier) -> Placement:
+        self.index.remove(slot)
+        slot.job = job
+        slot.tenant = job.tenant
+        slot.lease = job.lease
+        if self.metrics:
+            self.metrics.lookups.labels(tier).inc()
+            if reuse:
+                self.metrics.prompt_tokens_reused.labels(tier).inc(reuse)
+        return Placement(slot, reuse, tier)
+
+    # ----- moving KV ---------------------------------------------------------------------
+    def _truncate(self, slot: Slot, keep: int) -> None:
+        if keep < len(slot.tokens) or keep == 0:
+            self.ops.seq_truncate(slot.id, keep)
+            del slot.tokens[keep:]
+
+    def _preserve(self, slot: Slot, *, keep: int) -> bool:
+        """Before `slot` is overwritten beyond `keep`, save its chain to host RAM if worth it.
+
+        Returns True when the slot's whole token list is held somewhere else afterwards.
+        """
+        lost = len(slot.tokens) - keep
+        if not self.kv_reuse or lost < self.min_snapshot_tokens or slot.busy:
+            return False
+        if self._held_elsewhere(slot):
+            return True
+        t0 = time.perf_counter()
+        data = self.ops.seq_state_get(slot.id)
+        snap = Snapshot(tuple(slot.tokens), data, slot.tenant, slot.lease)
+        if not self.host.fits(snap.nbytes):
+            return False
+        for old in self.host.put(snap):
+            self.index.remove(old)
+            self.stats.host_evictions += 1
+            if self.metrics:
+                self.metrics.host_evictions.inc()
+        self.index.insert(snap.tenant, snap.tokens, snap)
+        self.stats.snapshots += 1
+        if self.metrics:
+            self.metrics.snapshots.inc()
+            self.metrics.snapshot_bytes.observe(snap.nbytes)
+            self.metrics.snapshot_seconds.observe(time.perf_counter() - t0)
+        log.debug(
+            "slot %d: saved %d tokens (%d bytes) to host", slot.id, len(snap.tokens), len(data)
+        )
+        return True
+
+    def _held_elsewhere(self, slot: Slot) -> bool:
+        """True if another idle slot or a snapshot already holds all of `slot`'s tokens."""
+        n, holders = self.index.match(slot.tenant, slot.tokens)
+        return n == len(slot.tokens) and bool(holders - {slot})
+
+    def _copy(self, src: Slot, dst: Slot, n: int) -> None:
+        self.ops.seq_truncate(dst.id, 0)
+        self.ops.seq_copy(src.id, dst.id)
+        self.ops.seq_truncate(dst.id, n)
+        dst.tokens = list(src.tokens[:n])
+        self.stats.prefix_copies += 1
+        if self.metrics:
+            self.metrics.prefix_copies.inc()
+
+    def _restore(self, snap: Snapshot, dst: Slot, n: int, *, own_chain: bool) -> None:
+        t0 = time.perf_counter()
+        self.ops.seq_truncate(dst.id, 0)
+        self.ops.seq_state_set(dst.id, snap.data)
+        self.ops.seq_truncate(dst.id, n)
+        dst.tokens = list(snap.tokens[:n])
+        self.host.touch(snap)
+        if own_chain:  # the chain lives in a slot again; a later eviction re-saves it
+            self.host.drop(snap)
+            self.index.remove(snap)
+        self.stats.restores += 1
+        if self.metrics:
+            self.metrics.restores.inc()
+            self.metrics.restore_seconds.observe(time.perf_counter() - t0)
+
+    # ----- lifecycle -------------------------------------------------------------------
+    def finish(self, slot: Slot) -> None:
+        """The slot's job ended: it is idle, and its tokens can be matched again."""
+        slot.job = None
+        slot.last_used = time.monotonic()
+        if self.kv_reuse and slot.tokens:
+            self.index.insert(slot.tenant, slot.tokens, slot)
+
+    def clear(self, slot: Slot) -> None:
+        """Forget the slot's KV (after a failed decode, or when its owner is gone)."""
+        self.index.remove(slot)
+        self.ops.seq_truncate(slot.id, 0)
+        slot.tokens.clear()
+
+    def release(self, lease: str, *, drop_kv: bool) -> None:
+        """The connection is gone: unpin its slot; with drop_kv also forget its KV."""
+        slot = self.leased_to(lease)
+        if slot is not None:
+            slot.lease = None
+            if drop_kv and not slot.busy:
+                self.clear(slot)
+        if drop_kv:
+            for snap in self.host:
+                if snap.lease == lease:
+                    self.host.drop(snap)
+                    self.index.remove(snap)
+
+    def snapshot_idle(self, idle_s: float) -> int:
+        """Move chains idle for longer than `idle_s` from their slots to host RAM."""
+        now = time.monotonic()
+        moved = 0
+        for slot in self.slots:
+            if slot.busy or slot.lease is None or not slot.tokens or now - slot.last_used < idle_s:
+                continue
+            if self._preserve(slot, keep=0):
+                slot.lease = None
+                self.clear(slot)
+                moved += 1
+        return moved

@@ -1,0 +1,104 @@
+"""Prometheus metrics of one app: KV reuse by tier, snapshots, slots, latency.
+
+Each app builds its own `Metrics` on its own registry (no process globals), so tests can
+run several apps in one process. prometheus-client objects are thread-safe: the engine
+thread observes, the event loop serves `/metrics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+TIERS = ("slot", "host", "prefix", "none")
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_BYTES_BUCKETS = tuple(float(2**k) for k in range(16, 31, 2))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.prompt_tokens_computed = Counter(
+            "warmloop_prompt_tokens_computed", "Prompt tokens computed by the engine", registry=r
+        )
+        self.prompt_tokens_reused = Counter(
+            "warmloop_prompt_tokens_reused",
+            "Prompt tokens whose KV was reused, by where it came from",
+            ["tier"],
+            registry=r,
+        )
+        self.lookups = Counter(
+            "warmloop_kv_lookups",
+            "Placements by the tier that supplied the reused prefix (none = miss)",
+            ["tier"],
+            registry=r,
+        )
+        self.snapshots = Counter("warmloop_kv_snapshots", "Sequences saved to host RAM", registry=r)
+        self.restores = Counter(
+            "warmloop_kv_restores", "Snapshots restored into a slot", registry=r
+        )
+        self.prefix_copies = Counter(
+            "warmloop_kv_prefix_copies", "Prefixes copied between slots", registry=r
+        )
+        self.host_evictions = Counter(
+            "warmloop_kv_host_evictions",
+            "Snapshots dropped to stay within the host budget",
+            registry=r,
+        )
+        self.slot_evictions = Counter(
+            "warmloop_kv_slot_evictions",
+            "Idle chains moved out of a slot for another job",
+            registry=r,
+        )
+        self.snapshot_bytes = Histogram(
+            "warmloop_kv_snapshot_bytes", "Size of one snapshot", buckets=_BYTES_BUCKETS, registry=r
+        )
+        self.snapshot_seconds = Histogram(
+            "warmloop_kv_snapshot_seconds",
+            "Time to save one sequence",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.restore_seconds = Histogram(
+            "warmloop_kv_restore_seconds",
+            "Time to restore one sequence",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft_seconds = Histogram(
+            "warmloop_ttft_seconds",
+            "Time to first token, request to first sampled token",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.token_seconds = Histogram(
+            "warmloop_time_per_output_token_seconds",
+            "Time between output tokens",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.output_tokens = Counter("warmloop_output_tokens", "Tokens generated", registry=r)
+        self.responses = Counter("warmloop_responses", "Responses finished", ["status"], registry=r)
+        self.slots_in_use = Gauge("warmloop_slots_in_use", "Slots running a job", registry=r)
+        self.slots_leased = Gauge(
+            "warmloop_slots_leased", "Slots pinned to a connection", registry=r
+        )
+        self.host_bytes = Gauge(
+            "warmloop_kv_host_bytes", "Bytes of snapshots in host RAM", registry=r
+        )
+        self.host_snapshots = Gauge(
+            "warmloop_kv_host_snapshots", "Snapshots in host RAM", registry=r
+        )
+        self.connections = Gauge(
+            "warmloop_websocket_connections", "Open WebSocket connections", registry=r
+        )
+        for tier in TIERS:  # make every series visible from the start
+            self.lookups.labels(tier)
+            self.prompt_tokens_reused.labels(tier)
+
+    def bind_gauge(self, gauge: Gauge, fn: Callable[[], float]) -> None:
+        gauge.set_function(fn)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
