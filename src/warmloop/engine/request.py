@@ -67,6 +67,9 @@ class Job:
     tenant: str = ""
     lease: str | None = None  # connection that keeps the slot pinned after the job
     prefill_only: bool = False
+    # Leading tokens that are the tenant's shared instructions/tools, not the chain's own
+    # conversation: kept as a reusable prefix when the chain's owner goes away.
+    shared_prefix: int = 0
     submitted_at: float = field(default_factory=time.perf_counter)
     cancelled: bool = False  # set from the event loop; read by the engine thread
     # Where the results go: the engine thread posts into this loop-owned queue.

@@ -33,6 +33,7 @@ class Slot:
     lease: str | None = None  # connection that keeps this slot pinned across tool pauses
     job: Job | None = None
     last_used: float = 0.0
+    shared_prefix: int = 0  # leading tokens that are instructions/tools, not conversation
 
     @property
     def busy(self) -> bool:

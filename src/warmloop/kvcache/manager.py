@@ -45,7 +45,7 @@ class KVCacheManager:
         *,
         kv_reuse: bool = True,
         host_budget_bytes: int = 0,
-        min_snapshot_tokens: int = 32,
+        min_snapshot_tokens: int = 4,
         metrics: Metrics | None = None,
     ) -> None:
         self.slots = [Slot(i) for i in range(n_slots)]
@@ -130,6 +130,7 @@ class KVCacheManager:
         slot.job = job
         slot.tenant = job.tenant
         slot.lease = job.lease
+        slot.shared_prefix = job.shared_prefix
         if self.metrics:
             self.metrics.lookups.labels(tier).inc()
             if reuse:
@@ -154,7 +155,7 @@ class KVCacheManager:
             return True
         t0 = time.perf_counter()
         data = self.ops.seq_state_get(slot.id)
-        snap = Snapshot(tuple(slot.tokens), data, slot.tenant, slot.lease)
+        snap = Snapshot(tuple(slot.tokens), data, slot.tenant, slot.lease, slot.shared_prefix)
         if not self.host.fits(snap.nbytes):
             return False
         for old in self.host.put(snap):
@@ -172,6 +173,10 @@ class KVCacheManager:
             "slot %d: saved %d tokens (%d bytes) to host", slot.id, len(snap.tokens), len(data)
         )
         return True
+
+    def _prefix_held(self, snap: Snapshot) -> bool:
+        n, _ = self.index.match(snap.tenant, snap.tokens[: snap.shared_prefix])
+        return n >= snap.shared_prefix
 
     def _held_elsewhere(self, slot: Slot) -> bool:
         """True if another idle slot or a snapshot already holds all of `slot`'s tokens."""
@@ -217,17 +222,30 @@ class KVCacheManager:
         slot.tokens.clear()
 
     def release(self, lease: str, *, drop_kv: bool) -> None:
-        """The connection is gone: unpin its slot; with drop_kv also forget its KV."""
+        """The connection is gone: unpin its slot. With drop_kv its conversation is
+        forgotten; only the tenant's shared instructions/tools prefix stays reusable."""
         slot = self.leased_to(lease)
         if slot is not None:
             slot.lease = None
             if drop_kv and not slot.busy:
-                self.clear(slot)
+                keep = min(slot.shared_prefix, len(slot.tokens))
+                self.index.remove(slot)
+                self._truncate(slot, keep)
+                if slot.tokens:
+                    self.index.insert(slot.tenant, slot.tokens, slot)
         if drop_kv:
             for snap in self.host:
-                if snap.lease == lease:
+                if snap.lease != lease:
+                    continue
+                self.index.remove(snap)
+                if snap.shared_prefix and not self._prefix_held(snap):
+                    # Only the shared instructions stay matchable (restores truncate to
+                    # the match), so the conversation itself can never be reached again.
+                    snap.tokens = snap.tokens[: snap.shared_prefix]
+                    snap.lease = None
+                    self.index.insert(snap.tenant, snap.tokens, snap)
+                else:
                     self.host.drop(snap)
-                    self.index.remove(snap)
 
     def snapshot_idle(self, idle_s: float) -> int:
         """Move chains idle for longer than `idle_s` from their slots to host RAM."""

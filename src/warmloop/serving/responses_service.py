@@ -71,6 +71,7 @@ class Prepared:
     delta_only: bool  # the prompt reused the chain's tokens and tokenized only new text
     params: SamplingParams
     tool_names: tuple[str, ...]
+    shared_prefix: int  # tokens of the rendered instructions/tools message
     created_at: float = field(default_factory=time.time)
 
 
@@ -112,6 +113,7 @@ class ResponsesService:
         self.model_id = model_id
         self.model_names = {model_id, "default", *config.model_aliases}
         self._live: dict[str, _Live] = {}
+        self._head_tokens: dict[str, int] = {}
 
     # ----- preparation: every check that can fail before the first event --------------
     def prepare(self, request: CreateRequest, ctx: CallContext) -> Prepared:
@@ -175,6 +177,7 @@ class ResponsesService:
             delta_only=delta_only,
             params=params,
             tool_names=names,
+            shared_prefix=self._shared_prefix(system, text),
         )
 
     def _previous(self, response_id: str | None, ctx: CallContext) -> StoredResponse | None:
@@ -211,6 +214,22 @@ class ResponsesService:
             # (including the model's sampled ones) and tokenize only the new text.
             return list(chain.tokens) + self.engine.backend.tokenize(text[len(chain.text) :]), True
         return self.engine.backend.tokenize(text), False
+
+    def _shared_prefix(self, system: str | None, text: str) -> int:
+        """How many leading tokens are the instructions/tools turn (shareable in a tenant)."""
+        if not system:
+            return 0
+        head = self.renderer.render(system, [], add_generation_prompt=False)
+        if not text.startswith(head):
+            return 0
+        n = self._head_tokens.get(head)
+        if n is None:
+            n = len(self.engine.backend.tokenize(head))
+            if len(self._head_tokens) > 256:
+                self._head_tokens.clear()
+            self._head_tokens[head] = n
+        # The head ends at a special token, so its tokens are a prefix of the prompt's.
+        return n
 
     def _grammar(self, request: CreateRequest) -> tuple[str | None, str | None]:
         fmt_grammar = text_format_grammar(request.text_format)
@@ -288,6 +307,7 @@ class ResponsesService:
             tenant=p.ctx.tenant,
             lease=p.ctx.connection.id if p.ctx.connection else None,
             prefill_only=not request.generate,
+            shared_prefix=p.shared_prefix,
         )
         live = _Live(job, self.response_object(p, "in_progress", [], None))
         self._live[p.id] = live

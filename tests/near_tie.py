@@ -1,0 +1,83 @@
+"""Greedy outputs served warm and cold must be identical, except at a near-tie.
+
+llama.cpp's logits can differ in the last bits between batch shapes, so two greedy runs
+of the same prompt may part ways where the top two logits are (almost) equal. When two
+outputs differ, this recomputes the prompt with the model in-process, finds the first
+token where they part, and asserts that the top-2 logit gap there is below 1e-3; any
+other divergence is a cache bug.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import numpy as np
+
+from warmloop.config import embedded_model_path
+from warmloop.engine.backend import BatchRow, LlamaBackend
+from warmloop.protocol.items import Item, MessageItem
+from warmloop.serving.prompt import PromptRenderer, system_text
+
+NEAR_TIE = 1e-3
+
+
+@functools.cache
+def _backend() -> tuple[LlamaBackend, PromptRenderer]:
+    backend = LlamaBackend(
+        embedded_model_path(), ctx_per_seq=4096, n_seq=1, n_threads=2, n_batch=512
+    )
+    return backend, PromptRenderer(backend.chat_template())
+
+
+def logits_after(prompt: list[int], cut: int | None, generated: list[int]) -> np.ndarray:
+    """Logits after `prompt` (one batch, or two batches split at `cut`, as a cache hit
+    computes it) and then `generated` fed one token at a time, as decoding does."""
+    backend, _ = _backend()
+    backend.seq_truncate(0, 0)
+    cuts = [0, *([cut] if cut else []), len(prompt)]
+    for lo, hi in itertools.pairwise(cuts):
+        for start in range(lo, hi, backend.n_batch):
+            end = min(start + backend.n_batch, hi)
+            backend.decode(
+                [BatchRow(prompt[i], i, 0, i == len(prompt) - 1) for i in range(start, end)]
+            )
+    for j, tok in enumerate(generated):
+        backend.decode([BatchRow(tok, len(prompt) + j, 0, True)])
+    return np.ctypeslib.as_array(backend.logits(-1), shape=(backend.n_vocab(),)).copy()
+
+
+def assert_same_or_near_tie(
+    instructions: str | None,
+    history: list[tuple[str, str]],
+    user_text: str,
+    warm: str,
+    cold: str,
+    cached: int,
+) -> None:
+    """Pass if equal; else the first divergent step must be a near-tie: a top-2 gap under
+    1e-3, or a gap inside the logit noise that the warm run's batch shape (prompt split at
+    `cached`) causes on its own, reproduced here without any cache."""
+    if warm == cold:
+        return
+    backend, renderer = _backend()
+    items: list[Item] = []
+    for k, (u, a) in enumerate(history):
+        items += [MessageItem(f"u{k}", "user", u), MessageItem(f"a{k}", "assistant", a)]
+    items.append(MessageItem("u", "user", user_text))
+    prompt = backend.tokenize(renderer.render(system_text(instructions, []), items))
+    a, b = backend.tokenize(warm), backend.tokenize(cold)
+    k = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    if k >= min(len(a), len(b)):
+        return  # one is a prefix of the other: only max_output_tokens/EOG differ
+    cold_logits = logits_after(prompt, None, b[:k])
+    top = np.sort(cold_logits)[::-1]
+    gap = float(top[0] - top[1])
+    if gap < NEAR_TIE:
+        return
+    warm_logits = logits_after(prompt, cached, a[:k])
+    noise = float(np.abs(warm_logits - cold_logits).max())
+    assert gap <= noise, (
+        f"warm and cold outputs diverge at token {k}: top-2 gap {gap:.4g} is larger than the "
+        f"batch-shape noise {noise:.4g}: a cache bug.\nwarm: {warm!r}\ncold: {cold!r}"
+    )
