@@ -202,7 +202,9 @@ async def run_http_session(base: str, key: str, wl: Workload, session: int) -> l
             t0 = time.perf_counter()
             ttft: float | None = None
             final: dict[str, Any] | None = None
-            async with client.stream("POST", f"{base}/responses", content=payload, headers=headers) as r:
+            async with client.stream(
+                "POST", f"{base}/responses", content=payload, headers=headers
+            ) as r:
                 r.raise_for_status()
                 async for line in r.aiter_lines():
                     if not line.startswith("data: "):
@@ -242,9 +244,21 @@ class Server:
     def __init__(self, extra: list[str], args: argparse.Namespace) -> None:
         self.port = free_port()
         cmd = [
-            sys.executable, "-m", "warmloop.cli", "serve", "--port", str(self.port),
-            "--slots", str(args.slots), "--ctx", str(args.ctx), "--threads", str(args.threads),
-            "--log-level", "warning", *extra,
+            sys.executable,
+            "-m",
+            "warmloop.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--slots",
+            str(args.slots),
+            "--ctx",
+            str(args.ctx),
+            "--threads",
+            str(args.threads),
+            "--log-level",
+            "warning",
+            *extra,
         ]
         if args.model:
             cmd += ["--model", args.model]
@@ -286,7 +300,9 @@ def plot(results: list[ModeResult], path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--turns", type=int, default=20)
     p.add_argument("--sessions", type=int, default=1)
     p.add_argument("--slots", type=int, default=4)
@@ -305,7 +321,10 @@ def main() -> None:
         for mode in ("ws", "http-full"):
             if mode in modes:
                 assert warm is not None
-                print(f"running {mode} ({args.sessions} session(s) x {args.turns} turns)...", flush=True)
+                print(
+                    f"running {mode} ({args.sessions} session(s) x {args.turns} turns)...",
+                    flush=True,
+                )
                 results.append(asyncio.run(run_mode(mode, warm.port, key, wl, args.sessions)))
     finally:
         if warm:
@@ -313,7 +332,10 @@ def main() -> None:
     if "stateless" in modes:
         cold = Server(["--no-kv-reuse"], args)
         try:
-            print(f"running stateless ({args.sessions} session(s) x {args.turns} turns)...", flush=True)
+            print(
+                f"running stateless ({args.sessions} session(s) x {args.turns} turns)...",
+                flush=True,
+            )
             r = asyncio.run(run_mode("http-full", cold.port, key, wl, args.sessions))
             r.mode = "stateless"
             results.append(r)
@@ -321,8 +343,17 @@ def main() -> None:
             cold.stop()
 
     summaries = {r.mode: r.summary() for r in results}
-    cols = ["wall_s", "ttft_p50_ms", "turn_p50_ms", "server_compute_s", "overhead_per_turn_ms",
-            "reused_ratio", "client_bytes", "client_bytes_first_turn", "client_bytes_last_turn"]
+    cols = [
+        "wall_s",
+        "ttft_p50_ms",
+        "turn_p50_ms",
+        "server_compute_s",
+        "overhead_per_turn_ms",
+        "reused_ratio",
+        "client_bytes",
+        "client_bytes_first_turn",
+        "client_bytes_last_turn",
+    ]
     print(f"\n{'mode':<11}" + "".join(f"{c:>24}" for c in cols))
     for m, s in summaries.items():
         print(f"{m:<11}" + "".join(f"{s[c]:>24}" for c in cols))

@@ -207,15 +207,24 @@ class LlamaBackend:
         copies whole sequences; truncate afterwards to keep a prefix)."""
         llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
 
-    def seq_state_get(self, seq: int) -> bytes:
+    def seq_state_get(self, seq: int) -> bytearray:
+        """The sequence's KV state, written by llama.cpp straight into the returned buffer
+        (no intermediate copies: a 4k-token chain is ~94 MB)."""
         size = llama_cpp.llama_state_seq_get_size(self.ctx, seq)
-        buf = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, seq)
-        return bytes(buf)[:written]
+        out = bytearray(size)
+        view = (ctypes.c_uint8 * size).from_buffer(out)
+        written = llama_cpp.llama_state_seq_get_data(self.ctx, view, size, seq)
+        del view  # release the buffer export before resizing
+        if written < size:
+            del out[written:]
+        return out
 
-    def seq_state_set(self, seq: int, data: bytes) -> None:
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        if llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(data), seq) == 0:
+    def seq_state_set(self, seq: int, data: bytes | bytearray) -> None:
+        if isinstance(data, bytearray):
+            src = (ctypes.c_uint8 * len(data)).from_buffer(data)  # no copy
+        else:
+            src = ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8))
+        if llama_cpp.llama_state_seq_set_data(self.ctx, src, len(data), seq) == 0:
             raise BackendError(f"could not restore state into sequence {seq}")
 
     # ----- sampling --------------------------------------------------------------------

@@ -20,7 +20,7 @@ _ids = itertools.count(1)
 @dataclass(eq=False)
 class Snapshot:
     tokens: tuple[int, ...]  # what may be matched; the data can hold more (never used)
-    data: bytes = field(repr=False)
+    data: bytearray = field(repr=False)
     tenant: str
     lease: str | None  # the connection whose chain this is, if any
     shared_prefix: int = 0  # leading tokens that are the tenant's instructions/tools
