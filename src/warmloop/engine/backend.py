@@ -220,6 +220,7 @@ class LlamaBackend:
         return out
 
     def seq_state_set(self, seq: int, data: bytes | bytearray) -> None:
+        src: Any
         if isinstance(data, bytearray):
             src = (ctypes.c_uint8 * len(data)).from_buffer(data)  # no copy
         else:
