@@ -47,6 +47,8 @@ def build_engine(config: Config, metrics: Metrics | None = None) -> Engine:
             slots=config.slots,
             threads=config.threads,
             batch_tokens=config.batch_tokens,
+            prefill_chunk=config.prefill_chunk,
+            max_running=0 if config.batching else 1,
             idle_snapshot_s=config.kv_idle_snapshot_s,
         ),
         manager,

@@ -80,6 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute every prompt in full (the stateless baseline)",
     )
     s.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=int(_env("prefill_chunk", d.prefill_chunk)),
+        help="prefill tokens per step while other sequences decode (bounds their stall)",
+    )
+    s.add_argument(
+        "--no-batching",
+        action="store_true",
+        default=_env_bool("no_batching", False),
+        help="run one sequence at a time (baseline for the batching benchmark)",
+    )
+    s.add_argument(
         "--kv-host-budget",
         type=int,
         default=int(_env("kv_host_budget", default_host_budget())),
@@ -155,6 +167,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         slots=args.slots,
         threads=args.threads,
         batch_tokens=args.batch_tokens,
+        prefill_chunk=args.prefill_chunk,
+        batching=not args.no_batching,
         api_keys=tuple(args.api_key),
         log_level=args.log_level,
         kv_reuse=not args.no_kv_reuse,

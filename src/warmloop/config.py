@@ -54,6 +54,8 @@ class Config:
     slots: int = 4
     threads: int = field(default_factory=default_threads)
     batch_tokens: int = 512
+    prefill_chunk: int = 64  # prefill tokens per step while other sequences decode
+    batching: bool = True  # False: one sequence at a time (the baseline)
     api_keys: tuple[str, ...] = ()
     log_level: str = "info"
     kv_reuse: bool = True

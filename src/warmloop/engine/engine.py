@@ -1,26 +1,24 @@
 """The engine: one thread owns llama.cpp and runs every sequence in shared batches.
 
-Jobs arrive through a thread-safe inbox; each engine step builds one batch with one
-decode token for every running sequence plus prefill chunks of admitted prompts
-(oldest first) up to `batch_tokens`, decodes it, samples, and posts tokens back to the
-job's asyncio queue. Which slot a job runs on, and what KV it reuses, is the injected
-`Placer`'s decision (the KV cache manager); the engine executes it.
+Jobs arrive through a thread-safe inbox. Each step the `Scheduler` admits waiting jobs
+and plans one batch (a decode token for every running sequence plus prefill chunks);
+the engine decodes it, samples each sequence with its own sampler chain, and posts
+tokens back to the job's asyncio queue. Which slot a job runs on, and what KV it
+reuses, is the injected `Placer`'s decision (the KV cache manager).
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from warmloop.engine.backend import BackendError, BatchRow, LlamaBackend, Sampler
+from warmloop.engine.backend import BackendError, LlamaBackend
 from warmloop.engine.request import (
     Admitted,
     EngineEvent,
@@ -30,7 +28,8 @@ from warmloop.engine.request import (
     Job,
     TokenOut,
 )
-from warmloop.engine.slots import Placement, Placer, PlacerFactory, Slot
+from warmloop.engine.scheduler import Scheduler, Sequence, StepPlan
+from warmloop.engine.slots import Placement, Placer, PlacerFactory
 
 log = logging.getLogger("warmloop.engine")
 
@@ -42,27 +41,12 @@ class EngineConfig:
     slots: int
     threads: int
     batch_tokens: int
+    # Prefill tokens per step while other sequences decode: bounds their stall.
+    prefill_chunk: int = 64
+    # Sequences decoding at once (1 = no batching across requests, the baseline).
+    max_running: int = 0  # 0: one per slot
     # Chains idle this long move to host RAM (0 = only when a slot is needed).
     idle_snapshot_s: float = 0.0
-
-
-@dataclass
-class _Running:
-    job: Job
-    slot: Slot
-    sampler: Sampler | None
-    reused: int
-    generated: list[int] = field(default_factory=list)
-    next_token: int | None = None  # sampled but not yet decoded
-    utf8: codecs.IncrementalDecoder = field(
-        default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace")
-    )
-    prefill_ms: float = 0.0
-    decode_ms: float = 0.0
-
-    @property
-    def prefilling(self) -> bool:
-        return len(self.slot.tokens) < len(self.job.tokens)
 
 
 @dataclass
@@ -84,10 +68,15 @@ class Engine:
             n_batch=config.batch_tokens,
         )
         self.slots: Placer = placer(self.backend)
+        self.scheduler = Scheduler(
+            self.slots,
+            batch_tokens=config.batch_tokens,
+            prefill_chunk=config.prefill_chunk,
+            max_running=config.max_running or config.slots,
+            ctx_per_seq=config.ctx_per_seq,
+        )
         self.stats = EngineStats()
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._waiting: deque[Job] = deque()
-        self._running: list[_Running] = []
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="warmloop-engine", daemon=True)
         self._eog_text_cache: dict[int, str] = {}
@@ -117,7 +106,7 @@ class Engine:
         """
         job.loop = asyncio.get_running_loop()
         job.out = asyncio.Queue()
-        self._inbox.put(lambda: self._waiting.append(job))
+        self._inbox.put(lambda: self._submit(job))
         done = False
         try:
             while True:
@@ -139,9 +128,17 @@ class Engine:
         self._inbox.put(lambda: self.slots.release(lease, drop_kv=drop_kv))
 
     # ----- engine thread -------------------------------------------------------------
+    def _submit(self, job: Job) -> None:
+        reason = self.scheduler.never_fits(job)
+        if reason is not None:
+            job.post(Failed(f"request can never be served: {reason}"))
+        else:
+            self.scheduler.waiting.append(job)
+
     def _loop(self) -> None:
+        sched = self.scheduler
         while not self._stop:
-            idle = not self._running and not self._waiting
+            idle = not sched.running and not sched.waiting
             try:
                 cmd = self._inbox.get(timeout=1.0) if idle else self._inbox.get_nowait()
                 cmd()
@@ -153,37 +150,21 @@ class Engine:
             if self._stop:
                 break
             try:
-                self._drop_cancelled()
-                self._admit()
-                if self._running:
+                for seq in [r for r in sched.running if r.job.cancelled]:
+                    self._finish(seq, "cancelled")
+                sched.drop_cancelled_waiting()
+                for job, placement in sched.admissions():
+                    self._start(job, placement)
+                if sched.running:
                     self._step()
             except Exception as exc:  # never let the engine thread die silently
                 log.exception("engine step failed")
-                for r in list(self._running):
-                    self._fail(r, f"engine error: {exc}")
-        for r in list(self._running):
-            self._finish(r, "cancelled")
-        for job in self._waiting:
+                for seq in list(sched.running):
+                    self._fail(seq, f"engine error: {exc}")
+        for seq in list(sched.running):
+            self._finish(seq, "cancelled")
+        for job in sched.waiting:
             job.post(Failed("server is shutting down"))
-
-    def _drop_cancelled(self) -> None:
-        for r in [r for r in self._running if r.job.cancelled]:
-            self._finish(r, "cancelled")
-        if any(j.cancelled for j in self._waiting):
-            kept = [j for j in self._waiting if not j.cancelled]
-            self._waiting = deque(kept)
-
-    def _admit(self) -> None:
-        # Oldest first; a job whose connection's slot is busy does not block the others.
-        still_waiting: deque[Job] = deque()
-        while self._waiting:
-            job = self._waiting.popleft()
-            placement = self.slots.place(job)
-            if placement is None:
-                still_waiting.append(job)
-                continue
-            self._start(job, placement)
-        self._waiting = still_waiting
 
     def _start(self, job: Job, placement: Placement) -> None:
         slot = placement.slot
@@ -202,70 +183,48 @@ class Engine:
                 self.slots.finish(slot)
                 job.post(Failed(str(exc)))
                 return
-        self._running.append(_Running(job, slot, sampler, placement.reuse))
+        self.scheduler.running.append(Sequence(job, slot, sampler, placement.reuse))
         self.stats.prompt_tokens_reused += placement.reuse
         job.post(Admitted(slot.id, len(job.tokens), placement.reuse, placement.tier))
 
     def _step(self) -> None:
-        rows: list[BatchRow] = []
-        samples: list[tuple[_Running, int]] = []
-        prefill_jobs: list[_Running] = []
-        decode_jobs: list[_Running] = []
-        for r in self._running:
-            if r.next_token is not None:
-                rows.append(BatchRow(r.next_token, len(r.slot.tokens), r.slot.id, True))
-                samples.append((r, len(rows) - 1))
-                decode_jobs.append(r)
-        budget = self.config.batch_tokens - len(rows)
-        pending: list[tuple[_Running, list[int]]] = []
-        for r in self._running:
-            if budget <= 0:
-                break
-            if r.next_token is not None or not r.prefilling:
-                continue
-            start = len(r.slot.tokens)
-            chunk = r.job.tokens[start : start + budget]
-            for i, tok in enumerate(chunk):
-                last = start + i == len(r.job.tokens) - 1
-                rows.append(BatchRow(tok, start + i, r.slot.id, last and not r.job.prefill_only))
-            if start + len(chunk) == len(r.job.tokens) and not r.job.prefill_only:
-                samples.append((r, len(rows) - 1))
-            budget -= len(chunk)
-            pending.append((r, chunk))
-            prefill_jobs.append(r)
-        if not rows:
-            # Only prefill-only jobs whose prompt was entirely cached.
-            for r in [r for r in self._running if r.job.prefill_only and not r.prefilling]:
-                self._finish(r, "prefilled")
+        sched = self.scheduler
+        plan = sched.plan()
+        if not plan.rows:
+            self._finish_prefilled()  # prompts that were entirely cached
             return
-
         t0 = time.perf_counter()
         try:
-            self.backend.decode(rows)
+            self.backend.decode(plan.rows)
         except BackendError as exc:
-            for r in {id(x): x for x in decode_jobs + prefill_jobs}.values():
-                self._fail(r, str(exc))
-                self.slots.clear(r.slot)
+            self._fail_step(plan, str(exc))
             return
         elapsed_ms = (time.perf_counter() - t0) * 1000.0
-
-        for r in decode_jobs:
-            assert r.next_token is not None
-            r.slot.tokens.append(r.next_token)
-            r.next_token = None
-            r.decode_ms += elapsed_ms
-        for r, chunk in pending:
-            r.slot.tokens.extend(chunk)
-            r.prefill_ms += elapsed_ms
+        for seq in plan.decodes:
+            assert seq.next_token is not None
+            seq.slot.tokens.append(seq.next_token)
+            seq.next_token = None
+            seq.decode_ms += elapsed_ms
+        for seq, chunk in plan.chunks:
+            seq.slot.tokens.extend(chunk)
+            seq.prefill_ms += elapsed_ms
             self.stats.prompt_tokens_computed += len(chunk)
+        for seq, idx in plan.samples:
+            assert seq.sampler is not None
+            self._on_sample(seq, seq.sampler.sample(self.backend.ctx, idx))
+        self._finish_prefilled()
 
-        for r, idx in samples:
-            assert r.sampler is not None
-            self._on_sample(r, r.sampler.sample(self.backend.ctx, idx))
-        for r in [r for r in self._running if r.job.prefill_only and not r.prefilling]:
-            self._finish(r, "prefilled")
+    def _finish_prefilled(self) -> None:
+        for seq in [s for s in self.scheduler.running if s.job.prefill_only and not s.prefilling]:
+            self._finish(seq, "prefilled")
 
-    def _on_sample(self, r: _Running, token: int) -> None:
+    def _fail_step(self, plan: StepPlan, message: str) -> None:
+        # The batch's KV is in an unknown state: fail its sequences and forget their KV.
+        for seq in {id(s): s for s in plan.decodes + [c[0] for c in plan.chunks]}.values():
+            self._fail(seq, message)
+            self.slots.clear(seq.slot)
+
+    def _on_sample(self, r: Sequence, token: int) -> None:
         if self.backend.is_eog(token):
             self._finish(r, "stop")
             return
@@ -279,8 +238,8 @@ class Engine:
         else:
             r.next_token = token
 
-    def _finish(self, r: _Running, reason: FinishReason) -> None:
-        self._running.remove(r)
+    def _finish(self, r: Sequence, reason: FinishReason) -> None:
+        self.scheduler.running.remove(r)
         tail = r.utf8.decode(b"", final=True)
         if tail:
             r.job.post(TokenOut(-1, tail))
@@ -299,9 +258,9 @@ class Engine:
             )
         )
 
-    def _fail(self, r: _Running, message: str) -> None:
-        if r in self._running:
-            self._running.remove(r)
+    def _fail(self, r: Sequence, message: str) -> None:
+        if r in self.scheduler.running:
+            self.scheduler.running.remove(r)
         if r.sampler is not None:
             r.sampler.free()
         self.slots.finish(r.slot)

@@ -68,11 +68,20 @@ class KVCacheManager:
         return sum(1 for s in self.slots if s.lease is not None)
 
     # ----- placement ---------------------------------------------------------------------
+    def can_place(self, job: Job) -> bool:
+        return self._choose(job) is not None
+
     def place(self, job: Job) -> Placement | None:
         """Give `job` a slot holding the longest reusable prefix, or None if it must wait."""
-        target = self._target(job)
-        if target is None:
+        choice = self._choose(job)
+        if choice is None:
             return None
+        target, evicting = choice
+        if evicting:
+            # The victim's connection loses its pin; its chain goes to host RAM below.
+            self.stats.slot_evictions += 1
+            if self.metrics:
+                self.metrics.slot_evictions.inc()
         cap = len(job.tokens) if job.prefill_only else len(job.tokens) - 1
         if not self.kv_reuse:
             self._truncate(target, 0)
@@ -82,6 +91,10 @@ class KVCacheManager:
         best, holders = self.index.match(job.tenant, job.tokens)
         best = min(best, cap)
         source = self._pick_source(holders - {target}) if best > own else None
+        running, n = self._best_running(job, target)
+        if min(n, cap) > max(best if source else 0, own):
+            # A fork of a chain that is generating right now: its KV up to here is final.
+            source, best = running, min(n, cap)
         if source is None:
             self._preserve(target, keep=own)
             self._truncate(target, own)
@@ -95,11 +108,17 @@ class KVCacheManager:
         )
         return self._claim(target, job, best, "host")
 
-    def _target(self, job: Job) -> Slot | None:
+    def _choose(self, job: Job) -> tuple[Slot, bool] | None:
+        """The slot `job` would get, and whether that evicts an idle chain (no side effects).
+
+        Order: the slot the job's connection leases; else the free unleased slot with the
+        longest common prefix (least recently used on ties); else the least recently used
+        idle leased slot.
+        """
         if job.lease is not None:
             own = self.leased_to(job.lease)
             if own is not None:
-                return None if own.busy else own
+                return None if own.busy else (own, False)
         free = [s for s in self.slots if not s.busy and s.lease is None]
         if free:
 
@@ -107,16 +126,22 @@ class KVCacheManager:
                 same = self.kv_reuse and s.tenant == job.tenant
                 return (common_prefix(s.tokens, job.tokens) if same else 0, -s.last_used)
 
-            return max(free, key=score)
+            return max(free, key=score), False
         idle = [s for s in self.slots if not s.busy]
         if not idle:
             return None
-        victim = min(idle, key=lambda s: s.last_used)
-        # The victim's connection loses its pin; its chain goes to host RAM in _preserve.
-        self.stats.slot_evictions += 1
-        if self.metrics:
-            self.metrics.slot_evictions.inc()
-        return victim
+        return min(idle, key=lambda s: s.last_used), True
+
+    def _best_running(self, job: Job, target: Slot) -> tuple[Slot | None, int]:
+        """The busy slot of the job's tenant sharing the longest prefix (busy slots are
+        not in the index: their token lists grow every step)."""
+        best: tuple[Slot | None, int] = (None, 0)
+        for s in self.slots:
+            if s.busy and s is not target and s.tenant == job.tenant:
+                n = common_prefix(s.tokens, job.tokens)
+                if n > best[1]:
+                    best = (s, n)
+        return best
 
     def _pick_source(self, holders: set[Hashable]) -> Slot | Snapshot | None:
         slots = [h for h in holders if isinstance(h, Slot) and not h.busy]

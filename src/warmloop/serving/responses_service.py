@@ -56,6 +56,14 @@ log = logging.getLogger("warmloop.responses")
 class CallContext:
     tenant: str = ""
     connection: Connection | None = None
+    lane: str | None = None  # WebSocket stream_id: each lane has its own chain and slot
+
+    @property
+    def lease(self) -> str | None:
+        """Engine lease key: one per connection lane, so a lane's slot stays pinned."""
+        if self.connection is None:
+            return None
+        return self.connection.id if self.lane is None else f"{self.connection.id}#{self.lane}"
 
 
 @dataclass
@@ -305,10 +313,12 @@ class ResponsesService:
             tokens=p.tokens,
             params=p.params,
             tenant=p.ctx.tenant,
-            lease=p.ctx.connection.id if p.ctx.connection else None,
+            lease=p.ctx.lease,
             prefill_only=not request.generate,
             shared_prefix=p.shared_prefix,
         )
+        if p.ctx.connection is not None and job.lease is not None:
+            p.ctx.connection.leases.add(job.lease)
         live = _Live(job, self.response_object(p, "in_progress", [], None))
         self._live[p.id] = live
         yield seq(ev.response_lifecycle("created", live.snapshot))
@@ -429,7 +439,8 @@ class ResponsesService:
     def connection_closed(self, connection: Connection) -> None:
         """Unpin the connection's slot. A store:false chain's KV dies with the socket; a
         store:true chain's stays as a tenant-scoped prefix a later continuation can find."""
-        self.engine.release_lease(connection.id, drop_kv=not connection.chain_is_stored)
+        for lease in connection.leases:
+            self.engine.release_lease(lease, drop_kv=not connection.chain_is_stored)
 
     def engine_status(self) -> dict[str, int]:
         slots = self.engine.slots

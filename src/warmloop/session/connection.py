@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from warmloop.protocol.items import new_id
 from warmloop.session.response_store import StoredResponse
 
-RECENT_RESPONSES = 4
+RECENT_RESPONSES = 64  # enough for the latest responses of every lane (stream_id)
 
 
 @dataclass
@@ -23,6 +23,7 @@ class Connection:
     id: str = field(default_factory=lambda: new_id("conn"))
     opened_at: float = field(default_factory=time.monotonic)
     recent: OrderedDict[str, StoredResponse] = field(default_factory=OrderedDict)
+    leases: set[str] = field(default_factory=set)  # engine leases its lanes have used
 
     @property
     def chain_is_stored(self) -> bool:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import APIRouter
@@ -20,7 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from warmloop.protocol.errors import APIError, InvalidRequest, TooManyRequests, Unauthorized
 from warmloop.protocol.requests import CreateRequest, parse_create
-from warmloop.serving.responses_service import CallContext
+from warmloop.serving.responses_service import CallContext, ResponsesService
 from warmloop.session.connection import Connection
 from warmloop.transport.errors import ws_error
 from warmloop.transport.runtime import Runtime
@@ -29,6 +30,9 @@ log = logging.getLogger("warmloop.websocket")
 router = APIRouter()
 
 IGNORED_CLIENT_EVENTS = frozenset({"response.processed"})
+MAX_LANES = 32  # named streams per connection
+MAX_IN_FLIGHT = 16  # responses running at once per connection, across its streams
+STREAM_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
@@ -45,17 +49,34 @@ def _refuse(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+class _Lane:
+    """One named lane (`stream_id`) of a socket: its own queue, chain and slot lease."""
+
+    def __init__(self, stream_id: str | None, queue_size: int) -> None:
+        self.stream_id = stream_id
+        self.queue: asyncio.Queue[CreateRequest] = asyncio.Queue(queue_size)
+        self.busy = False
+
+
 class _Session:
     def __init__(self, ws: WebSocket, rt: Runtime, conn: Connection) -> None:
         self.ws = ws
         self.rt = rt
         self.conn = conn
-        self.queue: asyncio.Queue[CreateRequest] = asyncio.Queue(rt.config.ws_queue_size)
-        self.busy = False
+        self.lanes: dict[str | None, _Lane] = {}
+        self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.workers: set[asyncio.Task[None]] = set()
         self.expired = False
+        self.closed = asyncio.Event()
         self._send_lock = asyncio.Lock()
 
-    async def send(self, event: dict[str, Any]) -> None:
+    @property
+    def busy(self) -> bool:
+        return any(lane.busy or not lane.queue.empty() for lane in self.lanes.values())
+
+    async def send(self, event: dict[str, Any], stream_id: str | None = None) -> None:
+        if stream_id is not None:
+            event["stream_id"] = stream_id
         async with self._send_lock:
             await self.ws.send_text(json.dumps(event, ensure_ascii=False))
 
@@ -74,11 +95,8 @@ class _Session:
                 try:
                     text = data.decode("utf-8")
                 except UnicodeDecodeError:
-                    await self.send(
-                        ws_error(
-                            InvalidRequest("Frames must be UTF-8 JSON text.", code="invalid_json")
-                        )
-                    )
+                    err = InvalidRequest("Frames must be UTF-8 JSON text.", code="invalid_json")
+                    await self.send(ws_error(err))
                     continue
             if len(text.encode()) > limit:
                 await self._frame_too_large(len(text.encode()))
@@ -96,9 +114,8 @@ class _Session:
         try:
             event = json.loads(text)
         except ValueError as exc:
-            await self.send(
-                ws_error(InvalidRequest(f"Frame is not valid JSON: {exc}", code="invalid_json"))
-            )
+            err = InvalidRequest(f"Frame is not valid JSON: {exc}", code="invalid_json")
+            await self.send(ws_error(err))
             return
         if not isinstance(event, dict):
             await self.send(
@@ -116,53 +133,80 @@ class _Session:
             )
             await self.send(ws_error(err))
             return
-        body = {k: v for k, v in event.items() if k != "type"}
+        body = {k: v for k, v in event.items() if k not in ("type", "stream_id")}
         body.pop("stream", None)  # implied on a socket
+        stream_id = event.get("stream_id")
         try:
+            lane = self._lane(stream_id)
             create = parse_create(body, websocket=True)
-            self.queue.put_nowait(create)
+            lane.queue.put_nowait(create)
         except APIError as exc:
-            await self.send(ws_error(exc))
+            await self.send(ws_error(exc), stream_id if isinstance(stream_id, str) else None)
         except asyncio.QueueFull:
             full = TooManyRequests(
-                f"Too many queued response.create events (limit {self.queue.maxsize}); "
+                f"Too many queued response.create events (limit {self.rt.config.ws_queue_size}); "
                 "wait for a response to finish.",
                 code="queue_full",
             )
-            await self.send(ws_error(full))
+            await self.send(ws_error(full), stream_id)
 
-    async def worker(self) -> None:
+    def _lane(self, stream_id: object) -> _Lane:
+        if stream_id is not None and (
+            not isinstance(stream_id, str) or not STREAM_ID.fullmatch(stream_id)
+        ):
+            raise InvalidRequest(
+                "'stream_id' must be 1-64 characters of letters, digits, '_', '-', '.', ':'.",
+                param="stream_id",
+                code="invalid_stream_id",
+            )
+        lane = self.lanes.get(stream_id)
+        if lane is None:
+            if len(self.lanes) >= MAX_LANES:
+                raise InvalidRequest(
+                    f"This connection already has {MAX_LANES} streams.",
+                    param="stream_id",
+                    code="websocket_stream_limit_reached",
+                )
+            lane = self.lanes[stream_id] = _Lane(stream_id, self.rt.config.ws_queue_size)
+            task = asyncio.create_task(self.run_lane(lane), name=f"{self.conn.id}-{stream_id}")
+            self.workers.add(task)
+        return lane
+
+    async def run_lane(self, lane: _Lane) -> None:
         service = self.rt.service
-        ctx = CallContext(tenant=self.conn.tenant, connection=self.conn)
+        ctx = CallContext(tenant=self.conn.tenant, connection=self.conn, lane=lane.stream_id)
         while True:
-            create = await self.queue.get()
-            self.busy = True
-            try:
-                previous_id = create.body.previous_response_id
+            create = await lane.queue.get()
+            async with self.in_flight:
+                lane.busy = True
                 try:
-                    prepared = service.prepare(create, ctx)
-                except APIError as exc:
-                    if previous_id is not None:
-                        self.conn.forget(previous_id)
-                    await self.send(ws_error(exc))
-                    continue
-                async with contextlib.aclosing(service.stream(prepared)) as events:
-                    async for event in events:
-                        await self.send(event)
-            finally:
-                self.busy = False
-            if self.expired:
+                    await self._respond(service, ctx, create, lane.stream_id)
+                finally:
+                    lane.busy = False
+            if self.expired and not self.busy:
                 await self._close_expired()
-                return
+
+    async def _respond(
+        self, service: ResponsesService, ctx: CallContext, create: CreateRequest, sid: str | None
+    ) -> None:
+        previous_id = create.body.previous_response_id
+        try:
+            prepared = service.prepare(create, ctx)
+        except APIError as exc:
+            if previous_id is not None:
+                self.conn.forget(previous_id)
+            await self.send(ws_error(exc), sid)
+            return
+        async with contextlib.aclosing(service.stream(prepared)) as events:
+            async for event in events:
+                await self.send(event, sid)
 
     async def watchdog(self) -> None:
         await asyncio.sleep(self.rt.config.ws_max_age_s)
         self.expired = True
         if not self.busy:
             await self._close_expired()
-            return
-        # A response is running: the worker closes the socket once it has finished.
-        await asyncio.Event().wait()
+        # Otherwise the last lane to finish closes the socket.
 
     async def _close_expired(self) -> None:
         minutes = self.rt.config.ws_max_age_s / 60
@@ -173,6 +217,7 @@ class _Session:
         with contextlib.suppress(Exception):
             await self.send(ws_error(err))
             await self.ws.close(code=1000)
+        self.closed.set()
 
 
 @router.websocket("/v1/responses")
@@ -201,12 +246,11 @@ async def responses_socket(ws: WebSocket) -> None:
     try:
         await ws.accept()
         log.debug("connection %s opened", conn.id)
-        tasks = [
-            asyncio.create_task(session.reader(), name=f"{conn.id}-reader"),
-            asyncio.create_task(session.worker(), name=f"{conn.id}-worker"),
-            asyncio.create_task(session.watchdog(), name=f"{conn.id}-watchdog"),
-        ]
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        reader = asyncio.create_task(session.reader(), name=f"{conn.id}-reader")
+        watchdog = asyncio.create_task(session.watchdog(), name=f"{conn.id}-watchdog")
+        closed = asyncio.create_task(session.closed.wait(), name=f"{conn.id}-closed")
+        done, _ = await asyncio.wait([reader, closed], return_when=asyncio.FIRST_COMPLETED)
+        pending = [t for t in (reader, watchdog, closed, *session.workers) if not t.done()]
         for task in pending:
             task.cancel()
         for task in pending:

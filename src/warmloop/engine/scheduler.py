@@ -1,0 +1,135 @@
+"""Continuous batching: which jobs run, and what goes into the next `llama_batch`.
+
+Every engine step carries one decode token for each running sequence plus prefill
+chunks of admitted prompts, oldest first. While any sequence is decoding, prefill gets
+at most `prefill_chunk` tokens per step, so a long prompt never stalls the others'
+tokens for more than one small chunk; with nothing decoding it gets the whole batch.
+Admission is `can_admit(job)` then `admit(job)`, oldest job first, and a job that can
+never fit is refused with a clear reason instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections import deque
+from dataclasses import dataclass, field
+
+from warmloop.engine.backend import BatchRow, Sampler
+from warmloop.engine.request import Job
+from warmloop.engine.slots import Placement, Placer, Slot
+
+
+@dataclass
+class Sequence:
+    """A job that holds a slot: its prompt is being prefilled or its tokens decoded."""
+
+    job: Job
+    slot: Slot
+    sampler: Sampler | None
+    reused: int
+    generated: list[int] = field(default_factory=list)
+    next_token: int | None = None  # sampled but not yet decoded
+    utf8: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace")
+    )
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+
+    @property
+    def prefilling(self) -> bool:
+        return len(self.slot.tokens) < len(self.job.tokens)
+
+
+@dataclass
+class StepPlan:
+    rows: list[BatchRow] = field(default_factory=list)
+    decodes: list[Sequence] = field(default_factory=list)
+    chunks: list[tuple[Sequence, list[int]]] = field(default_factory=list)
+    samples: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, row index)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        placer: Placer,
+        *,
+        batch_tokens: int,
+        prefill_chunk: int,
+        max_running: int,
+        ctx_per_seq: int,
+    ) -> None:
+        self.placer = placer
+        self.batch_tokens = batch_tokens
+        self.prefill_chunk = max(1, min(prefill_chunk, batch_tokens))
+        self.max_running = max_running
+        self.ctx_per_seq = ctx_per_seq
+        self.waiting: deque[Job] = deque()
+        self.running: list[Sequence] = []
+
+    # ----- admission ---------------------------------------------------------------------
+    def never_fits(self, job: Job) -> str | None:
+        """Why `job` can never run (so it must fail now rather than wait), or None."""
+        need = len(job.tokens) + (0 if job.prefill_only else 1)
+        if not job.tokens:
+            return "the prompt is empty"
+        if need > self.ctx_per_seq:
+            return (
+                f"the prompt needs {need} tokens of context but a sequence holds {self.ctx_per_seq}"
+            )
+        return None
+
+    def can_admit(self, job: Job) -> bool:
+        return len(self.running) < self.max_running and self.placer.can_place(job)
+
+    def admit(self, job: Job) -> Placement | None:
+        return self.placer.place(job)
+
+    def admissions(self) -> list[tuple[Job, Placement]]:
+        """Admit waiting jobs, oldest first. A job that must wait (say, its connection's
+        slot is busy) does not hold back younger jobs that can run."""
+        admitted: list[tuple[Job, Placement]] = []
+        still: deque[Job] = deque()
+        while self.waiting:
+            job = self.waiting.popleft()
+            placement = self.admit(job) if self.can_admit(job) else None
+            if placement is None:
+                still.append(job)
+            else:
+                admitted.append((job, placement))
+        self.waiting = still
+        return admitted
+
+    def drop_cancelled_waiting(self) -> list[Job]:
+        gone = [j for j in self.waiting if j.cancelled]
+        if gone:
+            self.waiting = deque(j for j in self.waiting if not j.cancelled)
+        return gone
+
+    # ----- one step ----------------------------------------------------------------------
+    def plan(self) -> StepPlan:
+        plan = StepPlan()
+        for seq in self.running:
+            if seq.next_token is not None:
+                plan.rows.append(BatchRow(seq.next_token, len(seq.slot.tokens), seq.slot.id, True))
+                plan.samples.append((seq, len(plan.rows) - 1))
+                plan.decodes.append(seq)
+        budget = self.batch_tokens - len(plan.rows)
+        if plan.decodes:
+            budget = min(budget, self.prefill_chunk)
+        for seq in self.running:
+            if budget <= 0:
+                break
+            if seq.next_token is not None or not seq.prefilling:
+                continue
+            start = len(seq.slot.tokens)
+            chunk = seq.job.tokens[start : start + budget]
+            end = start + len(chunk)
+            wants_logits = end == len(seq.job.tokens) and not seq.job.prefill_only
+            for i, tok in enumerate(chunk):
+                last = wants_logits and start + i == end - 1
+                plan.rows.append(BatchRow(tok, start + i, seq.slot.id, last))
+            if wants_logits:
+                plan.samples.append((seq, len(plan.rows) - 1))
+            plan.chunks.append((seq, chunk))
+            budget -= len(chunk)
+        return plan
