@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap on output tokens per response",
     )
     s.add_argument(
+        "--default-temperature",
+        type=float,
+        default=float(_env("default_temperature", d.default_temperature)),
+        help="temperature for requests that do not set one (0 = greedy)",
+    )
+    s.add_argument(
         "--store-max-responses",
         type=int,
         default=int(_env("store_max_responses", d.store_max_responses)),
@@ -176,6 +182,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         kv_idle_snapshot_s=args.kv_idle_snapshot_s,
         max_body_bytes=args.max_body_bytes,
         max_output_tokens=args.max_output_tokens,
+        default_temperature=args.default_temperature,
         store_max_responses=args.store_max_responses,
         store_max_bytes=args.store_max_bytes,
         websocket=not args.no_websocket,

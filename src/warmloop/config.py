@@ -64,6 +64,7 @@ class Config:
     # limits
     max_body_bytes: int = 4 * 1024 * 1024
     max_output_tokens: int = 4096
+    default_temperature: float = 1.0  # for requests that send none (OpenAI's default)
     store_max_responses: int = 10_000
     store_max_bytes: int = 256 * 1024 * 1024
     # WebSocket mode

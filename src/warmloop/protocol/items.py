@@ -34,7 +34,12 @@ class FunctionCallItem:
     call_id: str
     name: str
     arguments: str
+    namespace: str | None = None
     type: Literal["function_call"] = "function_call"
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.namespace}.{self.name}" if self.namespace else self.name
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ def item_to_wire(item: Item) -> dict[str, Any]:
             "content": [content],
         }
     if isinstance(item, FunctionCallItem):
-        return {
+        call = {
             "type": "function_call",
             "id": item.id,
             "call_id": item.call_id,
@@ -87,6 +92,9 @@ def item_to_wire(item: Item) -> dict[str, Any]:
             "arguments": item.arguments,
             "status": "completed",
         }
+        if item.namespace:
+            call["namespace"] = item.namespace
+        return call
     return {
         "type": "function_call_output",
         "id": item.id,
@@ -158,7 +166,13 @@ def parse_item(raw: Any, index: int) -> Item | ItemReference:
         call_id = _str_field(raw, "call_id", param)
         name = _str_field(raw, "name", param)
         arguments = _str_field(raw, "arguments", param)
-        return FunctionCallItem(str(raw.get("id") or new_id("fc")), call_id, name, arguments)
+        namespace = raw.get("namespace")
+        if namespace is not None and not isinstance(namespace, str):
+            raise InvalidRequest(
+                f"'{param}.namespace' must be a string.", param=f"{param}.namespace"
+            )
+        item_id = str(raw.get("id") or new_id("fc"))
+        return FunctionCallItem(item_id, call_id, name, arguments, namespace or None)
     if kind == "function_call_output":
         call_id = _str_field(raw, "call_id", param)
         if "output" not in raw:

@@ -74,6 +74,12 @@ class FunctionTool:
     description: str
     parameters: dict[str, Any]
     strict: bool
+    namespace: str | None = None  # from a `namespace` tool: a named group of functions
+
+    @property
+    def qualified(self) -> str:
+        """The name the model sees and writes: `namespace.name` inside a namespace."""
+        return f"{self.namespace}.{self.name}" if self.namespace else self.name
 
 
 @dataclass(frozen=True)
@@ -129,31 +135,56 @@ def _parse_tools(raw: list[dict[str, Any]] | None) -> tuple[FunctionTool, ...]:
     tools: list[FunctionTool] = []
     for i, t in enumerate(raw or []):
         param = f"tools[{i}]"
-        kind = t.get("type")
+        kind = t.get("type") if isinstance(t, dict) else None
         if kind in SKIPPABLE_TOOL_TYPES:
             continue
-        if kind != "function":
+        if kind == "namespace":
+            tools.extend(_parse_namespace(t, param))
+        elif kind == "function":
+            tools.append(_parse_function(t, param))
+        else:
             raise InvalidRequest(f"Tool type '{kind}' is not supported.", param=f"{param}.type")
-        name = t.get("name")
-        if not isinstance(name, str) or not name or len(name) > 64:
-            raise InvalidRequest(
-                f"'{param}.name' must be a non-empty string.", param=f"{param}.name"
-            )
-        params = t.get("parameters") or {"type": "object", "properties": {}}
-        if not isinstance(params, dict):
-            raise InvalidRequest(
-                f"'{param}.parameters' must be a JSON schema object.", param=f"{param}.parameters"
-            )
-        desc = t.get("description") or ""
-        if not isinstance(desc, str):
-            raise InvalidRequest(
-                f"'{param}.description' must be a string.", param=f"{param}.description"
-            )
-        tools.append(FunctionTool(name, desc, params, bool(t.get("strict", False))))
-    names = [t.name for t in tools]
+    names = [t.qualified for t in tools]
     if len(set(names)) != len(names):
         raise InvalidRequest("Tool names must be unique.", param="tools")
     return tuple(tools)
+
+
+def _parse_namespace(t: dict[str, Any], param: str) -> list[FunctionTool]:
+    ns = t.get("name")
+    if not isinstance(ns, str) or not ns or len(ns) > 64:
+        raise InvalidRequest(f"'{param}.name' must be a non-empty string.", param=f"{param}.name")
+    inner = t.get("tools")
+    if not isinstance(inner, list):
+        raise InvalidRequest(f"'{param}.tools' must be a list.", param=f"{param}.tools")
+    out: list[FunctionTool] = []
+    for j, member in enumerate(inner):
+        where = f"{param}.tools[{j}]"
+        kind = member.get("type") if isinstance(member, dict) else None
+        if kind in SKIPPABLE_TOOL_TYPES:
+            continue
+        if kind != "function":
+            raise InvalidRequest(f"Tool type '{kind}' is not supported.", param=f"{where}.type")
+        tool = _parse_function(member, where)
+        out.append(FunctionTool(tool.name, tool.description, tool.parameters, tool.strict, ns))
+    return out
+
+
+def _parse_function(t: dict[str, Any], param: str) -> FunctionTool:
+    name = t.get("name")
+    if not isinstance(name, str) or not name or len(name) > 64:
+        raise InvalidRequest(f"'{param}.name' must be a non-empty string.", param=f"{param}.name")
+    params = t.get("parameters") or {"type": "object", "properties": {}}
+    if not isinstance(params, dict):
+        raise InvalidRequest(
+            f"'{param}.parameters' must be a JSON schema object.", param=f"{param}.parameters"
+        )
+    desc = t.get("description") or ""
+    if not isinstance(desc, str):
+        raise InvalidRequest(
+            f"'{param}.description' must be a string.", param=f"{param}.description"
+        )
+    return FunctionTool(name, desc, params, bool(t.get("strict", False)))
 
 
 def _parse_tool_choice(raw: str | dict[str, Any] | None, tools: tuple[FunctionTool, ...]) -> str:
@@ -172,7 +203,7 @@ def _parse_tool_choice(raw: str | dict[str, Any] | None, tools: tuple[FunctionTo
         return raw
     if raw.get("type") == "function" and isinstance(raw.get("name"), str):
         name = raw["name"]
-        if name not in {t.name for t in tools}:
+        if name not in {t.qualified for t in tools}:
             raise InvalidRequest(
                 f"Tool '{name}' in 'tool_choice' is not in 'tools'.", param="tool_choice"
             )

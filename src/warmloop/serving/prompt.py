@@ -40,7 +40,7 @@ def tool_call_text(name: str, arguments: str) -> str:
 def tools_system_text(tools: Sequence[FunctionTool]) -> str:
     specs = "\n".join(
         json.dumps(
-            {"name": t.name, "description": t.description, "parameters": t.parameters},
+            {"name": t.qualified, "description": t.description, "parameters": t.parameters},
             ensure_ascii=False,
         )
         for t in tools
@@ -82,7 +82,7 @@ class PromptRenderer:
 
         for item in items:
             if isinstance(item, FunctionCallItem):
-                calls.append(tool_call_text(item.name, item.arguments))
+                calls.append(tool_call_text(item.qualified, item.arguments))
                 continue
             flush_calls()
             if isinstance(item, MessageItem):

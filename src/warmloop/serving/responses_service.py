@@ -166,13 +166,15 @@ class ResponsesService:
         grammar, trigger = self._grammar(request)
         params = SamplingParams(
             max_tokens=max(max_out, 1),
-            temperature=1.0 if body.temperature is None else body.temperature,
+            temperature=(
+                self.config.default_temperature if body.temperature is None else body.temperature
+            ),
             top_p=1.0 if body.top_p is None else body.top_p,
             seed=body.seed if body.seed is not None else random.getrandbits(32),
             grammar=grammar,
             grammar_trigger=trigger,
         )
-        names = () if request.tool_choice == "none" else tuple(t.name for t in request.tools)
+        names = () if request.tool_choice == "none" else tuple(t.qualified for t in request.tools)
         return Prepared(
             id=new_id("resp"),
             request=request,
@@ -185,7 +187,7 @@ class ResponsesService:
             delta_only=delta_only,
             params=params,
             tool_names=names,
-            shared_prefix=self._shared_prefix(system, text),
+            shared_prefix=self._shared_prefix(system, history_in, text),
         )
 
     def _previous(self, response_id: str | None, ctx: CallContext) -> StoredResponse | None:
@@ -223,11 +225,17 @@ class ResponsesService:
             return list(chain.tokens) + self.engine.backend.tokenize(text[len(chain.text) :]), True
         return self.engine.backend.tokenize(text), False
 
-    def _shared_prefix(self, system: str | None, text: str) -> int:
-        """How many leading tokens are the instructions/tools turn (shareable in a tenant)."""
-        if not system:
+    def _shared_prefix(self, system: str | None, history: tuple[Item, ...], text: str) -> int:
+        """How many leading tokens are the conversation's fixed head: instructions, tools
+        and leading system/developer messages (what sessions of one tenant share)."""
+        lead: list[Item] = []
+        for item in history:
+            if not (isinstance(item, MessageItem) and item.role in ("system", "developer")):
+                break
+            lead.append(item)
+        if not system and not lead:
             return 0
-        head = self.renderer.render(system, [], add_generation_prompt=False)
+        head = self.renderer.render(system, lead, add_generation_prompt=False)
         if not text.startswith(head):
             return 0
         n = self._head_tokens.get(head)
@@ -247,7 +255,7 @@ class ResponsesService:
         if tools and choice != "none":
             if choice.startswith("function:"):
                 name = choice.split(":", 1)[1]
-                chosen = tuple(t for t in tools if t.name == name)
+                chosen = tuple(t for t in tools if t.qualified == name)
                 return tool_call_grammar(chosen, parallel=False), None
             grammar = tool_call_grammar(tools, parallel=parallel)
             if choice == "required":
@@ -292,7 +300,7 @@ class ResponsesService:
             "temperature": p.params.temperature,
             "text": {"format": (body.text or {}).get("format") or {"type": "text"}},
             "tool_choice": body.tool_choice if body.tool_choice is not None else "auto",
-            "tools": [t for t in (body.tools or []) if t.get("type") == "function"],
+            "tools": [t for t in (body.tools or []) if t.get("type") in ("function", "namespace")],
             "top_p": p.params.top_p,
             "truncation": body.truncation or "disabled",
             "usage": usage,
@@ -324,7 +332,8 @@ class ResponsesService:
         yield seq(ev.response_lifecycle("created", live.snapshot))
         yield seq(ev.response_lifecycle("in_progress", live.snapshot))
 
-        out = _OutputBuilder(seq, OutputParser(p.tool_names))
+        namespaced = {t.qualified for t in request.tools if t.namespace}
+        out = _OutputBuilder(seq, OutputParser(p.tool_names), namespaced)
         run = _Run()
         try:
             async for e in self.engine.run(job):
@@ -503,9 +512,10 @@ class ResponsesService:
 class _OutputBuilder:
     """Turns parser segments into output items and their stream events."""
 
-    def __init__(self, seq: ev.Sequencer, parser: OutputParser) -> None:
+    def __init__(self, seq: ev.Sequencer, parser: OutputParser, namespaced: set[str]) -> None:
         self.seq = seq
         self.parser = parser
+        self.namespaced = namespaced  # qualified names of tools that live in a namespace
         self.items: list[Item] = []
         self._msg_id: str | None = None
         self._msg_text: list[str] = []
@@ -533,7 +543,10 @@ class _OutputBuilder:
             else:
                 events.extend(self._close_message())
                 index = len(self.items)
-                item = FunctionCallItem(new_id("fc"), new_id("call"), s.name, s.arguments)
+                ns, _, name = (
+                    s.name.rpartition(".") if s.name in self.namespaced else ("", "", s.name)
+                )
+                item = FunctionCallItem(new_id("fc"), new_id("call"), name, s.arguments, ns or None)
                 events.append(
                     self.seq(ev.function_call_added(index, item.id, item.call_id, item.name))
                 )

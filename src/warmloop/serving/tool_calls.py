@@ -84,7 +84,7 @@ def tool_call_grammar(tools: Sequence[FunctionTool], *, parallel: bool) -> str:
         rules.append(
             _prefix_rules(_schema_grammar(tool.parameters, f"tools[{k}].parameters"), prefix)
         )
-        head = '{"name": ' + json.dumps(tool.name) + ', "arguments": '
+        head = '{"name": ' + json.dumps(tool.qualified) + ', "arguments": '
         alternatives.append(f"{_gbnf_literal(head)} {prefix}-root {_gbnf_literal('}')}")
     call = (
         f"call ::= {_gbnf_literal(TOOL_CALL_OPEN + chr(10))} ( "

@@ -111,6 +111,8 @@ class _Session:
         await self.send(ws_error(err))
 
     async def handle_frame(self, text: str) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("frame on %s (%d bytes): %s", self.conn.id, len(text), text[:4000])
         try:
             event = json.loads(text)
         except ValueError as exc:
