@@ -61,6 +61,8 @@ def start_server(*args: str, name: str = "server") -> LiveServer:
     port = free_port()
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"{name}-{port}.log"
+    if "--store" not in args:  # never the user's own database
+        args = (*args, "--store", str(LOG_DIR / f"{name}-{port}.db"))
     cmd = [
         sys.executable,
         "-m",

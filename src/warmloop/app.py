@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from warmloop.config import Config
+from warmloop.config import Config, default_store_path
 from warmloop.engine.engine import Engine, EngineConfig
 from warmloop.engine.slots import KVOps
 from warmloop.kvcache.manager import KVCacheManager
@@ -19,7 +22,8 @@ from warmloop.kvcache.stats import Metrics
 from warmloop.protocol.errors import APIError, InvalidRequest, NotFound
 from warmloop.serving.prompt import PromptRenderer
 from warmloop.serving.responses_service import ResponsesService
-from warmloop.session.response_store import InMemoryResponseStore
+from warmloop.session.response_store import InMemoryResponseStore, ResponseStore
+from warmloop.session.store_sqlite import SQLiteResponseStore
 from warmloop.transport import http, websocket
 from warmloop.transport.auth import KeyRing
 from warmloop.transport.errors import api_error_handler, http_error
@@ -55,6 +59,16 @@ def build_engine(config: Config, metrics: Metrics | None = None) -> Engine:
     )
 
 
+def build_store(config: Config) -> ResponseStore:
+    cache = InMemoryResponseStore(config.store_max_responses, config.store_max_bytes)
+    if config.store == "memory":
+        return cache
+    if config.store.startswith(("postgres://", "postgresql://")):
+        raise SystemExit("warmloop: --store postgresql://… is not supported yet; use a SQLite path")
+    path = Path(config.store) if config.store else default_store_path()
+    return SQLiteResponseStore(path, cache=cache, ttl_s=config.store_ttl_s or None)
+
+
 def build_runtime(config: Config) -> tuple[Runtime, Engine]:
     model_path = config.model_path()
     metrics = Metrics()
@@ -65,7 +79,7 @@ def build_runtime(config: Config) -> tuple[Runtime, Engine]:
         bos_token=backend.special_text("bos"),
         eos_token=backend.special_text("eos"),
     )
-    store = InMemoryResponseStore(config.store_max_responses, config.store_max_bytes)
+    store = build_store(config)
     service = ResponsesService(config, engine, store, renderer, model_path.stem, metrics)
     runtime = Runtime(
         config=config, service=service, keys=KeyRing(config.api_keys), metrics=metrics
@@ -81,6 +95,16 @@ def build_runtime(config: Config) -> tuple[Runtime, Engine]:
     return runtime, engine
 
 
+async def purge_expired(store: ResponseStore, ttl_s: float) -> None:
+    """Delete expired responses from disk now and then (reads already skip them)."""
+    if not ttl_s or not isinstance(store, SQLiteResponseStore):
+        return
+    while True:
+        await asyncio.sleep(min(ttl_s, 60.0))
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(store.purge_expired)
+
+
 def create_app(config: Config) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,10 +118,13 @@ def create_app(config: Config) -> FastAPI:
             config.ctx,
             "on" if config.kv_reuse else "off",
         )
+        purge = asyncio.create_task(purge_expired(runtime.service.store, config.store_ttl_s))
         try:
             yield
         finally:
+            purge.cancel()
             engine.stop()
+            runtime.service.store.close()
 
     app = FastAPI(title="warmloop", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(http.router)

@@ -119,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="temperature for requests that do not set one (0 = greedy)",
     )
     s.add_argument(
+        "--store",
+        default=_env("store", d.store),
+        help="where store:true responses persist: a SQLite file (default: "
+        "$XDG_DATA_HOME/warmloop/responses.db) or 'memory'",
+    )
+    s.add_argument(
+        "--store-ttl",
+        type=float,
+        default=float(_env("store_ttl", d.store_ttl_s)),
+        help="seconds a stored response is kept (0 = forever)",
+    )
+    s.add_argument(
         "--store-max-responses",
         type=int,
         default=int(_env("store_max_responses", d.store_max_responses)),
@@ -183,6 +195,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_body_bytes=args.max_body_bytes,
         max_output_tokens=args.max_output_tokens,
         default_temperature=args.default_temperature,
+        store=args.store,
+        store_ttl_s=args.store_ttl,
         store_max_responses=args.store_max_responses,
         store_max_bytes=args.store_max_bytes,
         websocket=not args.no_websocket,

@@ -27,6 +27,11 @@ def embedded_model_path() -> Path:
     return path
 
 
+def default_store_path() -> Path:
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "warmloop" / "responses.db"
+
+
 def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
@@ -65,6 +70,9 @@ class Config:
     max_body_bytes: int = 4 * 1024 * 1024
     max_output_tokens: int = 4096
     default_temperature: float = 1.0  # for requests that send none (OpenAI's default)
+    # "memory", a SQLite file path, or "" for the default file under the user's data dir
+    store: str = ""
+    store_ttl_s: float = 0.0  # 0: stored responses never expire
     store_max_responses: int = 10_000
     store_max_bytes: int = 256 * 1024 * 1024
     # WebSocket mode

@@ -47,7 +47,7 @@ from warmloop.serving.tool_calls import (
     tool_call_grammar,
 )
 from warmloop.session.connection import Connection
-from warmloop.session.response_store import ChainState, InMemoryResponseStore, StoredResponse
+from warmloop.session.response_store import ChainState, ResponseStore, StoredResponse
 
 log = logging.getLogger("warmloop.responses")
 
@@ -108,7 +108,7 @@ class ResponsesService:
         self,
         config: Config,
         engine: Engine,
-        store: InMemoryResponseStore,
+        store: ResponseStore,
         renderer: PromptRenderer,
         model_id: str,
         metrics: Metrics | None = None,
@@ -347,7 +347,11 @@ class ResponsesService:
                 elif isinstance(e, Finished):
                     for event in out.finish():
                         yield event
-                    yield self._finish(p, live, seq, out, run, e)
+                    final_event, record = self._finish(p, live, seq, out, run, e)
+                    if record.stored:
+                        # Durable before the client hears "completed".
+                        await self.store.save(record)
+                    yield final_event
                 elif isinstance(e, Failed):
                     error = {"code": "server_error", "message": e.message}
                     if p.previous is not None and p.ctx.connection is not None:
@@ -379,7 +383,7 @@ class ResponsesService:
         out: _OutputBuilder,
         run: _Run,
         fin: Finished,
-    ) -> ev.Event:
+    ) -> tuple[ev.Event, StoredResponse]:
         cached = run.cached
         usage = ev.usage(len(p.tokens), cached, fin.output_tokens)
         now = time.perf_counter()
@@ -411,8 +415,6 @@ class ResponsesService:
             chain=ChainState(p.prompt_text + "".join(run.generated), fin.chain_tokens),
             stored=p.request.store,
         )
-        if p.request.store:
-            self.store.put(record)
         if p.ctx.connection is not None:
             p.ctx.connection.remember(record)
         if self.metrics:
@@ -434,7 +436,7 @@ class ResponsesService:
             timings["ttft_ms"],
             timings["duration_ms"],
         )
-        return seq(ev.response_lifecycle(kind, final))
+        return seq(ev.response_lifecycle(kind, final)), record
 
     async def create(self, p: Prepared) -> dict[str, Any]:
         """Run to the end and return the final response object (non-streaming)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from warmloop.protocol.items import Item, item_size
 
@@ -40,6 +40,15 @@ class StoredResponse:
         return 512 + own + chain + 8 * len(self.history)
 
 
+class ResponseStore(Protocol):
+    """Where store:true responses live. `save` returns once the record is durable."""
+
+    async def save(self, record: StoredResponse) -> None: ...
+    def get(self, response_id: str, owner: str) -> StoredResponse | None: ...
+    def delete(self, response_id: str, owner: str) -> bool: ...
+    def close(self) -> None: ...
+
+
 class InMemoryResponseStore:
     """LRU bounded by count and by bytes. Thread-safe; owners never see each other."""
 
@@ -50,6 +59,12 @@ class InMemoryResponseStore:
         self._sizes: dict[str, int] = {}
         self._bytes = 0
         self._lock = threading.Lock()
+
+    async def save(self, record: StoredResponse) -> None:
+        self.put(record)
+
+    def close(self) -> None:
+        pass
 
     def put(self, record: StoredResponse) -> None:
         size = record.size()
