@@ -25,7 +25,7 @@ from warmloop.serving.responses_service import ResponsesService
 from warmloop.session.response_store import InMemoryResponseStore, ResponseStore
 from warmloop.session.store_sqlite import SQLiteResponseStore
 from warmloop.transport import http, websocket
-from warmloop.transport.auth import KeyRing
+from warmloop.transport.auth import KeyRing, read_keys_file
 from warmloop.transport.errors import api_error_handler, http_error
 from warmloop.transport.runtime import Runtime
 
@@ -59,6 +59,11 @@ def build_engine(config: Config, metrics: Metrics | None = None) -> Engine:
     )
 
 
+def keyring(config: Config) -> KeyRing:
+    named = read_keys_file(config.api_keys_file) if config.api_keys_file else None
+    return KeyRing(config.api_keys, named)
+
+
 def build_store(config: Config) -> ResponseStore:
     cache = InMemoryResponseStore(config.store_max_responses, config.store_max_bytes)
     if config.store == "memory":
@@ -81,9 +86,7 @@ def build_runtime(config: Config) -> tuple[Runtime, Engine]:
     )
     store = build_store(config)
     service = ResponsesService(config, engine, store, renderer, model_path.stem, metrics)
-    runtime = Runtime(
-        config=config, service=service, keys=KeyRing(config.api_keys), metrics=metrics
-    )
+    runtime = Runtime(config=config, service=service, keys=keyring(config), metrics=metrics)
     slots = engine.slots
     metrics.bind_gauge(metrics.slots_in_use, lambda: slots.in_use())
     metrics.bind_gauge(metrics.slots_leased, lambda: slots.leased())

@@ -69,6 +69,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="accepted API key (repeatable); none = open server",
     )
     s.add_argument(
+        "--api-keys-file",
+        type=Path,
+        default=_env("api_keys_file", None),
+        help="file of 'KEY [TENANT]' lines; keys of one tenant share its responses",
+    )
+    s.add_argument(
+        "--max-input-tokens",
+        type=int,
+        default=int(_env("max_input_tokens", d.max_input_tokens)),
+        help="prompt tokens per response (0 = up to --ctx)",
+    )
+    s.add_argument(
+        "--max-concurrent-per-key",
+        type=int,
+        default=int(_env("max_concurrent_per_key", d.max_concurrent_per_key)),
+        help="responses running at once per API key (more get 429)",
+    )
+    s.add_argument(
+        "--max-connections-per-key",
+        type=int,
+        default=int(_env("max_connections_per_key", d.max_connections_per_key)),
+        help="WebSocket connections per API key (more get 429 on the upgrade)",
+    )
+    s.add_argument(
+        "--rate-limit-per-minute",
+        type=int,
+        default=int(_env("rate_limit_per_minute", d.rate_limit_per_minute)),
+        help="responses created per minute per API key, 0 = unlimited (more get 429)",
+    )
+    s.add_argument(
         "--log-level",
         default=_env("log_level", d.log_level),
         choices=["debug", "info", "warning", "error"],
@@ -188,6 +218,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         prefill_chunk=args.prefill_chunk,
         batching=not args.no_batching,
         api_keys=tuple(args.api_key),
+        api_keys_file=Path(args.api_keys_file) if args.api_keys_file else None,
+        max_input_tokens=args.max_input_tokens,
+        max_concurrent_per_key=args.max_concurrent_per_key,
+        max_connections_per_key=args.max_connections_per_key,
+        rate_limit_per_minute=args.rate_limit_per_minute,
         log_level=args.log_level,
         kv_reuse=not args.no_kv_reuse,
         kv_host_budget=args.kv_host_budget,
@@ -216,6 +251,8 @@ def validate(config: Config) -> None:
         problems.append("--ctx must be at least 64")
     if config.batch_tokens < 16:
         problems.append("--batch-tokens must be at least 16")
+    if config.api_keys_file is not None and not config.api_keys_file.is_file():
+        problems.append(f"--api-keys-file {config.api_keys_file}: no such file")
     if config.model is not None and not config.model.is_file():
         problems.append(f"--model {config.model}: no such file")
     if problems:

@@ -62,6 +62,7 @@ class Config:
     prefill_chunk: int = 64  # prefill tokens per step while other sequences decode
     batching: bool = True  # False: one sequence at a time (the baseline)
     api_keys: tuple[str, ...] = ()
+    api_keys_file: Path | None = None  # lines of "KEY [TENANT]"
     log_level: str = "info"
     kv_reuse: bool = True
     kv_host_budget: int = field(default_factory=default_host_budget)  # bytes of snapshots
@@ -69,6 +70,10 @@ class Config:
     # limits
     max_body_bytes: int = 4 * 1024 * 1024
     max_output_tokens: int = 4096
+    max_input_tokens: int = 0  # 0: up to the context (--ctx)
+    max_concurrent_per_key: int = 16  # responses running at once per API key
+    max_connections_per_key: int = 16  # WebSocket connections per API key
+    rate_limit_per_minute: int = 600  # creates per minute per API key (0 = unlimited)
     default_temperature: float = 1.0  # for requests that send none (OpenAI's default)
     # "memory", a SQLite file path, or "" for the default file under the user's data dir
     store: str = ""

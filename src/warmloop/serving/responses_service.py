@@ -26,6 +26,7 @@ from warmloop.protocol.errors import (
     ModelNotFound,
     NotFound,
     PreviousResponseNotFound,
+    TooManyRequests,
 )
 from warmloop.protocol.items import (
     FunctionCallItem,
@@ -47,6 +48,7 @@ from warmloop.serving.tool_calls import (
     tool_call_grammar,
 )
 from warmloop.session.connection import Connection
+from warmloop.session.limits import RateLimiter
 from warmloop.session.response_store import ChainState, ResponseStore, StoredResponse
 
 log = logging.getLogger("warmloop.responses")
@@ -121,11 +123,20 @@ class ResponsesService:
         self.model_id = model_id
         self.model_names = {model_id, "default", *config.model_aliases}
         self._live: dict[str, _Live] = {}
+        self.rate = RateLimiter(config.rate_limit_per_minute)
         self._head_tokens: dict[str, int] = {}
 
     # ----- preparation: every check that can fail before the first event --------------
     def prepare(self, request: CreateRequest, ctx: CallContext) -> Prepared:
         body = request.body
+        running = sum(1 for live in self._live.values() if live.job.tenant == ctx.tenant)
+        if running >= self.config.max_concurrent_per_key:
+            raise TooManyRequests(
+                f"This key already has {running} responses running "
+                f"(limit {self.config.max_concurrent_per_key}); wait for one to finish.",
+                code="concurrency_limit_exceeded",
+            )
+        self.rate.hit(ctx.tenant)
         if body.model is not None and body.model not in self.model_names:
             aliases = ", ".join(sorted(self.model_names - {self.model_id}))
             raise ModelNotFound(
@@ -146,6 +157,13 @@ class ResponsesService:
         tokens, delta_only = self._tokens(text, previous)
 
         ctx_limit = self.config.ctx
+        max_in = self.config.max_input_tokens
+        if max_in and len(tokens) > max_in:
+            raise InvalidRequest(
+                f"The input has {len(tokens)} tokens; this server accepts at most {max_in}.",
+                param="input",
+                code="input_too_long",
+            )
         room = ctx_limit - len(tokens)
         if body.max_output_tokens is not None:
             max_out = min(body.max_output_tokens, self.config.max_output_tokens)

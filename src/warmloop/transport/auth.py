@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
 
 from warmloop.protocol.errors import Unauthorized
 
 
+def read_keys_file(path: Path) -> dict[str, str]:
+    """`KEY [TENANT]` per line; `#` starts a comment. Keys without a tenant name get
+    their own tenant. Several keys may share one tenant (and its responses)."""
+    keys: dict[str, str] = {}
+    for n, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) > 2:
+            raise ValueError(f"{path}:{n}: expected 'KEY [TENANT]'")
+        keys[parts[0]] = parts[1] if len(parts) == 2 else _digest(parts[0])
+    return keys
+
+
+def _digest(key: str) -> str:
+    # tenant id of an unnamed key: a short digest, stable and safe to log
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
 class KeyRing:
-    def __init__(self, keys: tuple[str, ...]) -> None:
-        # tenant id = a short digest of the key: stable, and safe to log.
-        self._keys = [
-            (k.encode(), "key-" + hashlib.sha256(k.encode()).hexdigest()[:12]) for k in keys
-        ]
+    def __init__(self, keys: tuple[str, ...], named: dict[str, str] | None = None) -> None:
+        tenants = {k: _digest(k) for k in keys} | (named or {})
+        self._keys = [(k.encode(), tenant) for k, tenant in tenants.items()]
 
     @property
     def open(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from warmloop.config import Config
@@ -19,3 +20,4 @@ class Runtime:
     metrics: Metrics
     started_at: int = field(default_factory=lambda: int(time.time()))
     connections: int = 0
+    tenant_connections: Counter[str] = field(default_factory=Counter)

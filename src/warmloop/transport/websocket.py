@@ -242,7 +242,14 @@ async def responses_socket(ws: WebSocket) -> None:
             _refuse(426, "Too many WebSocket connections; use HTTP.", "websocket_capacity")
         )
         return
+    if rt.tenant_connections[tenant] >= rt.config.max_connections_per_key:
+        refusal = _refuse(
+            429, "Too many WebSocket connections for this key.", "rate_limit_exceeded"
+        )
+        await ws.send_denial_response(refusal)
+        return
     rt.connections += 1
+    rt.tenant_connections[tenant] += 1
     conn = Connection(tenant=tenant)
     session = _Session(ws, rt, conn)
     try:
@@ -264,5 +271,6 @@ async def responses_socket(ws: WebSocket) -> None:
                 log.error("connection %s task failed: %r", conn.id, failure)
     finally:
         rt.connections -= 1
+        rt.tenant_connections[tenant] -= 1
         rt.service.connection_closed(conn)
         log.debug("connection %s closed", conn.id)
