@@ -23,7 +23,11 @@ from warmloop.protocol.errors import APIError, InvalidRequest, NotFound
 from warmloop.serving.prompt import PromptRenderer
 from warmloop.serving.responses_service import ResponsesService
 from warmloop.session.response_store import InMemoryResponseStore, ResponseStore
-from warmloop.session.store_sqlite import SQLiteResponseStore
+from warmloop.session.store_sql import (
+    PostgresResponseStore,
+    SQLiteResponseStore,
+    SQLResponseStore,
+)
 from warmloop.transport import http, websocket
 from warmloop.transport.auth import KeyRing, read_keys_file
 from warmloop.transport.errors import api_error_handler, http_error
@@ -68,10 +72,11 @@ def build_store(config: Config) -> ResponseStore:
     cache = InMemoryResponseStore(config.store_max_responses, config.store_max_bytes)
     if config.store == "memory":
         return cache
+    ttl = config.store_ttl_s or None
     if config.store.startswith(("postgres://", "postgresql://")):
-        raise SystemExit("warmloop: --store postgresql://… is not supported yet; use a SQLite path")
+        return PostgresResponseStore(config.store, cache=cache, ttl_s=ttl)
     path = Path(config.store) if config.store else default_store_path()
-    return SQLiteResponseStore(path, cache=cache, ttl_s=config.store_ttl_s or None)
+    return SQLiteResponseStore(path, cache=cache, ttl_s=ttl)
 
 
 def build_runtime(config: Config) -> tuple[Runtime, Engine]:
@@ -100,7 +105,7 @@ def build_runtime(config: Config) -> tuple[Runtime, Engine]:
 
 async def purge_expired(store: ResponseStore, ttl_s: float) -> None:
     """Delete expired responses from disk now and then (reads already skip them)."""
-    if not ttl_s or not isinstance(store, SQLiteResponseStore):
+    if not ttl_s or not isinstance(store, SQLResponseStore):
         return
     while True:
         await asyncio.sleep(min(ttl_s, 60.0))

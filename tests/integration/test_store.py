@@ -1,4 +1,5 @@
-"""store:true responses on SQLite: they outlive the process, survive SIGKILL, and expire."""
+"""store:true responses on SQLite and on PostgreSQL: they outlive the process, survive
+SIGKILL, and expire. Every test runs against both backends."""
 
 from __future__ import annotations
 
@@ -7,16 +8,42 @@ import json
 import signal
 import sqlite3
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import KEY_A, KEY_B, start_server
 
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
 OTHER = {"Authorization": f"Bearer {KEY_B}"}
 KEYS = ("--api-key", KEY_A, "--api-key", KEY_B)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store location for one test: a SQLite file, or an empty PostgreSQL schema."""
+    if request.param == "sqlite":
+        return str(tmp_path / "responses.db")
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    import psycopg
+
+    schema = "t" + uuid.uuid4().hex[:12]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return f"{dsn}?options=-csearch_path%3D{schema}"
+
+
+def stored_rows(store: str) -> list[tuple[str, str, str]]:
+    if store.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(store) as conn:
+            return list(conn.execute("SELECT id, status, response FROM responses").fetchall())
+    with sqlite3.connect(store) as conn:
+        return conn.execute("SELECT id, status, response FROM responses").fetchall()
 
 
 def create(base: str, body: dict[str, Any], headers: dict[str, str] = AUTH) -> dict[str, Any]:
@@ -31,8 +58,8 @@ def create(base: str, body: dict[str, Any], headers: dict[str, str] = AUTH) -> d
     return out
 
 
-def test_responses_survive_a_restart(tmp_path: Path) -> None:
-    db = tmp_path / "responses.db"
+def test_responses_survive_a_restart(store: str) -> None:
+    db = store
     s = start_server(*KEYS, "--store", str(db), name="store1")
     try:
         first = create(s.base_url, {"input": "My name is Ada.", "max_output_tokens": 6})
@@ -88,8 +115,8 @@ def test_responses_survive_a_restart(tmp_path: Path) -> None:
         s.stop()
 
 
-async def test_sigkill_during_a_burst_loses_nothing_reported_complete(tmp_path: Path) -> None:
-    db = tmp_path / "crash.db"
+async def test_sigkill_during_a_burst_loses_nothing_reported_complete(store: str) -> None:
+    db = store
     s = start_server(*KEYS, "--store", str(db), "--slots", "4", name="crash")
     completed: dict[str, dict[str, Any]] = {}
 
@@ -118,9 +145,7 @@ async def test_sigkill_during_a_burst_loses_nothing_reported_complete(tmp_path: 
     seen = dict(completed)
     assert seen, "nothing completed before the kill"
     # the database is consistent: every row is a whole, finished response
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT id, status, response FROM responses").fetchall()
-    for rid, status, raw in rows:
+    for rid, status, raw in stored_rows(db):
         obj = json.loads(raw)
         assert obj["id"] == rid and status in ("completed", "incomplete") and obj["usage"]
     s = start_server(*KEYS, "--store", str(db), name="crash-restart")
@@ -133,8 +158,8 @@ async def test_sigkill_during_a_burst_loses_nothing_reported_complete(tmp_path: 
         s.stop()
 
 
-def test_ttl_expiry(tmp_path: Path) -> None:
-    s = start_server(*KEYS, "--store", str(tmp_path / "ttl.db"), "--store-ttl", "2", name="ttl")
+def test_ttl_expiry(store: str) -> None:
+    s = start_server(*KEYS, "--store", store, "--store-ttl", "2", name="ttl")
     try:
         r = create(s.base_url, {"input": "Hi", "max_output_tokens": 2})
         assert httpx.get(f"{s.base_url}/responses/{r['id']}", headers=AUTH).status_code == 200

@@ -1,10 +1,12 @@
-"""Durable responses on SQLite (WAL), with the in-memory LRU in front as a cache.
+"""Durable responses in SQL: SQLite (WAL) by default, PostgreSQL for more than one box,
+with the in-memory LRU in front as a cache. Both share this code; only connecting and
+the placeholder style differ.
 
 Writes go through one writer thread, so the event loop never waits on disk; the service
 awaits a write before it reports `completed`, so a response a client saw complete is
-committed. Reads are single-row primary-key lookups on a read connection (WAL lets them
-run beside the writer). Records are stored as their wire JSON; the KV token chain is not
-persisted (a reloaded chain is re-tokenized, or found in the prefix cache).
+committed. Reads are single-row primary-key lookups on a read connection (SQLite's WAL
+lets them run beside the writer). Records are stored as their wire JSON; the KV token
+chain is not persisted (a reloaded chain is re-tokenized, or found in the prefix cache).
 """
 
 from __future__ import annotations
@@ -23,20 +25,21 @@ from typing import Any
 from warmloop.protocol.items import Item, ItemReference, item_to_wire, parse_item
 from warmloop.session.response_store import InMemoryResponseStore, StoredResponse
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS responses (
-    id          TEXT PRIMARY KEY,
-    owner       TEXT NOT NULL,
-    created_at  REAL NOT NULL,
-    expires_at  REAL,
-    status      TEXT NOT NULL,
-    response    TEXT NOT NULL,   -- the final wire object (request fields, output, usage)
-    input_items TEXT NOT NULL,   -- this request's own input items
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS responses (
+    id           TEXT PRIMARY KEY,
+    owner        TEXT NOT NULL,
+    created_at   DOUBLE PRECISION NOT NULL,
+    expires_at   DOUBLE PRECISION,
+    status       TEXT NOT NULL,
+    response     TEXT NOT NULL,  -- the final wire object (request fields, output, usage)
+    input_items  TEXT NOT NULL,  -- this request's own input items
     output_items TEXT NOT NULL,
-    history     TEXT NOT NULL    -- the whole conversation up to and including the output
-);
-CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at);
-"""
+    history      TEXT NOT NULL   -- the whole conversation up to and including the output
+)""",
+    "CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at)",
+]
+COLUMNS = "id, owner, created_at, expires_at, status, response, input_items, output_items, history"
 
 
 def _items_json(items: tuple[Item, ...]) -> str:
@@ -52,35 +55,40 @@ def _items(raw: str) -> tuple[Item, ...]:
     return tuple(out)
 
 
-class SQLiteResponseStore:
-    def __init__(
-        self,
-        path: Path,
-        *,
-        cache: InMemoryResponseStore,
-        ttl_s: float | None = None,
-    ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+class SQLResponseStore:
+    """The store over any DB-API connection; subclasses say how to connect."""
+
+    placeholder = "?"
+
+    def __init__(self, *, cache: InMemoryResponseStore, ttl_s: float | None = None) -> None:
         self.cache = cache
         self.ttl_s = ttl_s
-        self._jobs: queue.SimpleQueue[
-            tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None
-        ]
+        self._jobs: queue.SimpleQueue[tuple[Callable[[Any], Any], Future[Any]] | None]
         self._jobs = queue.SimpleQueue()
-        writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        writer.execute("PRAGMA journal_mode=WAL")
-        writer.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-        writer.executescript(SCHEMA)
-        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        writer = self._connect()
+        for statement in SCHEMA:
+            writer.execute(statement)
+        self._reader = self._connect()
         self._read_lock = threading.Lock()
+        ph = ", ".join([self.placeholder] * 9)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS.split(", ")[1:])
+        self._upsert = (
+            f"INSERT INTO responses ({COLUMNS}) VALUES ({ph}) "
+            f"ON CONFLICT (id) DO UPDATE SET {updates}"
+        )
         self._thread = threading.Thread(
             target=self._writer, args=(writer,), name="warmloop-store", daemon=True
         )
         self._thread.start()
 
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    def _q(self, sql: str) -> str:
+        return sql.replace("?", self.placeholder)
+
     # ----- writer thread ---------------------------------------------------------------
-    def _writer(self, db: sqlite3.Connection) -> None:
+    def _writer(self, db: Any) -> None:
         while (job := self._jobs.get()) is not None:
             fn, fut = job
             try:
@@ -89,7 +97,7 @@ class SQLiteResponseStore:
                 fut.set_exception(exc)
         db.close()
 
-    def _submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Future[Any]:
+    def _submit(self, fn: Callable[[Any], Any]) -> Future[Any]:
         fut: Future[Any] = Future()
         self._jobs.put((fn, fut))
         return fut
@@ -116,8 +124,8 @@ class SQLiteResponseStore:
             _items_json(record.history),
         )
 
-        def write(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?,?,?)", row)
+        def write(db: Any) -> None:
+            db.execute(self._upsert, row)
 
         await asyncio.wrap_future(self._submit(write))
 
@@ -128,8 +136,10 @@ class SQLiteResponseStore:
             return cached
         with self._read_lock:
             row = self._reader.execute(
-                "SELECT response, input_items, output_items, history FROM responses "
-                "WHERE id = ? AND owner = ? AND (expires_at IS NULL OR expires_at > ?)",
+                self._q(
+                    "SELECT response, input_items, output_items, history FROM responses "
+                    "WHERE id = ? AND owner = ? AND (expires_at IS NULL OR expires_at > ?)"
+                ),
                 (response_id, owner, now),
             ).fetchone()
         if row is None:
@@ -158,20 +168,47 @@ class SQLiteResponseStore:
     def delete(self, response_id: str, owner: str) -> bool:
         self.cache.delete(response_id, owner)
 
-        def remove(db: sqlite3.Connection) -> bool:
-            cur = db.execute(
-                "DELETE FROM responses WHERE id = ? AND owner = ?", (response_id, owner)
-            )
-            return cur.rowcount > 0
+        def remove(db: Any) -> bool:
+            sql = self._q("DELETE FROM responses WHERE id = ? AND owner = ?")
+            return bool(db.execute(sql, (response_id, owner)).rowcount > 0)
 
         return bool(self._submit(remove).result(timeout=30))
 
     def purge_expired(self) -> int:
-        def purge(db: sqlite3.Connection) -> int:
-            cur = db.execute(
-                "DELETE FROM responses WHERE expires_at IS NOT NULL AND expires_at <= ?",
-                (time.time(),),
-            )
-            return cur.rowcount
+        def purge(db: Any) -> int:
+            sql = self._q("DELETE FROM responses WHERE expires_at IS NOT NULL AND expires_at <= ?")
+            return int(db.execute(sql, (time.time(),)).rowcount)
 
         return int(self._submit(purge).result(timeout=60))
+
+
+class SQLiteResponseStore(SQLResponseStore):
+    def __init__(
+        self, path: Path, *, cache: InMemoryResponseStore, ttl_s: float | None = None
+    ) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        super().__init__(cache=cache, ttl_s=ttl_s)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
+        return db
+
+
+class PostgresResponseStore(SQLResponseStore):
+    """`--store postgresql://…`: one table, autocommit; needs `psycopg` (3)."""
+
+    placeholder = "%s"
+
+    def __init__(
+        self, dsn: str, *, cache: InMemoryResponseStore, ttl_s: float | None = None
+    ) -> None:
+        self.dsn = dsn
+        super().__init__(cache=cache, ttl_s=ttl_s)
+
+    def _connect(self) -> Any:
+        import psycopg  # optional dependency: only needed for PostgreSQL
+
+        return psycopg.connect(self.dsn, autocommit=True)
