@@ -149,5 +149,11 @@ def create_app(config: Config) -> FastAPI:
         return http_error(NotFound(f"Unknown route: {request.method} {request.url.path}"))
 
     app.add_exception_handler(RequestValidationError, validation_error)
+    async def not_allowed(request: Request, _exc: Exception) -> JSONResponse:
+        err = InvalidRequest(f"Method {request.method} is not allowed on {request.url.path}.")
+        err.status, err.code = 405, "method_not_allowed"
+        return http_error(err)
+
     app.add_exception_handler(404, not_found)
+    app.add_exception_handler(405, not_allowed)
     return app

@@ -116,6 +116,12 @@ def test_unknown_route_is_404_in_error_shape(server: LiveServer) -> None:
     assert r.json()["error"]["message"]
 
 
+def test_wrong_method_is_405_in_error_shape(server: LiveServer) -> None:
+    r = httpx.put(f"{server.base_url}/responses", headers=AUTH)
+    assert r.status_code == 405
+    assert r.json()["error"]["code"] == "method_not_allowed"
+
+
 def test_server_still_serves_after_errors(server: LiveServer) -> None:
     r = post(server, {"model": "default", "input": "Hi", "temperature": 0, "max_output_tokens": 2})
     assert r.status_code == 200
