@@ -33,6 +33,11 @@ async def raw_connect(server: LiveServer, key: str = KEY_A) -> ClientConnection:
     )
 
 
+def create_frame(**fields: Any) -> str:
+    """A `response.create` frame: the create body's fields beside `type`."""
+    return json.dumps({"type": "response.create", **fields})
+
+
 async def raw_events(ws: ClientConnection) -> list[dict[str, Any]]:
     """Events of one response (or one error), up to and including its last event."""
     out: list[dict[str, Any]] = []
@@ -82,15 +87,8 @@ async def test_9_event_order_matches_sse(server: LiveServer) -> None:
     ws = await raw_connect(server)
     async with ws:
         await ws.send(
-            json.dumps(
-                {
-                    "type": "response.create",
-                    "model": "default",
-                    "input": "Hi",
-                    "temperature": 0,
-                    "max_output_tokens": 6,
-                    "stream": True,
-                }
+            create_frame(
+                model="default", input="Hi", temperature=0, max_output_tokens=6, stream=True
             )
         )
         events = await raw_events(ws)
@@ -166,17 +164,7 @@ async def test_11_errors_are_nested_and_socket_survives(
         if code is not None:
             assert err["error"]["code"] == code
         # the socket still serves
-        await ws.send(
-            json.dumps(
-                {
-                    "type": "response.create",
-                    "model": "default",
-                    "input": "Hi",
-                    "temperature": 0,
-                    "max_output_tokens": 2,
-                }
-            )
-        )
+        await ws.send(create_frame(model="default", input="Hi", temperature=0, max_output_tokens=2))
         events = await raw_events(ws)
         assert events[-1]["type"] in TERMINAL
 
@@ -185,17 +173,7 @@ async def test_11_response_processed_is_ignored(server: LiveServer) -> None:
     ws = await raw_connect(server)
     async with ws:
         await ws.send(json.dumps({"type": "response.processed", "response_id": "resp_x"}))
-        await ws.send(
-            json.dumps(
-                {
-                    "type": "response.create",
-                    "model": "default",
-                    "input": "Hi",
-                    "temperature": 0,
-                    "max_output_tokens": 2,
-                }
-            )
-        )
+        await ws.send(create_frame(model="default", input="Hi", temperature=0, max_output_tokens=2))
         events = await raw_events(ws)
         assert events[0]["type"] == "response.created"
 
@@ -221,30 +199,14 @@ async def test_store_false_chain_is_connection_scoped(server: LiveServer) -> Non
     ws1 = await raw_connect(server)
     async with ws1:
         await ws1.send(
-            json.dumps(
-                {
-                    "type": "response.create",
-                    "model": "default",
-                    "input": "Hi",
-                    "temperature": 0,
-                    "max_output_tokens": 2,
-                    "store": False,
-                }
+            create_frame(
+                model="default", input="Hi", temperature=0, max_output_tokens=2, store=False
             )
         )
         rid = (await raw_events(ws1))[-1]["response"]["id"]
         ws2 = await raw_connect(server)
         async with ws2:
-            await ws2.send(
-                json.dumps(
-                    {
-                        "type": "response.create",
-                        "model": "default",
-                        "previous_response_id": rid,
-                        "input": "More",
-                    }
-                )
-            )
+            await ws2.send(create_frame(model="default", previous_response_id=rid, input="More"))
             err = (await raw_events(ws2))[-1]
             assert err["error"]["code"] == "previous_response_not_found"
 
@@ -253,30 +215,20 @@ async def test_store_true_chain_loads_from_store_on_new_socket(server: LiveServe
     ws1 = await raw_connect(server)
     async with ws1:
         await ws1.send(
-            json.dumps(
-                {
-                    "type": "response.create",
-                    "model": "default",
-                    "input": "Hi",
-                    "temperature": 0,
-                    "max_output_tokens": 2,
-                    "store": True,
-                }
+            create_frame(
+                model="default", input="Hi", temperature=0, max_output_tokens=2, store=True
             )
         )
         rid = (await raw_events(ws1))[-1]["response"]["id"]
     ws2 = await raw_connect(server)
     async with ws2:
         await ws2.send(
-            json.dumps(
-                {
-                    "type": "response.create",
-                    "model": "default",
-                    "previous_response_id": rid,
-                    "input": "More",
-                    "temperature": 0,
-                    "max_output_tokens": 2,
-                }
+            create_frame(
+                model="default",
+                previous_response_id=rid,
+                input="More",
+                temperature=0,
+                max_output_tokens=2,
             )
         )
         final = (await raw_events(ws2))[-1]
@@ -285,16 +237,7 @@ async def test_store_true_chain_loads_from_store_on_new_socket(server: LiveServe
     # another tenant cannot continue it over WS either
     ws3 = await raw_connect(server, KEY_B)
     async with ws3:
-        await ws3.send(
-            json.dumps(
-                {
-                    "type": "response.create",
-                    "model": "default",
-                    "previous_response_id": rid,
-                    "input": "More",
-                }
-            )
-        )
+        await ws3.send(create_frame(model="default", previous_response_id=rid, input="More"))
         assert (await raw_events(ws3))[-1]["error"]["code"] == "previous_response_not_found"
 
 
@@ -302,43 +245,25 @@ async def test_failed_continuation_evicts_parent(server: LiveServer) -> None:
     ws = await raw_connect(server)
     async with ws:
         await ws.send(
-            json.dumps(
-                {
-                    "type": "response.create",
-                    "model": "default",
-                    "input": "Hi",
-                    "temperature": 0,
-                    "max_output_tokens": 2,
-                    "store": False,
-                }
+            create_frame(
+                model="default", input="Hi", temperature=0, max_output_tokens=2, store=False
             )
         )
         rid = (await raw_events(ws))[-1]["response"]["id"]
         # a continuation that fails (context overflow) ...
         await ws.send(
-            json.dumps(
-                {
-                    "type": "response.create",
-                    "model": "default",
-                    "previous_response_id": rid,
-                    "input": "x",
-                    "max_output_tokens": 100_000,
-                    "store": False,
-                }
+            create_frame(
+                model="default",
+                previous_response_id=rid,
+                input="x",
+                max_output_tokens=100_000,
+                store=False,
             )
         )
         assert (await raw_events(ws))[-1]["type"] == "error"
         # ... evicts its parent: a retry cannot build on it
         await ws.send(
-            json.dumps(
-                {
-                    "type": "response.create",
-                    "model": "default",
-                    "previous_response_id": rid,
-                    "input": "x",
-                    "store": False,
-                }
-            )
+            create_frame(model="default", previous_response_id=rid, input="x", store=False)
         )
         assert (await raw_events(ws))[-1]["error"]["code"] == "previous_response_not_found"
 
@@ -347,14 +272,8 @@ async def test_queue_full_is_an_error_not_a_hang(server: LiveServer) -> None:
     # the test server queues at most 2 creates per connection
     ws = await raw_connect(server)
     async with ws:
-        create = json.dumps(
-            {
-                "type": "response.create",
-                "model": "default",
-                "input": "Count to ten.",
-                "temperature": 0,
-                "max_output_tokens": 12,
-            }
+        create = create_frame(
+            model="default", input="Count to ten.", temperature=0, max_output_tokens=12
         )
         for _ in range(6):
             await ws.send(create)
@@ -374,14 +293,11 @@ async def test_12_disconnect_cancels_and_frees_slot(server: LiveServer) -> None:
     for _ in range(100):
         ws = await raw_connect(server)
         await ws.send(
-            json.dumps(
-                {
-                    "type": "response.create",
-                    "model": "default",
-                    "input": "Write a very long essay about the sea.",
-                    "temperature": 0,
-                    "max_output_tokens": 400,
-                }
+            create_frame(
+                model="default",
+                input="Write a very long essay about the sea.",
+                temperature=0,
+                max_output_tokens=400,
             )
         )
         while json.loads(await ws.recv())["type"] != "response.output_text.delta":
