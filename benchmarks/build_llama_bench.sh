@@ -7,7 +7,7 @@ out="${1:-$HOME/.cache/warmloop/llama-bench}"
 if [ -x "$out/llama-bench" ]; then echo "$out/llama-bench"; exit 0; fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-python3 -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d "$work"
+python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d "$work"
 tar -xzf "$work"/llama_cpp_python-0.3.36.tar.gz -C "$work"
 src="$work/llama_cpp_python-0.3.36/vendor/llama.cpp"
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
