@@ -149,6 +149,7 @@ def create_app(config: Config) -> FastAPI:
         return http_error(NotFound(f"Unknown route: {request.method} {request.url.path}"))
 
     app.add_exception_handler(RequestValidationError, validation_error)
+
     async def not_allowed(request: Request, _exc: Exception) -> JSONResponse:
         err = InvalidRequest(f"Method {request.method} is not allowed on {request.url.path}.")
         err.status, err.code = 405, "method_not_allowed"

@@ -3,7 +3,17 @@ continuation depends on."""
 
 from __future__ import annotations
 
-from warmloop.protocol.items import FunctionCallItem, FunctionCallOutputItem, MessageItem
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from warmloop.protocol.errors import InvalidRequest
+from warmloop.protocol.items import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    Item,
+    MessageItem,
+)
 from warmloop.protocol.requests import FunctionTool
 from warmloop.serving.prompt import (
     CHATML_TEMPLATE,
@@ -92,3 +102,160 @@ def test_warmup_render_is_a_prefix_of_the_next_turn() -> None:
 def test_no_system_text_without_instructions_or_tools() -> None:
     assert system_text(None, []) is None
     assert system_text("", []) is None
+
+
+# ----- exact renderings -----------------------------------------------------------------
+def test_default_template_exact_rendering() -> None:
+    r = PromptRenderer(None)  # no GGUF template: ChatML
+    assert r.render(None, [MessageItem("u", "user", "Hi")]) == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert r.render(None, [MessageItem("u", "user", "Hi")], add_generation_prompt=False) == (
+        "<|im_start|>user\nHi<|im_end|>\n"
+    )
+    assert PromptRenderer(CHATML_TEMPLATE).render("S", [MessageItem("u", "user", "Hi")]) == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_smollm2_keeps_its_default_system_prompt_only_without_a_system_message() -> None:
+    r = PromptRenderer(SMOLLM2)
+    text = r.render("Rules.", [MessageItem("u", "user", "Hi")], add_generation_prompt=False)
+    assert text == "<|im_start|>system\nRules.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+    dev_first = r.render(None, [MessageItem("d", "developer", "Dev.")], add_generation_prompt=False)
+    assert dev_first == "<|im_start|>system\nDev.<|im_end|>\n"  # developer counts as system
+
+
+def test_instructions_and_tools_become_one_system_message() -> None:
+    r = PromptRenderer(CHATML_TEMPLATE)
+    system = system_text("Be brief.", [TOOL])
+    assert system == "Be brief.\n\n" + tools_system_text([TOOL])
+    msgs = r.messages(system, [MessageItem("u", "user", "Hi")])
+    assert [m["role"] for m in msgs] == ["system", "user"]
+    assert msgs[0]["content"].startswith("Be brief.\n\n# Tools\n\n")
+    assert (
+        '<tools>\n{"name": "get_weather", "description": "Weather.", "parameters": {"type": "object", "properties": {}}}\n</tools>'
+        in msgs[0]["content"]
+    )
+    assert system_text(None, [TOOL]) == tools_system_text([TOOL])
+    assert system_text("Only.", []) == "Only."
+
+
+def test_messages_merge_calls_into_one_assistant_turn_and_outputs_are_tool_turns() -> None:
+    r = PromptRenderer(CHATML_TEMPLATE)
+    items = [
+        MessageItem("u", "user", "Go"),
+        MessageItem("a", "assistant", "Calling."),
+        FunctionCallItem("f1", "c1", "a", "{}"),
+        FunctionCallItem("f2", "c2", "b", '{"x": 1}', "ns"),
+        FunctionCallOutputItem("o1", "c1", "A"),
+        FunctionCallOutputItem("o2", "c2", "B"),
+        FunctionCallItem("f3", "c3", "a", "[]"),
+        MessageItem("s", "system", "Sys."),
+    ]
+    assert r.messages(None, items) == [
+        {"role": "user", "content": "Go"},
+        {"role": "assistant", "content": "Calling."},
+        {
+            "role": "assistant",
+            "content": tool_call_text("a", "{}") + "\n" + tool_call_text("ns.b", '{"x": 1}'),
+        },
+        {"role": "tool", "content": "A"},
+        {"role": "tool", "content": "B"},
+        {"role": "assistant", "content": tool_call_text("a", "[]")},  # trailing calls flushed
+        {"role": "system", "content": "Sys."},
+    ]
+
+
+def test_tool_call_text_escapes_the_name_and_keeps_arguments_verbatim() -> None:
+    assert tool_call_text('a"b', '{ "k" :1 }') == (
+        '<tool_call>\n{"name": "a\\"b", "arguments": { "k" :1 }}\n</tool_call>'
+    )
+
+
+def test_template_errors_are_invalid_requests() -> None:
+    r = PromptRenderer("{{ raise_exception('no tools here') }}")
+    with pytest.raises(InvalidRequest) as err:
+        r.render(None, [MessageItem("u", "user", "Hi")])
+    assert err.value.param == "input" and "no tools here" in err.value.message
+
+
+def test_templates_see_bos_eos_and_strftime() -> None:
+    r = PromptRenderer(
+        "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{{ eos_token }}{% endfor %}"
+        "{{ strftime_now('%Y') | length }}",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+    assert r.render(None, [MessageItem("u", "user", "x")]) == "<s>x</s>4"
+
+
+# ----- prefix stability: the property delta-only continuation depends on ---------------
+TEXTS = st.text(alphabet='ab \n{}"<|>', max_size=6)
+OPENING = st.one_of(
+    st.builds(MessageItem, st.just("u"), st.just("user"), TEXTS),
+    st.builds(MessageItem, st.just("d"), st.sampled_from(["developer", "system"]), TEXTS),
+)
+MIDDLE = st.one_of(
+    OPENING,
+    st.builds(MessageItem, st.just("a"), st.just("assistant"), TEXTS),
+    st.builds(FunctionCallItem, st.just("f"), st.just("c"), st.sampled_from(["f", "ns.g"]), TEXTS),
+    st.builds(FunctionCallOutputItem, st.just("o"), st.just("c"), TEXTS),
+)
+# A prompt's history ends with what the client sent: a message or a tool's output.
+LAST = st.one_of(OPENING, st.builds(FunctionCallOutputItem, st.just("o"), st.just("c"), TEXTS))
+HISTORIES = st.builds(lambda mid, last: [*mid, last], st.lists(MIDDLE, max_size=5), LAST)
+SYSTEMS = st.sampled_from([None, "Rules.", system_text("Rules.", [TOOL])])
+TEMPLATES = st.sampled_from([SMOLLM2, CHATML_TEMPLATE])
+
+
+@settings(max_examples=150, deadline=None)
+@given(TEMPLATES, SYSTEMS, HISTORIES, TEXTS, st.lists(LAST, max_size=3))
+def test_assistant_text_continuation_is_prefix_stable(
+    template: str, system: str | None, history: list[Item], generated: str, new: list[Item]
+) -> None:
+    r = PromptRenderer(template)
+    prompt = r.render(system, history)
+    after = r.render(system, [*history, MessageItem("a", "assistant", generated), *new])
+    assert after.startswith(prompt + generated)
+    assert after[len(prompt + generated) :].startswith("<|im_end|>")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    TEMPLATES,
+    SYSTEMS,
+    HISTORIES,
+    st.lists(
+        st.tuples(st.sampled_from(["f", "ns.g"]), st.sampled_from(["{}", '{"a": 1}'])),
+        min_size=1,
+        max_size=3,
+    ),
+    st.lists(LAST, max_size=3),
+)
+def test_tool_call_continuation_is_prefix_stable(
+    template: str,
+    system: str | None,
+    history: list[Item],
+    calls: list[tuple[str, str]],
+    new: list[Item],
+) -> None:
+    """Parallel calls are generated joined by one newline, exactly as they are rendered."""
+    r = PromptRenderer(template)
+    prompt = r.render(system, history)
+    generated = "\n".join(tool_call_text(name, args) for name, args in calls)
+    items = [FunctionCallItem(f"f{k}", f"c{k}", n, a) for k, (n, a) in enumerate(calls)]
+    outputs = [FunctionCallOutputItem(f"o{k}", f"c{k}", "ok") for k in range(len(calls))]
+    after = r.render(system, [*history, *items, *outputs, *new])
+    assert after.startswith(prompt + generated + "<|im_end|>")
+
+
+@settings(max_examples=150, deadline=None)
+@given(TEMPLATES, SYSTEMS, HISTORIES, st.lists(MIDDLE, max_size=3), LAST)
+def test_warmup_is_a_prefix_of_any_next_turn(
+    template: str, system: str | None, history: list[Item], more: list[Item], last: Item
+) -> None:
+    r = PromptRenderer(template)
+    warm = r.render(system, history, add_generation_prompt=False)
+    assert r.render(system, [*history, *more, last]).startswith(warm)
+    assert r.render(system, history) == warm + "<|im_start|>assistant\n"

@@ -65,3 +65,98 @@ def test_connection_keeps_recent_responses() -> None:
     conn.forget(f"r{RECENT_RESPONSES + 2}")
     assert conn.lookup(f"r{RECENT_RESPONSES + 2}") is None
     assert not conn.chain_is_stored
+
+
+def test_get_refreshes_recency_so_the_other_one_is_evicted() -> None:
+    store = InMemoryResponseStore(max_responses=3, max_bytes=10**9)
+    for rid in ("r1", "r2", "r3"):
+        store.put(record(rid))
+    store.get("r1", "a")
+    store.get("r2", "a")
+    store.put(record("r4"))  # r3 is now the least recently used
+    assert [rid for rid in ("r1", "r2", "r3", "r4") if store.get(rid, "a")] == ["r1", "r2", "r4"]
+
+
+def test_get_by_another_owner_does_not_refresh_recency() -> None:
+    store = InMemoryResponseStore(max_responses=2, max_bytes=10**9)
+    store.put(record("r1"))
+    store.put(record("r2"))
+    assert store.get("r1", "intruder") is None
+    store.put(record("r3"))
+    assert store.get("r1", "a") is None and store.get("r2", "a") is not None
+
+
+def test_bytes_used_tracks_every_put_and_drop() -> None:
+    store = InMemoryResponseStore(max_responses=10, max_bytes=10**9)
+    sizes = {rid: record(rid, text="z" * n).size() for rid, n in (("r1", 10), ("r2", 300))}
+    store.put(record("r1", text="z" * 10))
+    assert store.bytes_used == sizes["r1"]
+    store.put(record("r2", text="z" * 300))
+    assert store.bytes_used == sizes["r1"] + sizes["r2"]
+    assert store.delete("r2", "a")
+    assert store.bytes_used == sizes["r1"]
+    assert store.delete("r1", "a")
+    assert store.bytes_used == 0 and len(store) == 0
+
+
+def test_byte_bound_evicts_oldest_until_it_fits() -> None:
+    small, big = record("s", text="a").size(), record("b", text="a" * 5000).size()
+    store = InMemoryResponseStore(max_responses=100, max_bytes=big + small)
+    store.put(record("s1", text="a"))
+    store.put(record("s2", text="a"))
+    store.put(record("b", text="a" * 5000))  # needs room for itself: s1 goes, s2 stays
+    assert store.get("s1", "a") is None
+    assert store.get("s2", "a") is not None and store.get("b", "a") is not None
+    assert store.bytes_used == big + small
+
+
+def test_a_record_bigger_than_the_whole_budget_is_not_kept() -> None:
+    store = InMemoryResponseStore(max_responses=10, max_bytes=100)
+    store.put(record("r1", text="a" * 1000))
+    assert store.get("r1", "a") is None and store.bytes_used == 0 and len(store) == 0
+
+
+def test_size_counts_items_chain_and_history() -> None:
+    item = MessageItem("m", "user", "x" * 10)
+    base = StoredResponse("r", "a", {}, (), (), (), None, True).size()
+    assert base == 512
+    with_items = StoredResponse("r", "a", {}, (item,), (item,), (item, item), None, True)
+    assert with_items.size() == 512 + 2 * (64 + 10) + 8 * 2
+    chained = StoredResponse("r", "a", {}, (), (), (), ChainState("abc", (1, 2, 3, 4)), True)
+    assert chained.size() == 512 + 4 * 4 + 3
+
+
+async def test_save_is_put() -> None:
+    store = InMemoryResponseStore(10, 10**9)
+    await store.save(record("r1"))
+    got = store.get("r1", "a")
+    assert got is not None and got.response == {"id": "r1"}
+    store.close()
+
+
+def test_connection_remember_lookup_forget() -> None:
+    conn = Connection(tenant="a")
+    assert conn.id.startswith("conn_") and conn.id != Connection(tenant="a").id
+    assert conn.lookup("r1") is None and not conn.chain_is_stored
+    r1 = record("r1", stored=False)
+    conn.remember(r1)
+    assert conn.lookup("r1") is r1
+    assert not conn.chain_is_stored  # the latest is store:false
+    conn.remember(record("r2", stored=True))
+    assert conn.chain_is_stored
+    conn.remember(r1)  # remembering again makes it the latest
+    assert not conn.chain_is_stored
+    conn.forget("r1")
+    conn.forget("never")  # no error
+    assert conn.lookup("r1") is None and conn.chain_is_stored
+    assert conn.age() >= 0.0
+
+
+def test_connection_bound_keeps_exactly_the_latest() -> None:
+    conn = Connection(tenant="a")
+    n = RECENT_RESPONSES + 5
+    for k in range(n):
+        conn.remember(record(f"r{k}"))
+    assert len(conn.recent) == RECENT_RESPONSES
+    kept = [k for k in range(n) if conn.lookup(f"r{k}") is not None]
+    assert kept == list(range(5, n))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import json
 import re
 
 import pytest
 
 from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.requests import FunctionTool, TextFormat
+from warmloop.serving.prompt import tool_call_text
 from warmloop.serving.tool_calls import (
+    TOOL_CALL_TRIGGER,
     OutputParser,
     TextDelta,
     ToolCall,
@@ -121,3 +125,245 @@ def test_parse_call_body_keeps_raw_arguments() -> None:
     assert call == ToolCall("add", '{"a":  2}')
     assert parse_call_body('{"name": "add"}', {"add"}) == ToolCall("add", "{}")
     assert parse_call_body("[]", {"add"}) is None
+
+
+# ----- llama.cpp's own GBNF parser (model-free: a NULL vocab only parses) ---------------
+def llama_accepts(grammar: str, trigger: str | None = None) -> bool:
+    """Whether llama.cpp builds a grammar sampler from `grammar`, exactly as the backend
+    asks for it. The parser only needs a vocab for `<token>` literals, which we never use."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    if not hasattr(llama_cpp, "llama_sampler_init_grammar"):
+        pytest.skip("this llama_cpp has no model-free grammar parser")
+    if trigger is None:
+        sampler = llama_cpp.llama_sampler_init_grammar(None, grammar.encode(), b"root")
+    else:
+        patterns = (ctypes.c_char_p * 1)(trigger.encode())
+        no_tokens = (llama_cpp.llama_token * 1)()
+        sampler = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+            None, grammar.encode(), b"root", patterns, 1, no_tokens, 0
+        )
+    if not sampler:
+        return False
+    llama_cpp.llama_sampler_free(sampler)
+    return True
+
+
+NAMES_THAT_COLLIDE = FunctionTool(
+    "collide",
+    "",
+    {
+        "type": "object",
+        "properties": {
+            "space": {"type": "string"},
+            "root": {"enum": ["#x", "a]b", "c d"]},
+            "string": {"type": "string", "pattern": "^[a\\]#-]+$"},
+            "1": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 3},
+            "nested": {
+                "type": "object",
+                "properties": {"x": {"anyOf": [{"type": "number"}, {"type": "null"}]}},
+                "additionalProperties": False,
+            },
+            "free": {"type": "object"},
+        },
+        "required": ["space"],
+    },
+    False,
+)
+UNICODE = FunctionTool(
+    "météo", "", {"type": "object", "properties": {"città": {"type": "string"}}}, False, "ns"
+)
+
+
+def test_llama_cpp_rejects_a_broken_grammar() -> None:  # the check below can fail
+    assert not llama_accepts('root ::= "a" undefined-rule')
+    assert not llama_accepts('root ::= "unterminated')
+    assert llama_accepts('root ::= "a" [0-9]+')
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize(
+    "tools",
+    [[ADD], [WEATHER, ADD], [WEATHER, NAMES_THAT_COLLIDE, UNICODE]],
+    ids=["one", "two", "collisions"],
+)
+def test_tool_grammars_parse_in_llama_cpp(tools: list[FunctionTool], parallel: bool) -> None:
+    g = tool_call_grammar(tools, parallel=parallel)
+    assert llama_accepts(g)
+    assert llama_accepts(g, TOOL_CALL_TRIGGER)  # the lazy form used with tool_choice auto
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        TextFormat("json_object"),
+        TextFormat("json_schema", "s", WEATHER.parameters),
+        TextFormat("json_schema", "s", NAMES_THAT_COLLIDE.parameters),
+        TextFormat("json_schema", "s", {"type": "array", "items": {"type": "string"}}),
+    ],
+)
+def test_text_format_grammars_parse_in_llama_cpp(fmt: TextFormat) -> None:
+    g = text_format_grammar(fmt)
+    assert g is not None and llama_accepts(g)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="src/upstream bug: json_schema_to_gbnf (llama_cpp 0.3.36) does not escape '\\' in "
+    "literals, so a '\"' in an enum/const/property name yields a grammar llama.cpp rejects; "
+    "warmloop neither checks it (400) nor avoids it, the response fails in the engine",
+)
+def test_a_quote_in_a_schema_literal_is_a_400_or_a_valid_grammar() -> None:
+    tool = FunctionTool(
+        "f", "", {"type": "object", "properties": {"q": {"enum": ['say "hi"']}}}, False
+    )
+    try:
+        g = tool_call_grammar([tool], parallel=False)
+    except InvalidRequest as err:
+        assert err.param == "tools[0].parameters"
+        return
+    assert llama_accepts(g)
+
+
+# ----- rule prefixing -------------------------------------------------------------------
+def test_prefixing_renames_definitions_and_references_only() -> None:
+    g = tool_call_grammar([NAMES_THAT_COLLIDE], parallel=False)
+    defined = rules(g)
+    assert set(defined) >= {"root", "call", "t0-root", "t0-space", "t0-string", "t0-1"}
+    assert all(name in ("root", "call") or name.startswith("t0-") for name in defined)
+    # the property names survive inside their JSON string literals
+    for prop in ("space", "root", "string", "1", "nested"):
+        assert f'"\\"{prop}\\""' in g
+    assert '"\\"#x\\""' in g and '"\\"a]b\\""' in g  # `#` and `]` inside literals
+    assert "[a\\]#-]" in g  # a character class with `]` and `#` is copied verbatim
+    # every rule referenced is defined
+    referenced = set(
+        re.findall(
+            r"(?<![\w\"-])(t0-[a-z0-9-]+)", re.sub(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]', "", g)
+        )
+    )
+    assert referenced <= set(defined)
+
+
+def test_call_frame_matches_the_rendered_tool_call_text() -> None:
+    """The grammar's literal frame is byte-for-byte what prompt.tool_call_text renders."""
+    g = tool_call_grammar([WEATHER, UNICODE], parallel=True)
+    call = rules(g)["call"]
+    literals = [json.loads(x) for x in re.findall(r'"(?:[^"\\]|\\.)*"', call)]
+    open_, head0, close0, head1, close1, end = literals
+    args = '{"city": "oslo"}'
+    assert open_ + head0 + args + close0 + end == tool_call_text("get_weather", args)
+    assert open_ + head1 + args + close1 + end == tool_call_text("ns.météo", args)
+    assert rules(g)["root"] == 'call ( "\\n" call ){0,7}'  # calls joined by one newline
+
+
+def test_single_tool_choice_grammar_has_one_alternative() -> None:
+    call = rules(tool_call_grammar([ADD], parallel=False))["call"]
+    assert call.count('\\"name\\"') == 1 and "t0-root" in call and "t1-" not in call
+
+
+def test_bad_tool_schema_names_the_tool() -> None:
+    bad = FunctionTool("bad", "", {"type": "object", "$ref": "#/nowhere"}, False)
+    with pytest.raises(InvalidRequest) as err:
+        tool_call_grammar([ADD, bad], parallel=True)
+    assert err.value.param == "tools[1].parameters"
+
+
+def test_trigger_fires_on_the_tag_only() -> None:
+    trig = re.compile(TOOL_CALL_TRIGGER)
+    m = trig.fullmatch('Sure.\n<tool_call>\n{"name"')
+    assert m is not None and m.start(1) == len("Sure.\n")
+    assert trig.fullmatch("no call <tool") is None
+
+
+# ----- the streaming parser ---------------------------------------------------------------
+def test_text_only_with_tools_streams_without_holding_back() -> None:
+    p = OutputParser(["add"])
+    assert p.feed("Hello") == [TextDelta("Hello")]
+    assert p.feed(" world, <t") == [TextDelta(" world, ")]  # `<t` might open a call
+    assert p.feed("ag>") == [TextDelta("<tag>")]
+    assert p.finish() == []
+
+
+def test_leading_whitespace_is_dropped_and_partial_tag_flushed_at_finish() -> None:
+    p = OutputParser(["add"])
+    assert p.feed("\n  ") == []
+    assert p.feed("Hi <tool_ca") == [TextDelta("Hi ")]
+    assert p.finish() == [TextDelta("<tool_ca")]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 11])
+def test_call_split_into_tiny_chunks_including_the_tag(size: int) -> None:
+    text = "Let me add. " + CALL
+    chunks = [text[i : i + size] for i in range(0, len(text), size)]
+    out = feed_all(OutputParser(["add"]), chunks)
+    assert merge(out) == ["Let me add. ", ToolCall("add", '{ "a" : 1 }')]
+    assert not any(isinstance(s, TextDelta) and "<" in s.text for s in out)
+
+
+def test_pure_parallel_calls_have_no_text_at_all() -> None:
+    other = '<tool_call>\n{"name": "ns.g", "arguments": {}}\n</tool_call>'
+    text = CALL + "\n" + other + "\n"
+    for size in (1, 4, len(text)):
+        chunks = [text[i : i + size] for i in range(0, len(text), size)]
+        assert feed_all(OutputParser(["add", "ns.g"]), chunks) == [
+            ToolCall("add", '{ "a" : 1 }'),
+            ToolCall("ns.g", "{}"),
+        ]
+
+
+def test_text_after_a_call_is_text() -> None:
+    assert merge(feed_all(OutputParser(["add"]), [CALL, " Done."])) == [
+        ToolCall("add", '{ "a" : 1 }'),
+        "Done.",
+    ]
+
+
+def test_unterminated_call_at_finish_is_dropped_even_after_text() -> None:
+    out = feed_all(OutputParser(["add"]), ["Sure. ", CALL[:20]])
+    assert merge(out) == ["Sure. "]
+
+
+def test_invalid_json_and_unknown_names_fall_back_to_the_raw_text() -> None:
+    bad = '<tool_call>\n{"name": "add", "arguments": {"a": }\n</tool_call>'
+    assert merge(feed_all(OutputParser(["add"]), ["x ", bad])) == ["x " + bad]
+    unknown = '<tool_call>{"name": "ad", "arguments": {}}</tool_call>'
+    assert merge(feed_all(OutputParser(["add"]), [unknown, CALL])) == [
+        unknown,
+        ToolCall("add", '{ "a" : 1 }'),
+    ]
+
+
+def test_without_tools_everything_is_text_verbatim() -> None:
+    p = OutputParser([])
+    assert p.feed("  <tool_call>{}") == [TextDelta("  <tool_call>{}")]
+    assert p.feed("") == []
+    assert p.finish() == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="src bug: OutputParser.feed emits whitespace between two calls as text when "
+    "message text came first and the calls arrive in separate chunks; in one chunk it is "
+    "dropped (tool_calls.py, the `_text_started and ready` branch)",
+)
+def test_whitespace_between_calls_does_not_depend_on_chunking() -> None:
+    text = "Sure. " + CALL + "\n" + CALL
+    whole = merge(feed_all(OutputParser(["add"]), [text]))
+    per_char = merge(feed_all(OutputParser(["add"]), list(text)))
+    assert whole == ["Sure. ", ToolCall("add", '{ "a" : 1 }'), ToolCall("add", '{ "a" : 1 }')]
+    assert per_char == whole
+
+
+def test_parse_call_body_variants() -> None:
+    names = {"add", "ns.g"}
+    assert parse_call_body('{"name": "add", "arguments": {"a": [1, 2]} }', names) == ToolCall(
+        "add", '{"a": [1, 2]}'
+    )
+    assert parse_call_body('\n{"name": "ns.g", "arguments": {}}\n', names) == ToolCall("ns.g", "{}")
+    # key order the other way round: the arguments are re-serialised, not sliced wrongly
+    assert parse_call_body('{"arguments": {"a": 1}, "name": "add"}', names) == ToolCall(
+        "add", '{"a": 1}'
+    )
+    assert parse_call_body('{"name": "sub", "arguments": {}}', names) is None
+    assert parse_call_body('{"name": "add", "arguments": {}', names) is None
+    assert parse_call_body("", names) is None
