@@ -12,6 +12,7 @@ from typing import Any
 from warmloop.config import Config, default_host_budget, default_threads
 
 ENV_PREFIX = "WARMLOOP_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _env(name: str, default: Any) -> Any:
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--log-level",
         default=_env("log_level", d.log_level),
-        choices=["debug", "info", "warning", "error"],
+        choices=LOG_LEVELS,
     )
     s.add_argument(
         "--no-kv-reuse",
@@ -249,6 +250,8 @@ def validate(config: Config) -> None:
         problems.append("--slots must be at least 1")
     if config.ctx < 64:
         problems.append("--ctx must be at least 64")
+    if config.log_level not in LOG_LEVELS:  # argparse does not check env defaults
+        problems.append(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
     if config.batch_tokens < 16:
         problems.append("--batch-tokens must be at least 16")
     if config.api_keys_file is not None and not config.api_keys_file.is_file():

@@ -190,12 +190,6 @@ def test_serve_subcommand_is_required() -> None:
         build_parser().parse_args(["serve", "--log-level", "verbose"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: argparse never checks a default against `choices`, so "
-    "WARMLOOP_LOG_LEVEL=verbose passes build_parser and validate() and only fails in "
-    "serve() (logging.basicConfig: Unknown level)",
-)
 def test_invalid_log_level_from_environment_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WARMLOOP_LOG_LEVEL", "verbose")
     with pytest.raises(SystemExit):

@@ -308,12 +308,6 @@ def test_pure_tool_call_stream_has_no_message() -> None:
         EVENTS.validate_python(e)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: OutputParser emits the newline between two parallel calls as text "
-    "when message text came first and the stream arrives token by token, so "
-    "_OutputBuilder opens a second assistant message whose text is '\\n'",
-)
 def test_text_then_parallel_calls_streamed_token_by_token_has_one_message() -> None:
     text = "Sure." + call_text("f", "{}") + "\n" + call_text("f", "{}")
     _, out = stream_events(list(text))

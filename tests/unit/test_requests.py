@@ -494,11 +494,6 @@ def test_websocket_create_without_input_still_needs_it_over_http() -> None:
     assert parse_create({}, websocket=True).items == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: items._output_text passes the item's path to _message_text, which "
-    "names parts 'input[i].content[j]' instead of 'input[i].output[j]'",
-)
 def test_bad_part_in_function_call_output_names_the_output_field() -> None:
     with pytest.raises(InvalidRequest) as err:
         parse_input(
@@ -507,11 +502,6 @@ def test_bad_part_in_function_call_output_names_the_output_field() -> None:
     assert err.value.param == "input[0].output[0].type"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: requests._parse_function uses bool(t.get('strict')), so the string "
-    "'false' becomes strict=True instead of a 400 on tools[0].strict",
-)
 def test_non_boolean_strict_is_rejected() -> None:
     with pytest.raises(InvalidRequest) as err:
         parse_create(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+from llama_cpp.llama_grammar import SchemaConverter
 
 log = logging.getLogger("warmloop.llama")
 
@@ -48,6 +49,34 @@ def _init_once() -> None:
         llama_cpp.llama_log_set(_forward_log, ctypes.c_void_p())
         llama_cpp.llama_backend_init()
         _backend_initialised = True
+
+
+class _SchemaConverter(SchemaConverter):
+    """llama.cpp's maintained JSON-schema → GBNF converter, with string literals escaped
+    fully: 0.3.36 leaves `\\` unescaped, so a `"` inside an enum value, a const or a
+    property name produced a grammar llama.cpp rejects."""
+
+    def _format_literal(self, literal: str) -> str:
+        escaped = (
+            literal.replace("\\", "\\\\")
+            .replace('"', '\\"')
+            .replace("\r", "\\r")
+            .replace("\n", "\\n")
+        )
+        return f'"{escaped}"'
+
+
+def json_schema_to_gbnf(schema: dict[str, Any]) -> str:
+    """A GBNF grammar (root rule `root`) for JSON values that follow `schema`.
+
+    Pure Python (no model needed); raises on schemas the converter cannot handle.
+    """
+    converter: Any = _SchemaConverter(  # type: ignore[no-untyped-call]
+        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
+    )
+    converter.visit(converter.resolve_refs(schema, "request"), "")
+    grammar: str = converter.format_grammar()
+    return grammar
 
 
 class BackendError(RuntimeError):

@@ -34,6 +34,8 @@ class Slot:
     job: Job | None = None
     last_used: float = 0.0
     shared_prefix: int = 0  # leading tokens that are instructions/tools, not conversation
+    # The owner left while a job ran: forget the conversation when that job finishes.
+    forget_after_job: bool = False
 
     @property
     def busy(self) -> bool:

@@ -237,6 +237,9 @@ class KVCacheManager:
         """The slot's job ended: it is idle, and its tokens can be matched again."""
         slot.job = None
         slot.last_used = time.monotonic()
+        if slot.forget_after_job:
+            slot.forget_after_job = False
+            self._truncate(slot, min(slot.shared_prefix, len(slot.tokens)))
         if self.kv_reuse and slot.tokens:
             self.index.insert(slot.tenant, slot.tokens, slot)
 
@@ -252,7 +255,9 @@ class KVCacheManager:
         slot = self.leased_to(lease)
         if slot is not None:
             slot.lease = None
-            if drop_kv and not slot.busy:
+            if drop_kv and slot.busy:  # the cancelled job finishes later: forget then
+                slot.forget_after_job = True
+            elif drop_kv:
                 keep = min(slot.shared_prefix, len(slot.tokens))
                 self.index.remove(slot)
                 self._truncate(slot, keep)

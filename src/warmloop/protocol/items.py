@@ -120,9 +120,14 @@ def _message_text(content: Any, param: str) -> str:
             f"'{param}.content' must be a string or a list of content parts.",
             param=f"{param}.content",
         )
+    return _parts_text(content, f"{param}.content")
+
+
+def _parts_text(parts: list[Any], param: str) -> str:
+    """Text of a list of content parts; `param` names the list (e.g. 'input[0].content')."""
     texts: list[str] = []
-    for j, part in enumerate(content):
-        where = f"{param}.content[{j}]"
+    for j, part in enumerate(parts):
+        where = f"{param}[{j}]"
         if not isinstance(part, dict):
             raise InvalidRequest(f"'{where}' must be an object.", param=where)
         kind = part.get("type")
@@ -143,7 +148,7 @@ def _output_text(raw: Any, param: str) -> str:
     if isinstance(raw, str):
         return raw
     if isinstance(raw, list):  # list of input_text parts is allowed for tool outputs
-        return _message_text(raw, param.rsplit(".", 1)[0])
+        return _parts_text(raw, param)
     raise InvalidRequest(f"'{param}' must be a string.", param=param)
 
 

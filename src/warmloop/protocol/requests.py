@@ -184,7 +184,12 @@ def _parse_function(t: dict[str, Any], param: str) -> FunctionTool:
         raise InvalidRequest(
             f"'{param}.description' must be a string.", param=f"{param}.description"
         )
-    return FunctionTool(name, desc, params, bool(t.get("strict", False)))
+    strict = t.get("strict", False)
+    if strict is None:
+        strict = False
+    if not isinstance(strict, bool):
+        raise InvalidRequest(f"'{param}.strict' must be a boolean.", param=f"{param}.strict")
+    return FunctionTool(name, desc, params, strict)
 
 
 def _parse_tool_choice(raw: str | dict[str, Any] | None, tools: tuple[FunctionTool, ...]) -> str:

@@ -2,7 +2,7 @@
 splits generated text into message text and tool calls.
 
 Schemas become GBNF through llama.cpp's maintained converter
-(`llama_cpp.llama_grammar.json_schema_to_gbnf`); this module only namespaces each
+(`engine.backend.json_schema_to_gbnf`); this module only namespaces each
 tool's rules and wraps them in the fixed `<tool_call>` frame that `prompt.py` renders.
 """
 
@@ -13,8 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from llama_cpp.llama_grammar import json_schema_to_gbnf  # pure Python, no model access
-
+from warmloop.engine.backend import json_schema_to_gbnf
 from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.requests import FunctionTool, TextFormat
 from warmloop.serving.prompt import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
@@ -31,14 +30,9 @@ def _gbnf_literal(text: str) -> str:
     return json.dumps(text)  # GBNF string literals use JSON escapes
 
 
-def _to_gbnf(schema_json: str) -> str:
-    grammar: str = json_schema_to_gbnf(schema_json)
-    return grammar
-
-
 def _schema_grammar(schema: dict[str, object], param: str) -> str:
     try:
-        return _to_gbnf(json.dumps(schema))
+        return json_schema_to_gbnf(schema)
     except Exception as exc:  # the converter raises plain exceptions on bad schemas
         raise InvalidRequest(f"Unsupported JSON schema: {exc}", param=param) from exc
 
@@ -153,6 +147,9 @@ class OutputParser:
         self._buf = ""
         self._in_call = False
         self._text_started = False
+        # After a call, whitespace is held back until text follows: between two calls it
+        # is dropped, however the stream happens to be chunked.
+        self._after_call = False
 
     def feed(self, text: str) -> list[Segment]:
         if not self._names:
@@ -170,6 +167,7 @@ class OutputParser:
                 call = parse_call_body(body, self._names)
                 if call is not None:
                     out.append(call)
+                    self._after_call = True
                 else:
                     out.extend(self._text(TOOL_CALL_OPEN + body + TOOL_CALL_CLOSE))
                 continue
@@ -183,7 +181,7 @@ class OutputParser:
                 continue
             keep = _partial_tag_suffix(self._buf)
             ready = self._buf[: len(self._buf) - keep]
-            if ready.strip() or (self._text_started and ready):
+            if ready.strip() or (self._text_started and ready and not self._after_call):
                 out.extend(self._text(ready))
                 self._buf = self._buf[len(ready) :]
             return out
@@ -204,6 +202,7 @@ class OutputParser:
         if not text:
             return []
         self._text_started = True
+        self._after_call = False
         return [TextDelta(text)]
 
 
