@@ -3,100 +3,36 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+
+from warmloop.bench.server import LocalServer, free_port
 
 KEY_A = "sk-test-tenant-a"
 KEY_B = "sk-test-tenant-b"
 LOG_DIR = Path(os.environ.get("WARMLOOP_TEST_LOGS", "/tmp/warmloop-test-logs"))
+_serial = itertools.count()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# The same launcher the benchmarks use: `warmloop serve` as a child process.
+LiveServer = LocalServer
 
 
-@dataclass
-class LiveServer:
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/responses"
-
-    def health(self) -> dict[str, int | str]:
-        r = httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=10)
-        r.raise_for_status()
-        data: dict[str, int | str] = r.json()
-        return data
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def start_server(*args: str, name: str = "server") -> LiveServer:
-    port = free_port()
+def start_server(*args: str, name: str = "server") -> LocalServer:
+    """A live server with small defaults (2 slots x 2048 tokens); `args` add or override."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log_path = LOG_DIR / f"{name}-{port}.log"
-    if "--store" not in args:  # never the user's own database
-        args = (*args, "--store", str(LOG_DIR / f"{name}-{port}.db"))
-    cmd = [
-        sys.executable,
-        "-m",
-        "warmloop.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--ctx",
-        "2048",
-        "--slots",
-        "2",
-        "--threads",
-        "2",
-        "--log-level",
-        "info",
-        *args,
-    ]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    server = LiveServer(port, proc, log_path)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
-        try:
-            server.health()
-            return server
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"server did not start:\n{server.log()}")
+    flags = ["--ctx", "2048", "--slots", "2", "--threads", "2", "--log-level", "info", *args]
+    stem = f"{name}-{os.getpid()}-{next(_serial)}"
+    if "--store" not in flags:  # never the user's own database; kept for a post-mortem
+        flags += ["--store", str(LOG_DIR / f"{stem}.db")]
+    return LocalServer(flags, log_path=LOG_DIR / f"{stem}.log", ready_timeout_s=90)
 
 
 @pytest.fixture(scope="session")

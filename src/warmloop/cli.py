@@ -1,4 +1,5 @@
-"""`warmloop serve`: flags, each also readable from a WARMLOOP_* environment variable."""
+"""`warmloop serve | bench | demo`. Every `serve` flag is also read from a WARMLOOP_*
+environment variable."""
 
 from __future__ import annotations
 
@@ -203,6 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(_env("max_connections", d.max_connections)),
         help="WebSocket connections; more get HTTP 426",
     )
+    from warmloop import demo
+    from warmloop.bench import cli as bench
+
+    b = sub.add_parser(
+        "bench",
+        help="run an agent workload in several modes; table, JSON and plots",
+        description=bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_arguments(b)
+    m = sub.add_parser(
+        "demo",
+        help="run a small agent over WebSocket and HTTP on the embedded model",
+        description=demo.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_arguments(m)
     return parser
 
 
@@ -298,6 +316,17 @@ def main(argv: list[str] | None = None) -> None:
         config = config_from_args(args)
         validate(config)
         serve(config)
+    elif args.command == "bench":
+        from warmloop.bench import cli as bench
+
+        try:
+            bench.run(args)
+        except (ValueError, OSError) as exc:
+            raise SystemExit(f"warmloop bench: {exc}") from exc
+    elif args.command == "demo":
+        from warmloop import demo
+
+        demo.run(args)
 
 
 if __name__ == "__main__":

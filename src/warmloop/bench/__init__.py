@@ -1,0 +1,1 @@
+"""Benchmarks of agent loops: workloads, a runner per protocol, reports (`warmloop bench`)."""
