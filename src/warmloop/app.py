@@ -69,10 +69,10 @@ def keyring(config: Config) -> KeyRing:
 
 
 def build_store(config: Config) -> ResponseStore:
-    cache = InMemoryResponseStore(config.store_max_responses, config.store_max_bytes)
+    ttl = config.store_ttl_s or None
+    cache = InMemoryResponseStore(config.store_max_responses, config.store_max_bytes, ttl)
     if config.store == "memory":
         return cache
-    ttl = config.store_ttl_s or None
     if config.store.startswith(("postgres://", "postgresql://")):
         return PostgresResponseStore(config.store, cache=cache, ttl_s=ttl)
     path = Path(config.store) if config.store else default_store_path()

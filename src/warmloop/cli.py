@@ -32,6 +32,10 @@ def _env_list(name: str) -> list[str]:
     return [x.strip() for x in raw.split(",") if x.strip()]
 
 
+def _flag_or_env_list(given: list[str] | None, name: str) -> list[str]:
+    return given if given is not None else _env_list(name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="warmloop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--model-alias",
         action="append",
-        default=_env_list("model_alias"),
+        default=None,
         help="another name clients may use for the model (repeatable)",
     )
     s.add_argument(
@@ -67,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--api-key",
         action="append",
-        default=_env_list("api_key"),
+        default=None,
         help="accepted API key (repeatable); none = open server",
     )
     s.add_argument(
@@ -229,14 +233,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
         host=args.host,
         port=args.port,
         model=Path(args.model) if args.model else None,
-        model_aliases=tuple(args.model_alias),
+        # flags replace the environment's list rather than adding to it
+        model_aliases=tuple(_flag_or_env_list(args.model_alias, "model_alias")),
         ctx=args.ctx,
         slots=args.slots,
         threads=args.threads,
         batch_tokens=args.batch_tokens,
         prefill_chunk=args.prefill_chunk,
         batching=not args.no_batching,
-        api_keys=tuple(args.api_key),
+        api_keys=tuple(_flag_or_env_list(args.api_key, "api_key")),
         api_keys_file=Path(args.api_keys_file) if args.api_keys_file else None,
         max_input_tokens=args.max_input_tokens,
         max_concurrent_per_key=args.max_concurrent_per_key,
@@ -290,7 +295,7 @@ def serve(config: Config) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if not config.api_keys:
+    if not config.api_keys and config.api_keys_file is None:
         print(
             "warmloop: WARNING: no --api-key given; the server is open to anyone who can reach it",
             file=sys.stderr,

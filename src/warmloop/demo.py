@@ -24,9 +24,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from warmloop.bench.report import wide_console
 from warmloop.bench.server import free_port
 from warmloop.client import AgentResult, AgentSession
 from warmloop.config import Config
@@ -161,7 +161,7 @@ def table(rows: list[Row]) -> Table:
 
 
 def run(args: argparse.Namespace) -> list[Row]:
-    console = Console()
+    console = wide_console()
     base = Config(
         model=args.model,
         slots=2,

@@ -194,3 +194,12 @@ def test_invalid_log_level_from_environment_is_rejected(monkeypatch: pytest.Monk
     monkeypatch.setenv("WARMLOOP_LOG_LEVEL", "verbose")
     with pytest.raises(SystemExit):
         validate(parse([]))  # type: ignore[arg-type]
+
+
+def test_list_flags_replace_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WARMLOOP_API_KEY", "env-key")
+    monkeypatch.setenv("WARMLOOP_MODEL_ALIAS", "env-alias")
+    from_env = parse([])
+    assert from_env.api_keys == ("env-key",) and from_env.model_aliases == ("env-alias",)  # type: ignore[attr-defined]
+    flags = parse(["--api-key", "k1", "--api-key", "k2", "--model-alias", "m"])
+    assert flags.api_keys == ("k1", "k2") and flags.model_aliases == ("m",)  # type: ignore[attr-defined]

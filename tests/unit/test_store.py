@@ -160,3 +160,20 @@ def test_connection_bound_keeps_exactly_the_latest() -> None:
     assert len(conn.recent) == RECENT_RESPONSES
     kept = [k for k in range(n) if conn.lookup(f"r{k}") is not None]
     assert kept == list(range(5, n))
+
+
+def test_ttl_expires_records_in_memory_too() -> None:
+    import time
+
+    store = InMemoryResponseStore(10, 10**9, ttl_s=60)
+    fresh, old = record("r1"), record("r2")
+    fresh.response["created_at"] = int(time.time())
+    old.response["created_at"] = int(time.time()) - 61
+    store.put(fresh)
+    store.put(old)
+    assert store.get("r1", "a") is fresh
+    assert store.get("r2", "a") is None and len(store) == 1  # dropped, bytes freed
+    assert InMemoryResponseStore(10, 10**9).get("r2", "a") is None
+    forever = InMemoryResponseStore(10, 10**9)
+    forever.put(old)
+    assert forever.get("r2", "a") is old

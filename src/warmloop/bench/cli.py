@@ -18,7 +18,7 @@ import argparse
 import asyncio
 import os
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,10 @@ def parse_modes(spec: str, *, target: bool) -> list[Mode]:
     if not modes:
         raise ValueError("no modes given")
     return modes
+
+
+def tag_run(script: SessionScript, k: int) -> SessionScript:
+    return replace(script, instructions=f"[run {chr(ord('A') + k % 26)}] {script.instructions}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -136,6 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--api chat runs only the 'chat' mode")
     scripts = _scripts(args)
     console = Console(stderr=True)
+
     total = sum(len(s.turns) for s in scripts)
     results: dict[str, tuple[float, list[TurnRecord]]] = {}
     with Progress(
@@ -148,25 +153,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ) as progress:
         tasks = {m.name: progress.add_task(m.name, total=total) for m in modes}
 
-        def measure(mode: Mode, endpoint: Endpoint) -> None:
+        def measure(k: int, mode: Mode, endpoint: Endpoint) -> None:
             def tick(_record: TurnRecord) -> None:
                 progress.advance(tasks[mode.name])
 
+            # A tag of the same length for every mode starts its instructions, so no mode
+            # finds another mode's prompts in the server's cache.
+            tagged = [tag_run(s, k) for s in scripts]
             results[mode.name] = asyncio.run(
-                run_mode(endpoint, mode.protocol, mode.name, scripts, tick)
+                run_mode(endpoint, mode.protocol, mode.name, tagged, tick)
             )
 
-        if args.target:
-            endpoint = Endpoint(args.target.rstrip("/"), args.api_key, args.model_name)
-            for mode in modes:
-                measure(mode, endpoint)
-        else:
-            # one server per variant, one at a time: the modes never compete for the CPU
-            for variant in dict.fromkeys(m.server_flags for m in modes):
-                with LocalServer(_server_flags(args, variant)) as server:
-                    endpoint = Endpoint(server.base_url, args.api_key, args.model_name)
-                    for mode in (m for m in modes if m.server_flags == variant):
-                        measure(mode, endpoint)
+        for k, mode in enumerate(modes):
+            if args.target:
+                measure(k, mode, Endpoint(args.target.rstrip("/"), args.api_key, args.model_name))
+                continue
+            # a fresh server for each mode, one at a time: nothing carries over, and the
+            # modes never compete for the CPU
+            with LocalServer(_server_flags(args, mode.server_flags)) as server:
+                measure(k, mode, Endpoint(server.base_url, args.api_key, args.model_name))
 
     summaries = {m.name: report.summarize(m.name, *results[m.name]) for m in modes}
     records = [r for m in modes for r in results[m.name][1]]
@@ -188,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
     path = report.write(out, records, args.out)
-    report.print_report(out)
+    report.print_report(out, report.wide_console())
     written = [path]
     if not args.no_plots:
         written += report.plot(out, records, args.out)

@@ -15,6 +15,12 @@ from rich.table import Table
 from warmloop.bench.runner import TurnRecord
 
 
+def wide_console() -> Console:
+    """stdout; off a terminal rich would wrap tables at 80 columns."""
+    console = Console()
+    return console if console.is_terminal else Console(width=150)
+
+
 def percentile(values: list[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100) of a non-empty list."""
     ordered = sorted(values)

@@ -10,6 +10,7 @@ with it a continuation tokenizes only its delta.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -52,9 +53,10 @@ class ResponseStore(Protocol):
 class InMemoryResponseStore:
     """LRU bounded by count and by bytes. Thread-safe; owners never see each other."""
 
-    def __init__(self, max_responses: int, max_bytes: int) -> None:
+    def __init__(self, max_responses: int, max_bytes: int, ttl_s: float | None = None) -> None:
         self.max_responses = max_responses
         self.max_bytes = max_bytes
+        self.ttl_s = ttl_s  # None: records never expire (the LRU bounds still apply)
         self._items: OrderedDict[str, StoredResponse] = OrderedDict()
         self._sizes: dict[str, int] = {}
         self._bytes = 0
@@ -84,8 +86,17 @@ class InMemoryResponseStore:
             record = self._items.get(response_id)
             if record is None or record.owner != owner:
                 return None
+            if self._expired(record):
+                self._drop(response_id)
+                return None
             self._items.move_to_end(response_id)
             return record
+
+    def _expired(self, record: StoredResponse) -> bool:
+        if not self.ttl_s:
+            return False
+        now = time.time()
+        return now > float(record.response.get("created_at") or now) + self.ttl_s
 
     def delete(self, response_id: str, owner: str) -> bool:
         with self._lock:

@@ -131,8 +131,8 @@ class SQLResponseStore:
 
     def get(self, response_id: str, owner: str) -> StoredResponse | None:
         now = time.time()
-        cached = self.cache.get(response_id, owner)
-        if cached is not None and not self._expired(cached, now):
+        cached = self.cache.get(response_id, owner)  # the cache applies the same TTL
+        if cached is not None:
             return cached
         with self._read_lock:
             row = self._reader.execute(
@@ -143,8 +143,6 @@ class SQLResponseStore:
                 (response_id, owner, now),
             ).fetchone()
         if row is None:
-            if cached is not None:
-                self.cache.delete(response_id, owner)
             return None
         record = StoredResponse(
             id=response_id,
@@ -158,12 +156,6 @@ class SQLResponseStore:
         )
         self.cache.put(record)
         return record
-
-    def _expired(self, record: StoredResponse, now: float) -> bool:
-        if not self.ttl_s:
-            return False
-        created = float(record.response.get("created_at") or now)
-        return now > created + self.ttl_s
 
     def delete(self, response_id: str, owner: str) -> bool:
         self.cache.delete(response_id, owner)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -82,17 +83,21 @@ async def create_response(request: Request) -> Response:
 
 @router.get("/v1/responses/{response_id}")
 async def get_response(request: Request, response_id: str) -> Response:
-    return JSONResponse(runtime(request).service.get(response_id, tenant_of(request)))
+    # store reads and writes may touch the disk: never on the event loop
+    service = runtime(request).service
+    return JSONResponse(await asyncio.to_thread(service.get, response_id, tenant_of(request)))
 
 
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(request: Request, response_id: str) -> Response:
-    return JSONResponse(runtime(request).service.delete(response_id, tenant_of(request)))
+    service = runtime(request).service
+    return JSONResponse(await asyncio.to_thread(service.delete, response_id, tenant_of(request)))
 
 
 @router.post("/v1/responses/{response_id}/cancel")
 async def cancel_response(request: Request, response_id: str) -> Response:
-    return JSONResponse(runtime(request).service.cancel(response_id, tenant_of(request)))
+    service = runtime(request).service
+    return JSONResponse(await asyncio.to_thread(service.cancel, response_id, tenant_of(request)))
 
 
 @router.get("/v1/responses/{response_id}/input_items")
@@ -107,8 +112,13 @@ async def list_input_items(
         raise InvalidRequest("'limit' must be between 1 and 100.", param="limit")
     if order not in ("asc", "desc"):
         raise InvalidRequest("'order' must be 'asc' or 'desc'.", param="order")
-    page = runtime(request).service.input_items(
-        response_id, tenant_of(request), after=after, limit=limit, order=order
+    page = await asyncio.to_thread(
+        runtime(request).service.input_items,
+        response_id,
+        tenant_of(request),
+        after=after,
+        limit=limit,
+        order=order,
     )
     return JSONResponse(page)
 

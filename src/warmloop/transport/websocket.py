@@ -135,6 +135,9 @@ class _Session:
             )
             await self.send(ws_error(err))
             return
+        if self.expired:  # past --ws-max-age: finish what runs, start nothing new
+            await self.send(ws_error(self._limit_reached()))
+            return
         body = {k: v for k, v in event.items() if k not in ("type", "stream_id")}
         body.pop("stream", None)  # implied on a socket
         stream_id = event.get("stream_id")
@@ -195,7 +198,9 @@ class _Session:
         try:
             prepared = service.prepare(create, ctx)
         except APIError as exc:
-            if previous_id is not None:
+            # A continuation that fails evicts its parent, so a retry cannot build on a
+            # broken state; a limit (429) is transient and leaves the chain alone.
+            if previous_id is not None and exc.status != 429:
                 self.conn.forget(previous_id)
             await self.send(ws_error(exc), sid)
             return
@@ -210,14 +215,16 @@ class _Session:
             await self._close_expired()
         # Otherwise the last lane to finish closes the socket.
 
-    async def _close_expired(self) -> None:
+    def _limit_reached(self) -> ConnectionLimitReached:
         minutes = self.rt.config.ws_max_age_s / 60
-        err = ConnectionLimitReached(
+        return ConnectionLimitReached(
             f"Responses websocket connection limit reached ({minutes:g} minutes). "
             "Create a new websocket connection to continue."
         )
+
+    async def _close_expired(self) -> None:
         with contextlib.suppress(Exception):
-            await self.send(ws_error(err))
+            await self.send(ws_error(self._limit_reached()))
             await self.ws.close(code=1000)
         self.closed.set()
 
