@@ -126,3 +126,10 @@ def test_server_still_serves_after_errors(server: LiveServer) -> None:
     r = post(server, {"model": "default", "input": "Hi", "temperature": 0, "max_output_tokens": 2})
     assert r.status_code == 200
     assert server.health()["slots_busy"] == 0
+
+
+def test_max_output_tokens_over_the_server_cap(server: LiveServer) -> None:
+    """--max-output-tokens (default 4096) is a clear 400, not a silent clamp."""
+    r = post(server, {"model": "default", "input": "Hi", "max_output_tokens": 5000})
+    assert_error(r, 400, "integer_above_max_value", "max_output_tokens")
+    assert "4096" in r.json()["error"]["message"]

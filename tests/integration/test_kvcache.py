@@ -198,21 +198,25 @@ async def test_host_eviction_recomputes_correctly(
     check_chain(a, turns, cold_outputs(open_server, turns))
 
 
-async def test_shared_prefix_across_sessions(
-    two_slots: LiveServer, open_server: LiveServer
-) -> None:
-    async with Session(two_slots) as a:
-        first = await a.turn("What does the engine do?")
-    # a new session with the same instructions starts from the shared prefix
-    async with Session(two_slots) as b:
-        r = await b.turn("What does the store do?")
-    shared = r["usage"]["input_tokens_details"]["cached_tokens"]
-    assert shared >= 150  # the instructions are ~200 tokens
-    assert shared < first["usage"]["input_tokens"]
-    assert b.usages[0]["tier"] in ("slot", "prefix", "host")
-    check_chain(
-        b, ["What does the store do?"], cold_outputs(open_server, ["What does the store do?"])
-    )
+async def test_shared_prefix_across_sessions(open_server: LiveServer) -> None:
+    """B starts while A still holds its slot: B's slot gets A's instructions by
+    `llama_memory_seq_cp` (tier "prefix"), and B's answer equals a cold run's."""
+    fresh = start_server(name="prefix-copy")
+    try:
+        async with Session(fresh) as a:
+            first = await a.turn("What does the engine do?")
+            async with Session(fresh) as b:
+                r = await b.turn("What does the store do?")
+        shared = r["usage"]["input_tokens_details"]["cached_tokens"]
+        assert shared >= 150  # the instructions are ~200 tokens
+        assert shared < first["usage"]["input_tokens"]
+        assert b.usages[0]["tier"] == "prefix"
+        assert metric(fresh, "warmloop_kv_prefix_copies_total") >= 1
+        check_chain(
+            b, ["What does the store do?"], cold_outputs(open_server, ["What does the store do?"])
+        )
+    finally:
+        fresh.stop()
 
 
 async def test_tenants_never_share_prefixes(one_slot: LiveServer) -> None:
@@ -270,8 +274,15 @@ def test_metrics_move(two_slots: LiveServer) -> None:
     }
     first = httpx.post(f"{two_slots.base_url}/responses", json=body, timeout=60).json()
     body2 = body | {"previous_response_id": first["id"], "input": "Again"}
-    httpx.post(f"{two_slots.base_url}/responses", json=body2, timeout=60).raise_for_status()
+    second = httpx.post(f"{two_slots.base_url}/responses", json=body2, timeout=60).json()
     assert metric(two_slots, "warmloop_prompt_tokens_computed_total") > before
+    # one structured log line per response: its cached and computed tokens and their tier
+    usage = second["usage"]
+    cached = usage["input_tokens_details"]["cached_tokens"]
+    line = next(x for x in two_slots.log().splitlines() if f"id={second['id']} " in x)
+    assert f"input={usage['input_tokens']} cached={cached} " in line
+    assert f"computed={usage['input_tokens'] - cached} " in line
+    assert f"tier={second['warmloop']['cache_tier']} " in line and cached > 0
     total_reused = sum(
         metric(two_slots, "warmloop_prompt_tokens_reused_total", tier=t)
         for t in ("slot", "prefix", "host")

@@ -166,7 +166,14 @@ class ResponsesService:
             )
         room = ctx_limit - len(tokens)
         if body.max_output_tokens is not None:
-            max_out = min(body.max_output_tokens, self.config.max_output_tokens)
+            max_out = body.max_output_tokens
+            if max_out > self.config.max_output_tokens:
+                raise InvalidRequest(
+                    f"max_output_tokens is too large: {max_out}. This server allows at most "
+                    f"{self.config.max_output_tokens} output tokens per response.",
+                    param="max_output_tokens",
+                    code="integer_above_max_value",
+                )
             if len(tokens) + max_out > ctx_limit:
                 raise ContextLengthExceeded(
                     f"This model's context is {ctx_limit} tokens; the input has {len(tokens)} "
