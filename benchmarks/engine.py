@@ -140,6 +140,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         threads=args.threads,
         batch_tokens=args.batch_tokens,
         prefill_chunk=args.prefill_chunk,
+        prefill_stall_factor=args.prefill_stall_factor,
         kv_reuse=False,
     )
     engine = build_engine(cfg)
@@ -161,7 +162,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         print(
             f"  stall while a {args.stall_prompt}-token prompt is admitted: worst gap "
             f"{s['worst_stall_ms']:.0f} ms vs normal step {s['normal_step_ms']:.0f} ms "
-            f"({s['stall_ratio']:.2f}x)"
+            f"({s['stall_ratio']:.2f}x); the long prompt's first token after "
+            f"{s['long_prompt_ttft_s']:.1f} s"
         )
     finally:
         engine.stop()
@@ -177,6 +179,7 @@ def main() -> None:
     p.add_argument("--ctx", type=int, default=8192)
     p.add_argument("--batch-tokens", type=int, default=512)
     p.add_argument("--prefill-chunk", type=int, default=64)
+    p.add_argument("--prefill-stall-factor", type=float, default=2.0)
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--gen-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)

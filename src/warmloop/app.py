@@ -56,6 +56,7 @@ def build_engine(config: Config, metrics: Metrics | None = None) -> Engine:
             threads=config.threads,
             batch_tokens=config.batch_tokens,
             prefill_chunk=config.prefill_chunk,
+            prefill_stall_factor=config.prefill_stall_factor,
             max_running=0 if config.batching else 1,
             idle_snapshot_s=config.kv_idle_snapshot_s,
         ),

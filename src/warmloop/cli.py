@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="prefill tokens per step while other sequences decode (bounds their stall)",
     )
     s.add_argument(
+        "--prefill-stall-factor",
+        type=float,
+        default=float(_env("prefill_stall_factor", d.prefill_stall_factor)),
+        help="a step that prefills while others decode takes at most this many times a "
+        "decode-only step (0 = fixed --prefill-chunk)",
+    )
+    s.add_argument(
         "--no-batching",
         action="store_true",
         default=_env_bool("no_batching", False),
@@ -240,6 +247,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         threads=args.threads,
         batch_tokens=args.batch_tokens,
         prefill_chunk=args.prefill_chunk,
+        prefill_stall_factor=args.prefill_stall_factor,
         batching=not args.no_batching,
         api_keys=tuple(_flag_or_env_list(args.api_key, "api_key")),
         api_keys_file=Path(args.api_keys_file) if args.api_keys_file else None,
@@ -275,6 +283,8 @@ def validate(config: Config) -> None:
         problems.append("--ctx must be at least 64")
     if config.log_level not in LOG_LEVELS:  # argparse does not check env defaults
         problems.append(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+    if config.prefill_stall_factor != 0 and config.prefill_stall_factor <= 1:
+        problems.append("--prefill-stall-factor must be above 1 (or 0 for fixed chunks)")
     if config.batch_tokens < 16:
         problems.append("--batch-tokens must be at least 16")
     if config.api_keys_file is not None and not config.api_keys_file.is_file():

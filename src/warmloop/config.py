@@ -59,7 +59,8 @@ class Config:
     slots: int = 4
     threads: int = field(default_factory=default_threads)
     batch_tokens: int = 512
-    prefill_chunk: int = 64  # prefill tokens per step while other sequences decode
+    prefill_chunk: int = 64  # prefill tokens per step while other sequences decode (at most)
+    prefill_stall_factor: float = 2.0  # a prefilling step ≤ this × a decode-only step; 0: off
     batching: bool = True  # False: one sequence at a time (the baseline)
     api_keys: tuple[str, ...] = ()
     api_keys_file: Path | None = None  # lines of "KEY [TENANT]"

@@ -344,3 +344,36 @@ def test_15_cached_answer_equals_fresh_answer(
         assert fresh.usage is not None and fresh.usage.input_tokens_details.cached_tokens == 0
         assert fresh.output_text == chain_outputs[i]
         history.append({"role": "assistant", "content": chain_outputs[i]})
+
+
+def test_8_cancel_a_running_response(client: openai.OpenAI, server: LiveServer) -> None:
+    """Cancel mid-stream: the stream ends at once as cancelled and the slot is free."""
+    long_answer = {  # at least 300 numbers: the answer cannot end before the cancel
+        "type": "object",
+        "properties": {"n": {"type": "array", "items": {"type": "integer"}, "minItems": 300}},
+        "required": ["n"],
+    }
+    stream = client.responses.create(
+        model="default",
+        input="List numbers.",
+        temperature=0,
+        max_output_tokens=1500,
+        text={"format": {"type": "json_schema", "name": "numbers", "schema": long_answer}},
+        stream=True,
+    )
+    rid, deltas, last = None, 0, None
+    for event in stream:
+        if event.type == "response.created":
+            rid = event.response.id
+        elif event.type == "response.output_text.delta":
+            deltas += 1
+            if deltas == 3:
+                assert rid is not None
+                assert client.responses.cancel(rid).status == "cancelled"
+        last = event
+    assert last is not None and last.type == "response.incomplete"
+    assert last.response.status == "cancelled"
+    assert last.response.usage is not None and last.response.usage.output_tokens < 100
+    assert rid is not None and client.responses.retrieve(rid).status == "cancelled"
+    health = server.health()
+    assert health["slots_busy"] == 0 and health["responses_running"] == 0

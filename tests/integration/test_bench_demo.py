@@ -24,7 +24,7 @@ SUMMARY_KEYS = {
     "end_to_end_s", "turns", "ttft_p50_ms", "ttft_p95_ms", "turn_p50_ms", "turn_p95_ms",
     "client_bytes_sent", "client_bytes_received", "bytes_first_turn", "bytes_last_turn",
     "input_tokens", "cached_tokens", "computed_tokens", "cached_ratio", "output_tokens",
-    "server_compute_s", "overhead_s",
+    "server_compute_s", "overhead_s", "ttft_overhead_p50_ms",
 }  # fmt: skip
 
 

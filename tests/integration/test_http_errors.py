@@ -93,7 +93,7 @@ def test_body_too_large(server: LiveServer) -> None:
 
 def test_context_length_exceeded(server: LiveServer) -> None:
     # the test server's --ctx is 2048 tokens per sequence
-    r = post(server, {"model": "default", "input": "Hi", "max_output_tokens": 5000})
+    r = post(server, {"model": "default", "input": "Hi", "max_output_tokens": 3000})
     assert_error(r, 400, "context_length_exceeded", "input")
     r = post(server, {"model": "default", "input": "word " * 3000})
     assert_error(r, 400, "context_length_exceeded", "input")

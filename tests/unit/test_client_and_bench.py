@@ -121,7 +121,10 @@ def test_modes() -> None:
 
 
 def record(turn: int, cached: int, compute: float | None = 10.0) -> TurnRecord:
-    return TurnRecord("ws", "s0", turn, 5.0 + turn, 20.0, 100 + turn, 400, 50, cached, 4, compute)
+    prefill = None if compute is None else 4.0
+    return TurnRecord(
+        "ws", "s0", turn, 5.0 + turn, 20.0, 100 + turn, 400, 50, cached, 4, compute, prefill
+    )
 
 
 def test_summary_and_ratios() -> None:
@@ -130,7 +133,9 @@ def test_summary_and_ratios() -> None:
     assert s["cached_ratio"] == round(85 / 150, 4) and s["computed_tokens"] == 65
     assert (s["bytes_first_turn"], s["bytes_last_turn"], s["client_bytes_sent"]) == (100, 102, 303)
     assert s["server_compute_s"] == 0.03 and s["overhead_s"] == 0.03
-    assert summarize("chat", 1.0, [record(0, 0, None)])["server_compute_s"] is None
+    assert s["ttft_overhead_p50_ms"] == 2.5  # turns 1 and 2: ttft 6 and 7 ms, prefill 4 ms
+    chat = summarize("chat", 1.0, [record(0, 0, None), record(1, 0, None)])
+    assert chat["server_compute_s"] is None and chat["ttft_overhead_p50_ms"] is None
     assert ratios({"ws": {"end_to_end_s": 2.0}, "cold": {"end_to_end_s": 9.0}}) == {
         "cold_vs_ws": 4.5
     }

@@ -40,6 +40,12 @@ def summarize(mode: str, wall_s: float, records: list[TurnRecord]) -> dict[str, 
         else None
     )
     by_turn = _by_turn(records)
+    # frame in → first token, minus the prefill that produced it (turns after the first)
+    ttft_overhead = [
+        r.ttft_ms - r.server_prefill_ms
+        for r in records
+        if r.turn > 0 and r.server_prefill_ms is not None
+    ]
     return {
         "mode": mode,
         "end_to_end_s": round(wall_s, 3),
@@ -61,6 +67,9 @@ def summarize(mode: str, wall_s: float, records: list[TurnRecord]) -> dict[str, 
         # (protocol, queueing, tokenizing, JSON) as the client saw it.
         "server_compute_s": None if compute_s is None else round(compute_s, 3),
         "overhead_s": None if compute_s is None else round(sum(turn) / 1000.0 - compute_s, 3),
+        "ttft_overhead_p50_ms": (
+            round(statistics.median(ttft_overhead), 2) if ttft_overhead else None
+        ),
     }
 
 
@@ -94,6 +103,7 @@ COLUMNS = [
     ("client KB sent", "client_bytes_sent"),
     ("compute s", "server_compute_s"),
     ("overhead s", "overhead_s"),
+    ("TTFT - prefill ms", "ttft_overhead_p50_ms"),
 ]
 
 

@@ -47,6 +47,7 @@ class TurnRecord:
     output_tokens: int
     # The server's own compute for this turn (prefill + decode), when it reports it.
     server_compute_ms: float | None
+    server_prefill_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,10 @@ def _record(
     usage = response.get("usage") or {}
     details = usage.get("input_tokens_details") or {}
     extra = response.get("warmloop") or {}
-    compute = None
+    compute = prefill = None
     if "prefill_ms" in extra:
-        compute = float(extra["prefill_ms"]) + float(extra.get("decode_ms", 0.0))
+        prefill = float(extra["prefill_ms"])
+        compute = prefill + float(extra.get("decode_ms", 0.0))
     return TurnRecord(
         mode,
         script.name,
@@ -109,6 +111,7 @@ def _record(
         int(details.get("cached_tokens", 0)),
         int(usage.get("output_tokens", 0)),
         compute,
+        prefill,
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import openai
 from openai.types.responses import ResponseStreamEvent
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _EVENTS: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
@@ -111,7 +111,14 @@ class WebSocketTransport:
                         param=err.get("param"),
                         status=int(raw.get("status") or 400),
                     )
-                event = _EVENTS.validate_python(raw)
+                try:
+                    event = _EVENTS.validate_python(raw)
+                except ValidationError as exc:  # an event type this SDK does not know: skip it
+                    if raw.get("type") in TERMINAL:
+                        raise ResponseError(
+                            f"malformed {raw['type']} event: {exc}", code="invalid_response"
+                        ) from exc
+                    continue
                 yield event
                 if event.type in TERMINAL:
                     return

@@ -43,6 +43,9 @@ class EngineConfig:
     batch_tokens: int
     # Prefill tokens per step while other sequences decode: bounds their stall.
     prefill_chunk: int = 64
+    # A step that prefills while others decode takes at most this many times a
+    # decode-only step (0: fixed prefill_chunk).
+    prefill_stall_factor: float = 2.0
     # Sequences decoding at once (1 = no batching across requests, the baseline).
     max_running: int = 0  # 0: one per slot
     # Chains idle this long move to host RAM (0 = only when a slot is needed).
@@ -74,6 +77,7 @@ class Engine:
             prefill_chunk=config.prefill_chunk,
             max_running=config.max_running or config.slots,
             ctx_per_seq=config.ctx_per_seq,
+            stall_factor=config.prefill_stall_factor,
         )
         self.stats = EngineStats()
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -200,6 +204,7 @@ class Engine:
             self._fail_step(plan, str(exc))
             return
         elapsed_ms = (time.perf_counter() - t0) * 1000.0
+        sched.observe(plan, elapsed_ms)
         for seq in plan.decodes:
             assert seq.next_token is not None
             seq.slot.tokens.append(seq.next_token)

@@ -2,8 +2,12 @@
 
 Every engine step carries one decode token for each running sequence plus prefill
 chunks of admitted prompts, oldest first. While any sequence is decoding, prefill gets
-at most `prefill_chunk` tokens per step, so a long prompt never stalls the others'
-tokens for more than one small chunk; with nothing decoding it gets the whole batch.
+at most `prefill_chunk` tokens per step, and fewer when the step would otherwise take
+longer than `stall_factor` times a decode-only step: the scheduler learns what a
+decode-only step and a prefill token cost (a token deep in a long prompt costs more,
+its attention spans everything before it) and sizes each chunk to fit. A long prompt
+then never stalls the others' tokens by more than that factor; with nothing decoding
+it gets the whole batch.
 Admission is `can_admit(job)` then `admit(job)`, oldest job first, and a job that can
 never fit is refused with a clear reason instead of waiting forever.
 """
@@ -17,6 +21,8 @@ from dataclasses import dataclass, field
 from warmloop.engine.backend import BatchRow, Sampler
 from warmloop.engine.request import Job
 from warmloop.engine.slots import Placement, Placer, Slot
+
+STALL_MARGIN = 0.75  # of the extra time a prefilling step may take
 
 
 @dataclass
@@ -57,10 +63,14 @@ class Scheduler:
         prefill_chunk: int,
         max_running: int,
         ctx_per_seq: int,
+        stall_factor: float = 2.0,
     ) -> None:
         self.placer = placer
         self.batch_tokens = batch_tokens
         self.prefill_chunk = max(1, min(prefill_chunk, batch_tokens))
+        self.stall_factor = stall_factor  # 0: fixed chunks of prefill_chunk tokens
+        self.decode_step_ms: float | None = None  # moving average of decode-only steps
+        self.prefill_token_ms: float | None = None  # moving average cost of one prefill token
         self.max_running = max_running
         self.ctx_per_seq = ctx_per_seq
         self.waiting: deque[Job] = deque()
@@ -79,10 +89,10 @@ class Scheduler:
         return None
 
     def can_admit(self, job: Job) -> bool:
-        return len(self.running) < self.max_running and self.placer.can_place(job)
+        return len(self.running) < self.max_running and self.placer.can_lease(job)
 
     def admit(self, job: Job) -> Placement | None:
-        return self.placer.place(job)
+        return self.placer.lease(job)
 
     def admissions(self) -> list[tuple[Job, Placement]]:
         """Admit waiting jobs, oldest first. A job that must wait (say, its connection's
@@ -115,7 +125,7 @@ class Scheduler:
                 plan.decodes.append(seq)
         budget = self.batch_tokens - len(plan.rows)
         if plan.decodes:
-            budget = min(budget, self.prefill_chunk)
+            budget = min(budget, self.prefill_budget())
         for seq in self.running:
             if budget <= 0:
                 break
@@ -133,3 +143,32 @@ class Scheduler:
             plan.chunks.append((seq, chunk))
             budget -= len(chunk)
         return plan
+
+    # ----- stall control -----------------------------------------------------------------
+    def prefill_budget(self) -> int:
+        """Prefill tokens for a step that also decodes: within the stall bound."""
+        if self.stall_factor <= 0 or self.decode_step_ms is None or not self.prefill_token_ms:
+            return self.prefill_chunk
+        # Aim below the bound: step times vary by a few ms, and the bound is on the worst.
+        room = STALL_MARGIN * (self.stall_factor - 1.0) * self.decode_step_ms
+        return max(1, min(self.prefill_chunk, int(room / self.prefill_token_ms)))
+
+    def observe(self, plan: StepPlan, elapsed_ms: float) -> None:
+        """Learn from a finished step what decoding and prefilling cost."""
+        prefilled = sum(len(chunk) for _, chunk in plan.chunks)
+        if not prefilled:
+            if plan.decodes:
+                self.decode_step_ms = _average(self.decode_step_ms, elapsed_ms)
+            return
+        spent = elapsed_ms
+        if plan.decodes:
+            if self.decode_step_ms is None:
+                return  # nothing to tell the prefill share of this step from the decodes
+            spent -= self.decode_step_ms
+        # Costs grow with depth into a prompt: weigh the newest step heavily.
+        per_token = max(spent, 0.0) / prefilled
+        self.prefill_token_ms = _average(self.prefill_token_ms, per_token, weight=0.5)
+
+
+def _average(old: float | None, new: float, weight: float = 0.2) -> float:
+    return new if old is None else old + weight * (new - old)

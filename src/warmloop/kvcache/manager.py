@@ -1,6 +1,6 @@
 """The KV cache manager: every placement decision for engine sequences lives here.
 
-The engine asks `place(job)` for a slot; the manager picks it, moves whatever must move
+The engine asks `lease(job)` for a slot; the manager picks it, moves whatever must move
 (saves an idle chain to host RAM, restores a snapshot, copies a shared prefix from
 another slot, truncates to the reusable prefix) through the `KVOps` the engine's
 backend provides, and says how many prompt tokens are reused and from which tier.
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from warmloop.engine.request import Job
 from warmloop.engine.slots import KVOps, Placement, Slot, Tier, common_prefix
+from warmloop.kvcache.base import KVCache
 from warmloop.kvcache.host_store import HostStore, Snapshot
 from warmloop.kvcache.prefix_index import PrefixIndex
 from warmloop.kvcache.stats import Metrics
@@ -37,7 +38,7 @@ class KVStats:
     host_evictions: int = 0
 
 
-class KVCacheManager:
+class KVCacheManager:  # implements kvcache.base.KVCache and the engine's Placer
     def __init__(
         self,
         n_slots: int,
@@ -67,12 +68,24 @@ class KVCacheManager:
     def leased(self) -> int:
         return sum(1 for s in self.slots if s.lease is not None)
 
-    # ----- placement ---------------------------------------------------------------------
-    def can_place(self, job: Job) -> bool:
+    # ----- matching and leasing --------------------------------------------------------
+    def match_prefix(
+        self, tenant: str, tokens: list[int], *, exclude: Slot | None = None
+    ) -> tuple[int, Slot | Snapshot | None]:
+        """The longest prefix of `tokens` whose KV an idle slot or a host snapshot of
+        `tenant` holds, and the holder to take it from (an idle slot before a snapshot)."""
+        n, holders = self.index.match(tenant, tokens)
+        source = self._pick_source(holders - {exclude}) if n else None
+        return (n, source) if source is not None else (0, None)
+
+    def can_lease(self, job: Job) -> bool:
         return self._choose(job) is not None
 
-    def place(self, job: Job) -> Placement | None:
-        """Give `job` a slot holding the longest reusable prefix, or None if it must wait."""
+    def lease(self, job: Job) -> Placement | None:
+        """Pin a slot to `job` holding the longest reusable prefix, or None if it must wait.
+
+        The slot stays pinned to `job.lease` (the connection lane) after the job, until
+        `release` or an eviction."""
         choice = self._choose(job)
         if choice is None:
             return None
@@ -88,22 +101,23 @@ class KVCacheManager:
             return self._claim(target, job, 0, "none")
         own = common_prefix(target.tokens, job.tokens) if target.tenant == job.tenant else 0
         own = min(own, cap)
-        best, holders = self.index.match(job.tenant, job.tokens)
+        best, source = self.match_prefix(job.tenant, job.tokens, exclude=target)
         best = min(best, cap)
-        source = self._pick_source(holders - {target}) if best > own else None
+        if best <= own:
+            source = None
         running, n = self._best_running(job, target)
         if min(n, cap) > max(best if source else 0, own):
             # A fork of a chain that is generating right now: its KV up to here is final.
             source, best = running, min(n, cap)
         if source is None:
-            self._preserve(target, keep=own)
+            self.snapshot(target, keep=own)
             self._truncate(target, own)
             return self._claim(target, job, own, "slot" if own > 0 else "none")
-        self._preserve(target, keep=0)
+        self.snapshot(target)
         if isinstance(source, Slot):
             self._copy(source, target, best)
             return self._claim(target, job, best, "prefix")
-        self._restore(
+        self.restore(
             source, target, best, own_chain=job.lease is not None and source.lease == job.lease
         )
         return self._claim(target, job, best, "host")
@@ -168,8 +182,8 @@ class KVCacheManager:
             self.ops.seq_truncate(slot.id, keep)
             del slot.tokens[keep:]
 
-    def _preserve(self, slot: Slot, *, keep: int) -> bool:
-        """Before `slot` is overwritten beyond `keep`, save its chain to host RAM if worth it.
+    def snapshot(self, slot: Slot, *, keep: int = 0) -> bool:
+        """Save `slot`'s chain to host RAM (before it is overwritten beyond `keep`) if worth it.
 
         Returns True when the slot's whole token list is held somewhere else afterwards.
         """
@@ -217,7 +231,9 @@ class KVCacheManager:
         if self.metrics:
             self.metrics.prefix_copies.inc()
 
-    def _restore(self, snap: Snapshot, dst: Slot, n: int, *, own_chain: bool) -> None:
+    def restore(self, snap: Snapshot, dst: Slot, n: int, *, own_chain: bool) -> None:
+        """Load the first `n` tokens of `snap` into `dst`; a chain back in its own
+        connection's slot leaves host RAM (a later eviction saves it again)."""
         t0 = time.perf_counter()
         self.ops.seq_truncate(dst.id, 0)
         self.ops.seq_state_set(dst.id, snap.data)
@@ -284,8 +300,18 @@ class KVCacheManager:
         for slot in self.slots:
             if slot.busy or slot.lease is None or not slot.tokens or now - slot.last_used < idle_s:
                 continue
-            if self._preserve(slot, keep=0):
-                slot.lease = None
-                self.clear(slot)
-                moved += 1
+            moved += self.evict(slot)
         return moved
+
+    def evict(self, slot: Slot) -> bool:
+        """Move an idle chain out of its slot into host RAM and unpin the slot. False (and
+        nothing changes) when it cannot be saved: the chain is never dropped here."""
+        if slot.busy or not self.snapshot(slot):
+            return False
+        slot.lease = None
+        self.clear(slot)
+        return True
+
+
+def _conforms(manager: KVCacheManager) -> KVCache:  # mypy checks the interface here
+    return manager

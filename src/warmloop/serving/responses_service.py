@@ -376,6 +376,8 @@ class ResponsesService:
                     if record.stored:
                         # Durable before the client hears "completed".
                         await self.store.save(record)
+                    # Finished: cancel and GET see the record now, not the live snapshot.
+                    self._live.pop(p.id, None)
                     yield final_event
                 elif isinstance(e, Failed):
                     error = {"code": "server_error", "message": e.message}
@@ -385,6 +387,7 @@ class ResponsesService:
                     log.warning("response %s failed: %s", p.id, e.message)
                     if self.metrics:
                         self.metrics.responses.labels("failed").inc()
+                    self._live.pop(p.id, None)
                     yield seq(ev.response_lifecycle("failed", final))
         finally:
             self._live.pop(p.id, None)

@@ -1,0 +1,102 @@
+"""The batch planner: decode rows, chunked prefill within the stall bound, admission."""
+
+from __future__ import annotations
+
+from tests.unit.test_slots import job, make
+from warmloop.engine.scheduler import Scheduler, Sequence, StepPlan
+
+
+def scheduler(
+    n_slots: int = 4, *, chunk: int = 64, factor: float = 2.0, ctx: int = 4096, running: int = 4
+) -> Scheduler:
+    mgr, _ = make(n_slots)
+    return Scheduler(
+        mgr,
+        batch_tokens=512,
+        prefill_chunk=chunk,
+        max_running=running,
+        ctx_per_seq=ctx,
+        stall_factor=factor,
+    )
+
+
+def admit_all(s: Scheduler) -> list[Sequence]:
+    for j, placement in s.admissions():
+        s.running.append(Sequence(j, placement.slot, None, placement.reuse))
+    return s.running
+
+
+def decoding(s: Scheduler, tokens: list[int]) -> Sequence:
+    """A running sequence whose prompt is computed and whose next token is sampled."""
+    s.waiting.append(job(tokens))
+    seq = admit_all(s)[-1]
+    seq.slot.tokens = list(tokens)
+    seq.next_token = 7
+    return seq
+
+
+def test_prefill_alone_gets_the_whole_batch_and_logits_at_its_end() -> None:
+    s = scheduler()
+    s.waiting.append(job(range(100, 400)))
+    (seq,) = admit_all(s)
+    plan = s.plan()
+    assert [len(c) for _, c in plan.chunks] == [300]
+    assert [r.logits for r in plan.rows].count(True) == 1 and plan.rows[-1].logits
+    assert plan.samples == [(seq, 299)]
+
+
+def test_decodes_first_then_a_bounded_chunk() -> None:
+    s = scheduler(chunk=64, factor=0)  # fixed chunks
+    a, b = decoding(s, [1, 2, 3]), decoding(s, [4, 5])
+    s.waiting.append(job(range(1000, 1300)))
+    admit_all(s)
+    plan = s.plan()
+    assert plan.decodes == [a, b] and [r.token for r in plan.rows[:2]] == [7, 7]
+    assert [len(c) for _, c in plan.chunks] == [64]
+    assert not any(r.logits for r in plan.rows[2:])  # mid-prompt: no logits yet
+
+
+def test_stall_controller_sizes_chunks_to_the_bound() -> None:
+    s = scheduler(chunk=64, factor=2.0)
+    decoding(s, [1, 2, 3])
+    assert s.prefill_budget() == 64  # nothing learnt yet
+    only_decode = StepPlan(decodes=list(s.running))
+    for _ in range(20):
+        s.observe(only_decode, 20.0)  # a decode-only step takes 20 ms
+    assert abs((s.decode_step_ms or 0) - 20.0) < 0.5
+    # a mixed step with 40 prefill tokens took 120 ms: 100 ms for 40 tokens
+    seq = s.running[0]
+    s.observe(StepPlan(decodes=[seq], chunks=[(seq, list(range(40)))]), 120.0)
+    # room for 0.75 x (2 - 1) x 20 ms of prefill at 2.5 ms a token: 6 tokens
+    assert s.prefill_budget() == 6
+    # deeper into the prompt tokens cost more: the budget shrinks, never below 1
+    s.observe(StepPlan(decodes=[seq], chunks=[(seq, list(range(8)))]), 20.0 + 8 * 40.0)
+    assert s.prefill_budget() == 1
+    # prefill-only steps teach the per-token cost too, and the chunk cap still holds
+    for _ in range(10):
+        s.observe(StepPlan(chunks=[(seq, list(range(500)))]), 50.0)  # 0.1 ms a token
+    assert s.prefill_budget() == 64
+
+
+def test_admission_is_oldest_first_and_a_blocked_job_does_not_block_others() -> None:
+    s = scheduler(n_slots=2, running=2)
+    first = job([1, 2, 3], lease="c1")
+    s.waiting.append(first)
+    admit_all(s)
+    s.running[0].slot.tokens = [1, 2, 3]
+    # c1's slot is busy: its next job waits; a younger job of another connection runs
+    blocked, other = job([1, 2, 3, 4], lease="c1"), job([9, 9], lease="c2")
+    s.waiting.extend([blocked, other])
+    admit_all(s)
+    assert [q.job for q in s.running] == [first, other] and list(s.waiting) == [blocked]
+
+
+def test_never_fits_and_cancelled_waiting_jobs() -> None:
+    s = scheduler(ctx=10)
+    assert s.never_fits(job(range(10))) is not None  # no room for one output token
+    assert s.never_fits(job(range(10), prefill_only=True)) is None
+    assert s.never_fits(job([])) == "the prompt is empty"
+    j = job([1])
+    j.cancelled = True
+    s.waiting.extend([j, job([2])])
+    assert s.drop_cancelled_waiting() == [j] and len(s.waiting) == 1
