@@ -31,7 +31,8 @@ test: lint
 	$(BIN)/pytest -q
 
 bench: setup
-	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/engine.py --llama-bench "$$(bash benchmarks/build_llama_bench.sh)"
+	$(BIN)/python benchmarks/kv_snapshot.py
 	$(BIN)/python benchmarks/agent_loop.py
 
 clean:
