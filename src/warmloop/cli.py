@@ -4,6 +4,7 @@ environment variable."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -36,7 +37,16 @@ def _flag_or_env_list(given: list[str] | None, name: str) -> list[str]:
     return given if given is not None else _env_list(name)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# `warmloop bench|demo`: their modules define add_arguments(parser) and run(args)
+TOOLS = (
+    ("bench", "run an agent workload in several modes; table, JSON and plots",
+     "warmloop.bench.cli"),
+    ("demo", "run a small agent over WebSocket and HTTP on the embedded model", "warmloop.demo"),
+)  # fmt: skip
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; `command` is the subcommand about to run (its flags get added)."""
     parser = argparse.ArgumentParser(prog="warmloop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve the Responses API (HTTP + WebSocket mode)")
@@ -215,23 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(_env("max_connections", d.max_connections)),
         help="WebSocket connections; more get HTTP 426",
     )
-    from warmloop import demo
-    from warmloop.bench import cli as bench
-
-    b = sub.add_parser(
-        "bench",
-        help="run an agent workload in several modes; table, JSON and plots",
-        description=bench.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    bench.add_arguments(b)
-    m = sub.add_parser(
-        "demo",
-        help="run a small agent over WebSocket and HTTP on the embedded model",
-        description=demo.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    demo.add_arguments(m)
+    for name, help_text, module_name in TOOLS:
+        tool = sub.add_parser(
+            name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        if name == command:  # import a tool (openai, rich, ...) only when it runs
+            module = importlib.import_module(module_name)
+            tool.description = module.__doc__
+            module.add_arguments(tool)
     return parser
 
 
@@ -326,22 +327,18 @@ def serve(config: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     if args.command == "serve":
         config = config_from_args(args)
         validate(config)
         serve(config)
-    elif args.command == "bench":
-        from warmloop.bench import cli as bench
-
-        try:
-            bench.run(args)
-        except (ValueError, OSError) as exc:
-            raise SystemExit(f"warmloop bench: {exc}") from exc
-    elif args.command == "demo":
-        from warmloop import demo
-
-        demo.run(args)
+        return
+    module = importlib.import_module(dict((n, m) for n, _, m in TOOLS)[args.command])
+    try:
+        module.run(args)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"warmloop {args.command}: {exc}") from exc
 
 
 if __name__ == "__main__":
