@@ -29,6 +29,7 @@ from rich.table import Table
 from warmloop.bench.report import wide_console
 from warmloop.bench.server import free_port
 from warmloop.client import AgentResult, AgentSession
+from warmloop.client.agent import TransportName
 from warmloop.config import Config
 
 TASK = (
@@ -115,12 +116,14 @@ class Row:
     result: AgentResult
 
 
-async def run_agent(base_url: str, transport: str, project: Project, turns: int) -> Row:
+async def run_agent(
+    name: str, base_url: str, transport: TransportName, project: Project, turns: int
+) -> Row:
     async with AgentSession(
         base_url=base_url,
         instructions=INSTRUCTIONS,
         tools=[project.list_files, project.read_file, project.count_lines],
-        transport="websocket" if transport == "websocket" else "http",
+        transport=transport,
         temperature=0,
         max_output_tokens=48,
         max_turns=turns,
@@ -138,7 +141,7 @@ async def run_agent(base_url: str, transport: str, project: Project, turns: int)
         tool_runs=first.tool_runs + final.tool_runs,
         transport=final.transport,
     )
-    return Row(transport, seconds, merged)
+    return Row(name, seconds, merged)
 
 
 def table(rows: list[Row]) -> Table:
@@ -170,7 +173,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         store="memory",
         log_level="warning",
     )
-    ways = [
+    ways: list[tuple[str, TransportName, Config]] = [
         ("WebSocket", "websocket", base),
         ("HTTP", "http", base),
         ("HTTP, no cache", "http", replace(base, kv_reuse=False)),
@@ -185,9 +188,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             # a fresh server each way: no run finds another's prompt in the cache
             with serve_in_thread(replace(config, port=free_port())) as url:
                 console.print(f"running the agent: {name}...")
-                row = asyncio.run(run_agent(url, transport, project, args.turns))
-            row.name = name
-            rows.append(row)
+                rows.append(asyncio.run(run_agent(name, url, transport, project, args.turns)))
     for call in rows[0].result.tool_runs:
         console.print(f"  tool {call.name}({call.arguments}) -> {call.output[:60]!r}")
     console.print(f"[bold]answer:[/] {rows[0].result.output_text.strip()}")

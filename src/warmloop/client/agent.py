@@ -125,14 +125,9 @@ class AgentSession:
         self.client = client or openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key or "unused", max_retries=0
         )
-        self.model = model
-        self.instructions = instructions
         self.tools = as_tools(list(tools))
         self.store = store
         self.max_turns = max_turns
-        self.temperature = temperature
-        self.max_output_tokens = max_output_tokens
-        self.parallel_tool_calls = parallel_tool_calls
         self.retry = retry or RetryPolicy()
         self.on_text = on_text
         self.on_event = on_event
@@ -143,6 +138,17 @@ class AgentSession:
             if transport == "websocket"
             else HTTPTransport(self.client)
         )
+        # What every turn's request carries, whatever its input.
+        self._fixed: dict[str, Any] = {"model": model, "store": store, **self.extra_body}
+        if instructions is not None:
+            self._fixed["instructions"] = instructions
+        if self.tools:
+            self._fixed["tools"] = [t.to_param() for t in self.tools.values()]
+            self._fixed["parallel_tool_calls"] = parallel_tool_calls
+        if temperature is not None:
+            self._fixed["temperature"] = temperature
+        if max_output_tokens is not None:
+            self._fixed["max_output_tokens"] = max_output_tokens
         self.history: list[dict[str, Any]] = []  # the conversation as input items
         self._tool_outputs: dict[str, str] = {}  # call_id → output: each call runs once
         self._previous: tuple[str, int] | None = None  # (response id, transport generation)
@@ -224,9 +230,7 @@ class AgentSession:
     ) -> Response:
         attempt = 0
         while True:
-            body = self._body(pending, result)
-            if tool_choice is not None and self.tools:
-                body["tool_choice"] = tool_choice
+            body = self._body(pending, result, tool_choice)
             try:
                 response = await self._stream(body)
             except UpgradeRefused as exc:
@@ -255,17 +259,12 @@ class AgentSession:
             self._previous = (response.id, self.transport.generation)
             return response
 
-    def _body(self, pending: list[dict[str, Any]], result: AgentResult) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "store": self.store, **self.extra_body}
-        if self.instructions is not None:
-            body["instructions"] = self.instructions
-        if self.tools:
-            body["tools"] = [t.to_param() for t in self.tools.values()]
-            body["parallel_tool_calls"] = self.parallel_tool_calls
-        if self.temperature is not None:
-            body["temperature"] = self.temperature
-        if self.max_output_tokens is not None:
-            body["max_output_tokens"] = self.max_output_tokens
+    def _body(
+        self, pending: list[dict[str, Any]], result: AgentResult, tool_choice: ToolChoice | None
+    ) -> dict[str, Any]:
+        body = dict(self._fixed)
+        if tool_choice is not None and self.tools:
+            body["tool_choice"] = tool_choice
         prev = self._previous
         same_connection = prev is not None and prev[1] == self.transport.generation
         continuable = self.transport.can_continue(self.store) and (self.store or same_connection)
