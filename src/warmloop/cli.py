@@ -42,6 +42,8 @@ TOOLS = (
     ("bench", "run an agent workload in several modes; table, JSON and plots",
      "warmloop.bench.cli"),
     ("demo", "run a small agent over WebSocket and HTTP on the embedded model", "warmloop.demo"),
+    ("doctor", "check the CPU, the engine build and the model; run a short decode",
+     "warmloop.doctor"),
 )  # fmt: skip
 
 
@@ -192,6 +194,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "--store-max-bytes", type=int, default=int(_env("store_max_bytes", d.store_max_bytes))
     )
     s.add_argument(
+        "--store-timeout-s",
+        type=float,
+        default=float(_env("store_timeout_s", d.store_timeout_s)),
+        help="a store read or write slower than this fails with 503 store_unavailable",
+    )
+    s.add_argument(
         "--no-websocket",
         action="store_true",
         default=_env_bool("no_websocket", False),
@@ -212,7 +220,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "--ws-queue-size",
         type=int,
         default=int(_env("ws_queue_size", d.ws_queue_size)),
-        help="queued response.create events per connection",
+        help="response.create events that may wait on a connection (beyond one running per lane)",
     )
     s.add_argument(
         "--ws-ping-interval",
@@ -224,6 +232,35 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         type=int,
         default=int(_env("max_connections", d.max_connections)),
         help="WebSocket connections; more get HTTP 426",
+    )
+    s.add_argument(
+        "--ws-max-lanes",
+        type=int,
+        default=int(_env("ws_max_lanes", d.ws_max_lanes)),
+        help="named streams (stream_id) per WebSocket connection",
+    )
+    s.add_argument(
+        "--max-json-depth",
+        type=int,
+        default=int(_env("max_json_depth", d.max_json_depth)),
+        help="nesting levels a request body or frame may have (deeper gets 400)",
+    )
+    s.add_argument(
+        "--write-timeout-s",
+        type=float,
+        default=float(_env("write_timeout_s", d.write_timeout_s)),
+        help="drop an SSE or WebSocket client that reads nothing for this many seconds",
+    )
+    s.add_argument(
+        "--metrics-key",
+        default=_env("metrics_key", None),
+        help="key /metrics requires (default: any API key when keys are set, else open)",
+    )
+    s.add_argument(
+        "--no-self-test",
+        action="store_true",
+        default=_env_bool("no_self_test", False),
+        help="skip the engine self-test (a short decode in a child process) before serving",
     )
     for name, help_text, module_name in TOOLS:
         tool = sub.add_parser(
@@ -267,12 +304,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
         store_ttl_s=args.store_ttl,
         store_max_responses=args.store_max_responses,
         store_max_bytes=args.store_max_bytes,
+        store_timeout_s=args.store_timeout_s,
         websocket=not args.no_websocket,
         ws_max_frame_bytes=args.ws_max_frame_bytes,
         ws_max_age_s=args.ws_max_age,
         ws_queue_size=args.ws_queue_size,
         ws_ping_interval_s=args.ws_ping_interval,
         max_connections=args.max_connections,
+        ws_max_lanes=args.ws_max_lanes,
+        max_json_depth=args.max_json_depth,
+        write_timeout_s=args.write_timeout_s,
+        metrics_key=args.metrics_key or None,
+        self_test=not args.no_self_test,
     )
 
 
@@ -292,14 +335,21 @@ def validate(config: Config) -> None:
         problems.append(f"--api-keys-file {config.api_keys_file}: no such file")
     if config.model is not None and not config.model.is_file():
         problems.append(f"--model {config.model}: no such file")
+    if config.max_json_depth < 8:
+        problems.append("--max-json-depth must be at least 8")
+    if config.store_timeout_s <= 0:
+        problems.append("--store-timeout-s must be above 0")
+    if config.write_timeout_s <= 0:
+        problems.append("--write-timeout-s must be above 0")
+    if config.ws_max_lanes < 1:
+        problems.append("--ws-max-lanes must be at least 1")
     if problems:
         raise SystemExit("warmloop: " + "; ".join(problems))
 
 
 def serve(config: Config) -> None:
-    import uvicorn
-
-    from warmloop.app import create_app
+    from warmloop.doctor import SelfTestFailed, self_test
+    from warmloop.transport.server import server
 
     logging.basicConfig(
         level=config.log_level.upper(),
@@ -311,19 +361,14 @@ def serve(config: Config) -> None:
             "warmloop: WARNING: no --api-key given; the server is open to anyone who can reach it",
             file=sys.stderr,
         )
-    uvicorn.run(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        log_level=config.log_level,
-        ws="websockets-sansio",
-        # uvicorn closes frames over ws_max_size with 1009; keep it above our own limit
-        # so an oversize frame gets a clear error event instead.
-        ws_max_size=config.ws_max_frame_bytes * 2 + 65536,
-        ws_ping_interval=config.ws_ping_interval_s,
-        ws_ping_timeout=config.ws_ping_interval_s,
-        timeout_graceful_shutdown=5,
-    )
+    if config.self_test:
+        # Before listening: an engine build this CPU cannot run dies here, in a child,
+        # with one clear message, instead of killing the server on the first request.
+        try:
+            self_test(config.model_path(), threads=config.threads)
+        except SelfTestFailed as exc:
+            raise SystemExit(f"warmloop: {exc}") from None
+    server(config).run()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -81,6 +81,7 @@ class Config:
     store_ttl_s: float = 0.0  # 0: stored responses never expire
     store_max_responses: int = 10_000
     store_max_bytes: int = 256 * 1024 * 1024
+    store_timeout_s: float = 10.0  # a store read or write slower than this is a 503
     # WebSocket mode
     websocket: bool = True
     ws_max_frame_bytes: int = 4 * 1024 * 1024
@@ -88,6 +89,12 @@ class Config:
     ws_queue_size: int = 8
     ws_ping_interval_s: float = 20.0
     max_connections: int = 64
+    ws_max_lanes: int = 32  # named streams (stream_id) per connection
+    # hardening
+    max_json_depth: int = 64  # nesting of a request body or frame
+    write_timeout_s: float = 30.0  # a client that reads nothing for this long is dropped
+    metrics_key: str | None = None  # /metrics needs this key (else any API key, if keys are set)
+    self_test: bool = True  # `serve` decodes a few tokens in a child process before listening
 
     def model_path(self) -> Path:
         return self.model if self.model is not None else embedded_model_path()

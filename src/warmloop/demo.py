@@ -81,20 +81,9 @@ class Project:
 @contextlib.contextmanager
 def serve_in_thread(config: Config) -> Iterator[str]:
     """Run `create_app(config)` with uvicorn on a thread; yields the base URL."""
-    import uvicorn
+    from warmloop.transport.server import server as uvicorn_server
 
-    from warmloop.app import create_app
-
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config),
-            host="127.0.0.1",
-            port=config.port,
-            log_level="warning",
-            ws="websockets-sansio",
-            lifespan="on",
-        )
-    )
+    server = uvicorn_server(replace(config, host="127.0.0.1"), log_level="warning")
     thread = threading.Thread(target=server.run, name="warmloop-demo-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 120

@@ -68,12 +68,20 @@ def test_max_input_tokens(limited: LiveServer) -> None:
 
 
 async def test_concurrency_limit_per_key(limited: LiveServer) -> None:
+    # The grammar forces a long array, so the first response cannot end early (an EOS
+    # after a few dozen tokens on a loaded machine would end it before the second create).
+    long_array = {
+        "type": "object",
+        "properties": {"n": {"type": "array", "items": {"type": "integer"}, "minItems": 150}},
+        "required": ["n"],
+    }
     body = {
         "model": "default",
-        "input": "Write a long story.",
+        "input": "List numbers.",
         "temperature": 0,
-        "max_output_tokens": 200,
+        "max_output_tokens": 300,
         "stream": True,
+        "text": {"format": {"type": "json_schema", "name": "nums", "schema": long_array}},
     }
     async with (
         httpx.AsyncClient(timeout=60) as client,
@@ -81,7 +89,10 @@ async def test_concurrency_limit_per_key(limited: LiveServer) -> None:
             "POST", f"{limited.base_url}/responses", json=body, headers=auth(BOB)
         ) as running,
     ):
-        async for line in running.aiter_lines():
+        # Hold the line iterator: dropped, its finalizer would close the connection
+        # (httpcore closes a stream whose iterator is closed) and end the first response.
+        lines = running.aiter_lines()
+        async for line in lines:
             if "output_text.delta" in line:
                 break
         second = await client.post(

@@ -71,3 +71,24 @@ def test_keys_file_rejects_extra_columns(tmp_path: Path) -> None:
     keys_file.write_text("ok\nsk-x tenant extra\n")
     with pytest.raises(ValueError, match=":2:"):
         read_keys_file(keys_file)
+
+
+def test_a_hash_inside_a_key_is_part_of_the_key(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("# comment\nsk-a#b team  # trailing comment\n  # indented comment\n")
+    assert read_keys_file(keys) == {"sk-a#b": "team"}
+    ring = KeyRing((), read_keys_file(keys))
+    assert ring.tenant("Bearer sk-a#b") == "team"
+    with pytest.raises(Unauthorized):
+        ring.tenant("Bearer sk-a")
+
+
+def test_metrics_key_and_api_keys() -> None:
+    ring = KeyRing(("sk-one",))
+    ring.check_metrics("Bearer sk-one", None)  # any API key when no metrics key is set
+    with pytest.raises(Unauthorized):
+        ring.check_metrics(None, None)
+    ring.check_metrics("Bearer scrape", "scrape")
+    with pytest.raises(Unauthorized):
+        ring.check_metrics("Bearer sk-one", "scrape")  # only the metrics key then
+    KeyRing(()).check_metrics(None, None)  # an open server has open metrics

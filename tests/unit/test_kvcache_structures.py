@@ -69,3 +69,20 @@ def test_host_store_budget_evicts_lru() -> None:
     store.drop(s1)
     assert store.bytes_used == s3.nbytes and len(store) == 1
     assert not store.fits(10**9)
+
+
+def test_host_store_bytes_survive_a_snapshot_shrinking_in_place() -> None:
+    """A released chain keeps only its shared prefix (`tokens` shortened in place); the
+    budget must still give back exactly what the snapshot was charged."""
+    s = snap(100, 1000)
+    store = HostStore(budget_bytes=10**6)
+    store.put(s)
+    s.tokens = s.tokens[:10]
+    store.drop(s)
+    assert store.bytes_used == 0 and len(store) == 0
+    s2, s3 = snap(100, 1000), snap(100, 1000)
+    small = HostStore(budget_bytes=s2.nbytes + 1)
+    small.put(s2)
+    s2.tokens = s2.tokens[:1]
+    assert small.put(s3) == [s2]  # evicting the shrunk one frees its full charge
+    assert small.bytes_used == s3.nbytes

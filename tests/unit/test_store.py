@@ -58,13 +58,12 @@ def test_put_same_id_replaces() -> None:
 def test_connection_keeps_recent_responses() -> None:
     conn = Connection(tenant="a")
     for k in range(RECENT_RESPONSES + 3):
-        conn.remember(record(f"r{k}", stored=k % 2 == 0))
+        conn.remember(record(f"r{k}", stored=k % 2 == 0), "lane")
     assert conn.lookup("r0") is None
     assert conn.lookup(f"r{RECENT_RESPONSES + 2}") is not None
-    assert conn.chain_is_stored  # the latest (even index) was stored
+    assert conn.lane_is_stored("lane")  # the latest (even index) was stored
     conn.forget(f"r{RECENT_RESPONSES + 2}")
     assert conn.lookup(f"r{RECENT_RESPONSES + 2}") is None
-    assert not conn.chain_is_stored
 
 
 def test_get_refreshes_recency_so_the_other_one_is_evicted() -> None:
@@ -100,7 +99,7 @@ def test_bytes_used_tracks_every_put_and_drop() -> None:
 
 
 def test_byte_bound_evicts_oldest_until_it_fits() -> None:
-    small, big = record("s", text="a").size(), record("b", text="a" * 5000).size()
+    small, big = record("s1", text="a").size(), record("b", text="a" * 5000).size()
     store = InMemoryResponseStore(max_responses=100, max_bytes=big + small)
     store.put(record("s1", text="a"))
     store.put(record("s2", text="a"))
@@ -119,11 +118,19 @@ def test_a_record_bigger_than_the_whole_budget_is_not_kept() -> None:
 def test_size_counts_items_chain_and_history() -> None:
     item = MessageItem("m", "user", "x" * 10)
     base = StoredResponse("r", "a", {}, (), (), (), None, True).size()
-    assert base == 512
+    assert base == 512 + len("{}")
     with_items = StoredResponse("r", "a", {}, (item,), (item,), (item, item), None, True)
-    assert with_items.size() == 512 + 2 * (64 + 10) + 8 * 2
+    assert with_items.size() == base + 2 * (64 + 10) + 8 * 2
     chained = StoredResponse("r", "a", {}, (), (), (), ChainState("abc", (1, 2, 3, 4)), True)
-    assert chained.size() == 512 + 4 * 4 + 3
+    assert chained.size() == base + 4 * 4 + 3
+
+
+def test_size_counts_the_response_object() -> None:
+    """The echoed request fields (metadata, instructions) are part of what a record
+    holds: a response with 8 KB of instructions weighs at least 8 KB more."""
+    plain = StoredResponse("r", "a", {"id": "r"}, (), (), (), None, True).size()
+    heavy = {"id": "r", "instructions": "i" * 8192}
+    assert StoredResponse("r", "a", heavy, (), (), (), None, True).size() >= plain + 8192
 
 
 async def test_save_is_put() -> None:
@@ -137,19 +144,29 @@ async def test_save_is_put() -> None:
 def test_connection_remember_lookup_forget() -> None:
     conn = Connection(tenant="a")
     assert conn.id.startswith("conn_") and conn.id != Connection(tenant="a").id
-    assert conn.lookup("r1") is None and not conn.chain_is_stored
+    assert conn.lookup("r1") is None and not conn.lane_is_stored("a")
     r1 = record("r1", stored=False)
-    conn.remember(r1)
+    conn.remember(r1, "a")
     assert conn.lookup("r1") is r1
-    assert not conn.chain_is_stored  # the latest is store:false
-    conn.remember(record("r2", stored=True))
-    assert conn.chain_is_stored
-    conn.remember(r1)  # remembering again makes it the latest
-    assert not conn.chain_is_stored
+    assert not conn.lane_is_stored("a")  # the latest is store:false
+    conn.remember(record("r2", stored=True), "a")
+    assert conn.lane_is_stored("a")
+    conn.remember(r1, "a")  # remembering again makes it the latest
+    assert not conn.lane_is_stored("a")
     conn.forget("r1")
     conn.forget("never")  # no error
-    assert conn.lookup("r1") is None and conn.chain_is_stored
+    assert conn.lookup("r1") is None
     assert conn.age() >= 0.0
+
+
+def test_a_stored_lane_does_not_keep_another_lanes_kv() -> None:
+    """On disconnect each lane's KV follows its own latest response: a store:false lane
+    is dropped even when another lane's latest response was stored."""
+    conn = Connection(tenant="a")
+    conn.remember(record("r1", stored=False), "conn#x")
+    conn.remember(record("r2", stored=True), "conn#y")
+    assert not conn.lane_is_stored("conn#x")
+    assert conn.lane_is_stored("conn#y")
 
 
 def test_connection_bound_keeps_exactly_the_latest() -> None:

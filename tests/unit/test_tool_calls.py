@@ -9,7 +9,7 @@ import re
 import pytest
 
 from warmloop.protocol.errors import InvalidRequest
-from warmloop.protocol.requests import FunctionTool, TextFormat
+from warmloop.protocol.requests import FunctionTool, TextFormat, parse_create
 from warmloop.serving.prompt import tool_call_text
 from warmloop.serving.tool_calls import (
     TOOL_CALL_TRIGGER,
@@ -257,10 +257,13 @@ def test_single_tool_choice_grammar_has_one_alternative() -> None:
 
 
 def test_bad_tool_schema_names_the_tool() -> None:
-    bad = FunctionTool("bad", "", {"type": "object", "$ref": "#/nowhere"}, False)
+    bad = {"type": "function", "name": "bad", "parameters": {"type": "object", "$ref": "#/x"}}
+    ok = {"type": "function", "name": "add", "parameters": ADD.parameters}
+    skipped = {"type": "web_search"}
+    request = parse_create({"input": "hi", "tools": [ok, skipped, bad]})
     with pytest.raises(InvalidRequest) as err:
-        tool_call_grammar([ADD, bad], parallel=True)
-    assert err.value.param == "tools[1].parameters"
+        tool_call_grammar(request.tools, parallel=True)
+    assert err.value.param == "tools[2].parameters"
 
 
 def test_trigger_fires_on_the_tag_only() -> None:

@@ -232,9 +232,16 @@ class LlamaBackend:
             raise BackendError(f"could not truncate sequence {seq} at {keep}")
 
     def seq_copy(self, src: int, dst: int) -> None:
-        """Copy all of `src`'s KV into `dst` (with per-sequence KV streams llama.cpp only
-        copies whole sequences; truncate afterwards to keep a prefix)."""
-        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+        """Copy all of `src`'s KV into `dst` (truncate afterwards to keep a prefix).
+
+        Through the sequence state, not `llama_memory_seq_cp`: with per-sequence KV
+        streams that call only queues the copy (the tensors move at the next decode), so
+        a state save or restore of either sequence in the same admission round would see
+        or be overwritten by stale data, and `dst`'s KV would differ from its tokens. A
+        state round trip is immediate and moves only the cells in use, where the queued
+        copy moves the whole stream.
+        """
+        self.seq_state_set(dst, self.seq_state_get(src))
 
     def seq_state_get(self, seq: int) -> bytearray:
         """The sequence's KV state, written by llama.cpp straight into the returned buffer
@@ -258,6 +265,30 @@ class LlamaBackend:
             raise BackendError(f"could not restore state into sequence {seq}")
 
     # ----- sampling --------------------------------------------------------------------
+    def _grammar_sampler(self, grammar: str, lazy_trigger: str | None) -> Any:
+        try:
+            text = grammar.encode("utf-8")
+            trigger = lazy_trigger.encode("utf-8") if lazy_trigger is not None else None
+        except UnicodeEncodeError as exc:
+            raise BackendError(f"the grammar is not valid UTF-8 text: {exc.reason}") from None
+        if trigger is not None:
+            # The grammar applies from the first match of the trigger pattern on.
+            patterns = (ctypes.c_char_p * 1)(trigger)
+            no_tokens = (llama_cpp.llama_token * 1)()
+            g = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                self.vocab, text, b"root", patterns, 1, no_tokens, 0
+            )
+        else:
+            g = llama_cpp.llama_sampler_init_grammar(self.vocab, text, b"root")
+        if not g:
+            raise BackendError("llama.cpp rejected the grammar")
+        return g
+
+    def check_grammar(self, grammar: str, lazy_trigger: str | None) -> None:
+        """Raise BackendError if llama.cpp would refuse `grammar`. It only reads the
+        vocabulary, so it may run on any thread (like tokenizing)."""
+        llama_cpp.llama_sampler_free(self._grammar_sampler(grammar, lazy_trigger))
+
     def make_sampler(
         self,
         *,
@@ -269,18 +300,11 @@ class LlamaBackend:
     ) -> Sampler:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         if grammar is not None:
-            if lazy_trigger is not None:
-                # The grammar applies from the first match of the trigger pattern on.
-                patterns = (ctypes.c_char_p * 1)(lazy_trigger.encode())
-                no_tokens = (llama_cpp.llama_token * 1)()
-                g = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
-                    self.vocab, grammar.encode(), b"root", patterns, 1, no_tokens, 0
-                )
-            else:
-                g = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
-            if not g:
+            try:
+                g = self._grammar_sampler(grammar, lazy_trigger)
+            except BackendError:
                 llama_cpp.llama_sampler_free(chain)
-                raise BackendError("llama.cpp rejected the grammar")
+                raise
             llama_cpp.llama_sampler_chain_add(chain, g)
         if temperature <= 0.0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())

@@ -10,6 +10,7 @@ reuses, is the injected `Placer`'s decision (the KV cache manager).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -82,6 +83,7 @@ class Engine:
         self.stats = EngineStats()
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stop = False
+        self._dead = False
         self._thread = threading.Thread(target=self._loop, name="warmloop-engine", daemon=True)
         self._eog_text_cache: dict[int, str] = {}
 
@@ -94,8 +96,19 @@ class Engine:
             self._stop = True
 
         self._inbox.put(_halt)
-        self._thread.join(timeout=30)
+        if self._thread.is_alive() or self._thread.ident is None:
+            with contextlib.suppress(RuntimeError):  # never started
+                self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            # Freeing the context under a running decode would crash the process; the
+            # process is exiting anyway, so leave the memory to the OS.
+            log.error("engine thread did not stop within 30 s; not freeing llama.cpp state")
+            return
         self.backend.close()
+
+    def alive(self) -> bool:
+        """True while the engine thread runs (healthz reports a dead engine as 503)."""
+        return self._thread.is_alive() and not self._dead
 
     @property
     def ctx_per_seq(self) -> int:
@@ -110,6 +123,9 @@ class Engine:
         """
         job.loop = asyncio.get_running_loop()
         job.out = asyncio.Queue()
+        if not self.alive():
+            yield Failed("the engine is not running (see the server log)")
+            return
         self._inbox.put(lambda: self._submit(job))
         done = False
         try:
@@ -140,17 +156,42 @@ class Engine:
             self.scheduler.waiting.append(job)
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException:
+            # Fail loudly: healthz turns 503, every job ends with an error, none hangs.
+            self._dead = True
+            log.critical("engine thread died; the server cannot generate", exc_info=True)
+            for seq in list(self.scheduler.running):
+                seq.job.post(Failed("the engine stopped"))
+            for job in self.scheduler.waiting:
+                job.post(Failed("the engine stopped"))
+            raise
+
+    def _run_commands(self, idle: bool) -> None:
+        """Run what the event loop asked for (submit, cancel, release); one that fails
+        is logged and the rest still run."""
+        try:
+            cmd = self._inbox.get(timeout=1.0) if idle else self._inbox.get_nowait()
+        except queue.Empty:
+            if idle and self.config.idle_snapshot_s > 0:
+                self.slots.snapshot_idle(self.config.idle_snapshot_s)
+            return
+        while True:
+            try:
+                cmd()
+            except Exception:
+                log.exception("engine command failed")
+            try:
+                cmd = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _serve(self) -> None:
         sched = self.scheduler
         while not self._stop:
             idle = not sched.running and not sched.waiting
-            try:
-                cmd = self._inbox.get(timeout=1.0) if idle else self._inbox.get_nowait()
-                cmd()
-                while True:
-                    self._inbox.get_nowait()()
-            except queue.Empty:
-                if idle and self.config.idle_snapshot_s > 0:
-                    self.slots.snapshot_idle(self.config.idle_snapshot_s)
+            self._run_commands(idle)
             if self._stop:
                 break
             try:
@@ -159,6 +200,10 @@ class Engine:
                 sched.drop_cancelled_waiting()
                 for job, placement in sched.admissions():
                     self._start(job, placement)
+                while sched.refused:
+                    job, exc = sched.refused.pop()
+                    log.error("job %s: placement failed: %r", job.id, exc)
+                    job.post(Failed(f"could not place the request on a slot: {exc}"))
                 if sched.running:
                     self._step()
             except Exception as exc:  # never let the engine thread die silently
@@ -183,9 +228,11 @@ class Engine:
                     grammar=p.grammar,
                     lazy_trigger=p.grammar_trigger,
                 )
-            except BackendError as exc:
+            except Exception as exc:  # whatever failed, the claimed slot goes back
                 self.slots.finish(slot)
-                job.post(Failed(str(exc)))
+                log.warning("job %s: sampler refused: %s", job.id, exc)
+                message = str(exc) if isinstance(exc, BackendError) else "sampler setup failed"
+                job.post(Failed(message))
                 return
         self.scheduler.running.append(Sequence(job, slot, sampler, placement.reuse))
         self.stats.prompt_tokens_reused += placement.reuse

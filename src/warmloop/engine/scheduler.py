@@ -75,6 +75,7 @@ class Scheduler:
         self.ctx_per_seq = ctx_per_seq
         self.waiting: deque[Job] = deque()
         self.running: list[Sequence] = []
+        self.refused: list[tuple[Job, Exception]] = []  # placement raised: fail these
 
     # ----- admission ---------------------------------------------------------------------
     def never_fits(self, job: Job) -> str | None:
@@ -96,12 +97,17 @@ class Scheduler:
 
     def admissions(self) -> list[tuple[Job, Placement]]:
         """Admit waiting jobs, oldest first. A job that must wait (say, its connection's
-        slot is busy) does not hold back younger jobs that can run."""
+        slot is busy) does not hold back younger jobs that can run. A job whose placement
+        raised is in `self.refused` with the error (the engine fails it)."""
         admitted: list[tuple[Job, Placement]] = []
         still: deque[Job] = deque()
         while self.waiting:
             job = self.waiting.popleft()
-            placement = self.admit(job) if self.can_admit(job) else None
+            try:
+                placement = self.admit(job) if self.can_admit(job) else None
+            except Exception as exc:
+                self.refused.append((job, exc))
+                continue
             if placement is None:
                 still.append(job)
             else:

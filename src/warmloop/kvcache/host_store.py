@@ -36,6 +36,9 @@ class HostStore:
     def __init__(self, budget_bytes: int) -> None:
         self.budget = budget_bytes
         self._snaps: OrderedDict[int, Snapshot] = OrderedDict()
+        # Bytes charged per snapshot when it came in: `tokens` may be shortened later
+        # (a released chain keeps only its shared prefix), so never recompute them.
+        self._charged: dict[int, int] = {}
         self.bytes_used = 0
 
     def __len__(self) -> int:
@@ -49,12 +52,14 @@ class HostStore:
 
     def put(self, snap: Snapshot) -> list[Snapshot]:
         """Add `snap`; returns the snapshots evicted to stay within the budget."""
+        self.drop(snap)
         self._snaps[snap.id] = snap
+        self._charged[snap.id] = snap.nbytes
         self.bytes_used += snap.nbytes
         evicted: list[Snapshot] = []
         while self.bytes_used > self.budget and self._snaps:
-            _, old = self._snaps.popitem(last=False)
-            self.bytes_used -= old.nbytes
+            old_id, old = self._snaps.popitem(last=False)
+            self.bytes_used -= self._charged.pop(old_id)
             evicted.append(old)
         return evicted
 
@@ -64,7 +69,7 @@ class HostStore:
 
     def drop(self, snap: Snapshot) -> None:
         if self._snaps.pop(snap.id, None) is not None:
-            self.bytes_used -= snap.nbytes
+            self.bytes_used -= self._charged.pop(snap.id)
 
     def __contains__(self, snap: object) -> bool:
         return isinstance(snap, Snapshot) and snap.id in self._snaps

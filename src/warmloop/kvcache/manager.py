@@ -90,6 +90,17 @@ class KVCacheManager:  # implements kvcache.base.KVCache and the engine's Placer
         if choice is None:
             return None
         target, evicting = choice
+        try:
+            return self._place(job, target, evicting)
+        except Exception:
+            # A KV move failed halfway: the slot's KV no longer matches its tokens.
+            log.exception("slot %d: placement failed; clearing it", target.id)
+            target.job = None
+            target.lease = None
+            self.clear(target)
+            raise
+
+    def _place(self, job: Job, target: Slot, evicting: bool) -> Placement:
         if evicting:
             # The victim's connection loses its pin; its chain goes to host RAM below.
             self.stats.slot_evictions += 1

@@ -93,6 +93,37 @@ class Metrics:
         self.connections = Gauge(
             "warmloop_websocket_connections", "Open WebSocket connections", registry=r
         )
+        # Resources that must all return to 0 once every client is gone (leak checks).
+        self.responses_running = Gauge(
+            "warmloop_responses_running", "Responses admitted and not yet ended", registry=r
+        )
+        self.concurrency_reserved = Gauge(
+            "warmloop_concurrency_reserved",
+            "Per-key concurrency reservations held (sum over keys)",
+            registry=r,
+        )
+        self.tenant_connections = Gauge(
+            "warmloop_websocket_tenant_connections",
+            "WebSocket connections counted against per-key limits (sum over keys)",
+            registry=r,
+        )
+        self.lanes = Gauge(
+            "warmloop_websocket_lanes",
+            "Named streams open across WebSocket connections",
+            registry=r,
+        )
+        self.store_pending_writes = Gauge(
+            "warmloop_store_pending_writes", "Store writes submitted and not finished", registry=r
+        )
+        self.engine_waiting = Gauge(
+            "warmloop_engine_waiting", "Jobs waiting for an engine slot", registry=r
+        )
+        self.engine_running = Gauge(
+            "warmloop_engine_running", "Sequences prefilling or decoding", registry=r
+        )
+        self.engine_alive = Gauge(
+            "warmloop_engine_thread_alive", "1 while the engine thread runs", registry=r
+        )
         for tier in TIERS:  # make every series visible from the start
             self.lookups.labels(tier)
             self.prompt_tokens_reused.labels(tier)

@@ -89,6 +89,14 @@ class ServerOverloaded(APIError):
     code = "server_overloaded"
 
 
+class StoreUnavailable(APIError):
+    """The response store (SQLite file, PostgreSQL) cannot be read or written right now."""
+
+    status = 503
+    type = "server_error"
+    code = "store_unavailable"
+
+
 class EngineFailure(APIError):
     """The model failed while serving a valid request (decode error, KV exhausted)."""
 

@@ -16,6 +16,9 @@ Role = Literal["user", "system", "developer", "assistant"]
 _ROLES: tuple[str, ...] = ("user", "system", "developer", "assistant")
 
 
+MAX_ID_CHARS = 256
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
@@ -152,6 +155,19 @@ def _output_text(raw: Any, param: str) -> str:
     raise InvalidRequest(f"'{param}' must be a string.", param=param)
 
 
+def _item_id(raw: dict[str, Any], param: str, prefix: str) -> str:
+    """The client's item id, or a new one; ids are strings of at most MAX_ID_CHARS."""
+    value = raw.get("id")
+    if value is None or value == "":
+        return new_id(prefix)
+    if not isinstance(value, str) or len(value) > MAX_ID_CHARS:
+        raise InvalidRequest(
+            f"'{param}.id' must be a string of at most {MAX_ID_CHARS} characters.",
+            param=f"{param}.id",
+        )
+    return value
+
+
 def parse_item(raw: Any, index: int) -> Item | ItemReference:
     param = f"input[{index}]"
     if not isinstance(raw, dict):
@@ -165,8 +181,7 @@ def parse_item(raw: Any, index: int) -> Item | ItemReference:
             )
         if "content" not in raw:
             raise InvalidRequest(f"'{param}.content' is required.", param=f"{param}.content")
-        item_id = raw.get("id") or new_id("msg")
-        return MessageItem(str(item_id), role, _message_text(raw["content"], param))
+        return MessageItem(_item_id(raw, param, "msg"), role, _message_text(raw["content"], param))
     if kind == "function_call":
         call_id = _str_field(raw, "call_id", param)
         name = _str_field(raw, "name", param)
@@ -176,14 +191,14 @@ def parse_item(raw: Any, index: int) -> Item | ItemReference:
             raise InvalidRequest(
                 f"'{param}.namespace' must be a string.", param=f"{param}.namespace"
             )
-        item_id = str(raw.get("id") or new_id("fc"))
+        item_id = _item_id(raw, param, "fc")
         return FunctionCallItem(item_id, call_id, name, arguments, namespace or None)
     if kind == "function_call_output":
         call_id = _str_field(raw, "call_id", param)
         if "output" not in raw:
             raise InvalidRequest(f"'{param}.output' is required.", param=f"{param}.output")
         output = _output_text(raw["output"], f"{param}.output")
-        return FunctionCallOutputItem(str(raw.get("id") or new_id("fco")), call_id, output)
+        return FunctionCallOutputItem(_item_id(raw, param, "fco"), call_id, output)
     if kind == "item_reference":
         return ItemReference(_str_field(raw, "id", param))
     raise InvalidRequest(

@@ -7,10 +7,10 @@ model (`service_tier`, `prompt_cache_key`, `user`, ...) are accepted and echoed.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.items import Item, ItemReference, parse_input
@@ -34,6 +34,15 @@ SKIPPABLE_TOOL_TYPES = frozenset(
 )
 
 
+# OpenAI's own bounds on the request's bookkeeping fields (they are echoed in every event
+# and stored with the response, so they must not carry megabytes).
+METADATA_MAX_PAIRS = 16
+METADATA_MAX_KEY_CHARS = 64
+METADATA_MAX_VALUE_CHARS = 512
+SAFETY_IDENTIFIER_MAX_CHARS = 64
+IDENTIFIER_MAX_CHARS = 512  # user, prompt_cache_key
+
+
 class CreateBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
 
@@ -54,18 +63,30 @@ class CreateBody(BaseModel):
     parallel_tool_calls: bool | None = True
     max_tool_calls: int | None = Field(default=None, ge=1)
     text: dict[str, Any] | None = None
-    metadata: dict[str, str] | None = None
-    prompt_cache_key: str | None = None
-    prompt_cache_retention: str | None = None
+    metadata: dict[str, str] | None = Field(default=None, max_length=METADATA_MAX_PAIRS)
+    prompt_cache_key: str | None = Field(default=None, max_length=IDENTIFIER_MAX_CHARS)
+    prompt_cache_retention: str | None = Field(default=None, max_length=IDENTIFIER_MAX_CHARS)
     truncation: Literal["auto", "disabled"] | None = None
-    user: str | None = None
-    safety_identifier: str | None = None
+    user: str | None = Field(default=None, max_length=IDENTIFIER_MAX_CHARS)
+    safety_identifier: str | None = Field(default=None, max_length=SAFETY_IDENTIFIER_MAX_CHARS)
     include: list[str] | None = None
     reasoning: dict[str, Any] | None = None
     service_tier: str | None = None
     stream_options: dict[str, Any] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=0)
-    client_metadata: dict[str, Any] | None = None
+    client_metadata: dict[str, Any] | None = Field(default=None, max_length=METADATA_MAX_PAIRS)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_bounds(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key, text in (value or {}).items():
+            if len(key) > METADATA_MAX_KEY_CHARS:
+                raise ValueError(f"metadata keys are at most {METADATA_MAX_KEY_CHARS} characters")
+            if len(text) > METADATA_MAX_VALUE_CHARS:
+                raise ValueError(
+                    f"metadata values are at most {METADATA_MAX_VALUE_CHARS} characters"
+                )
+        return value
 
 
 @dataclass(frozen=True)
@@ -75,6 +96,8 @@ class FunctionTool:
     parameters: dict[str, Any]
     strict: bool
     namespace: str | None = None  # from a `namespace` tool: a named group of functions
+    # where its schema is in the request, e.g. "tools[2].parameters" (for error messages)
+    param: str = field(default="tools", compare=False)
 
     @property
     def qualified(self) -> str:
@@ -135,7 +158,9 @@ def _parse_tools(raw: list[dict[str, Any]] | None) -> tuple[FunctionTool, ...]:
     tools: list[FunctionTool] = []
     for i, t in enumerate(raw or []):
         param = f"tools[{i}]"
-        kind = t.get("type") if isinstance(t, dict) else None
+        if not isinstance(t, dict):
+            raise InvalidRequest(f"'{param}' must be an object.", param=param)
+        kind = _tool_type(t, param)
         if kind in SKIPPABLE_TOOL_TYPES:
             continue
         if kind == "namespace":
@@ -150,6 +175,13 @@ def _parse_tools(raw: list[dict[str, Any]] | None) -> tuple[FunctionTool, ...]:
     return tuple(tools)
 
 
+def _tool_type(t: dict[str, Any], param: str) -> str:
+    kind = t.get("type")
+    if not isinstance(kind, str):
+        raise InvalidRequest(f"'{param}.type' must be a string.", param=f"{param}.type")
+    return kind
+
+
 def _parse_namespace(t: dict[str, Any], param: str) -> list[FunctionTool]:
     ns = t.get("name")
     if not isinstance(ns, str) or not ns or len(ns) > 64:
@@ -160,13 +192,17 @@ def _parse_namespace(t: dict[str, Any], param: str) -> list[FunctionTool]:
     out: list[FunctionTool] = []
     for j, member in enumerate(inner):
         where = f"{param}.tools[{j}]"
-        kind = member.get("type") if isinstance(member, dict) else None
+        if not isinstance(member, dict):
+            raise InvalidRequest(f"'{where}' must be an object.", param=where)
+        kind = _tool_type(member, where)
         if kind in SKIPPABLE_TOOL_TYPES:
             continue
         if kind != "function":
             raise InvalidRequest(f"Tool type '{kind}' is not supported.", param=f"{where}.type")
         tool = _parse_function(member, where)
-        out.append(FunctionTool(tool.name, tool.description, tool.parameters, tool.strict, ns))
+        out.append(
+            FunctionTool(tool.name, tool.description, tool.parameters, tool.strict, ns, tool.param)
+        )
     return out
 
 
@@ -189,7 +225,7 @@ def _parse_function(t: dict[str, Any], param: str) -> FunctionTool:
         strict = False
     if not isinstance(strict, bool):
         raise InvalidRequest(f"'{param}.strict' must be a boolean.", param=f"{param}.strict")
-    return FunctionTool(name, desc, params, strict)
+    return FunctionTool(name, desc, params, strict, param=f"{param}.parameters")
 
 
 def _parse_tool_choice(raw: str | dict[str, Any] | None, tools: tuple[FunctionTool, ...]) -> str:

@@ -9,23 +9,30 @@ Transports consume the same stream for JSON, SSE and WebSocket.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import threading
 import time
+import weakref
+from collections import Counter
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
 from warmloop.config import Config
+from warmloop.engine.backend import BackendError
 from warmloop.engine.engine import Engine
 from warmloop.engine.request import Admitted, Failed, Finished, Job, SamplingParams, TokenOut
 from warmloop.kvcache.stats import Metrics
 from warmloop.protocol.errors import (
     ContextLengthExceeded,
+    EngineFailure,
     InvalidRequest,
     ModelNotFound,
     NotFound,
     PreviousResponseNotFound,
+    StoreUnavailable,
     TooManyRequests,
 )
 from warmloop.protocol.items import (
@@ -44,6 +51,7 @@ from warmloop.serving.tool_calls import (
     OutputParser,
     TextDelta,
     ToolCall,
+    schema_grammar,
     text_format_grammar,
     tool_call_grammar,
 )
@@ -52,6 +60,8 @@ from warmloop.session.limits import RateLimiter
 from warmloop.session.response_store import ChainState, ResponseStore, StoredResponse
 
 log = logging.getLogger("warmloop.responses")
+
+TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 @dataclass
@@ -99,10 +109,12 @@ class _Run:
 
 @dataclass
 class _Live:
-    """A response that is running: enough to answer GET and cancel."""
+    """A response that was admitted and has not ended: enough to answer GET, cancel and
+    DELETE. It counts against its tenant's concurrency from `start` until `_release`."""
 
     job: Job
     snapshot: dict[str, Any]
+    deleted: bool = False  # DELETE arrived while it ran: it is cancelled and never saved
 
 
 class ResponsesService:
@@ -122,21 +134,23 @@ class ResponsesService:
         self.renderer = renderer
         self.model_id = model_id
         self.model_names = {model_id, "default", *config.model_aliases}
+        # Admitted responses (event loop thread writes; GET/cancel/DELETE threads read).
         self._live: dict[str, _Live] = {}
+        self._running: Counter[str] = Counter()  # admitted responses per tenant
+        self._live_lock = threading.Lock()
         self.rate = RateLimiter(config.rate_limit_per_minute)
         self._head_tokens: dict[str, int] = {}
+        # Open WebSocket connections, so a DELETE can drop a response from their caches.
+        self._connections: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     # ----- preparation: every check that can fail before the first event --------------
     def prepare(self, request: CreateRequest, ctx: CallContext) -> Prepared:
+        """Every check that needs no engine slot, and the prompt's tokens. Runs in a worker
+        thread (store reads and tokenizing must not block the event loop); it changes no
+        state of the service, so a prepared request that is never started costs nothing."""
         body = request.body
-        running = sum(1 for live in self._live.values() if live.job.tenant == ctx.tenant)
-        if running >= self.config.max_concurrent_per_key:
-            raise TooManyRequests(
-                f"This key already has {running} responses running "
-                f"(limit {self.config.max_concurrent_per_key}); wait for one to finish.",
-                code="concurrency_limit_exceeded",
-            )
-        self.rate.hit(ctx.tenant)
+        self._check_running(ctx.tenant)
+        self.rate.check(ctx.tenant)
         if body.model is not None and body.model not in self.model_names:
             aliases = ", ".join(sorted(self.model_names - {self.model_id}))
             raise ModelNotFound(
@@ -215,6 +229,15 @@ class ResponsesService:
             shared_prefix=self._shared_prefix(system, history_in, text),
         )
 
+    def _check_running(self, tenant: str) -> None:
+        running = self._running[tenant]
+        if running >= self.config.max_concurrent_per_key:
+            raise TooManyRequests(
+                f"This key already has {running} responses running "
+                f"(limit {self.config.max_concurrent_per_key}); wait for one to finish.",
+                code="concurrency_limit_exceeded",
+            )
+
     def _previous(self, response_id: str | None, ctx: CallContext) -> StoredResponse | None:
         if response_id is None:
             return None
@@ -273,6 +296,43 @@ class ResponsesService:
         return n
 
     def _grammar(self, request: CreateRequest) -> tuple[str | None, str | None]:
+        """The request's grammar and lazy trigger, checked by llama.cpp now: a schema that
+        converts to a grammar llama.cpp refuses (say `maxLength` over its repetition cap)
+        is the client's 400 naming the schema, not a failed response."""
+        grammar, trigger = self._build_grammar(request)
+        if grammar is None:
+            return None, None
+        try:
+            self.engine.backend.check_grammar(grammar, trigger)
+        except BackendError as exc:
+            raise self._grammar_error(request, str(exc)) from None
+        return grammar, trigger
+
+    def _grammar_error(self, request: CreateRequest, reason: str) -> InvalidRequest:
+        """Name the schema llama.cpp refused: each one is checked on its own."""
+        candidates: list[tuple[str, dict[str, Any]]] = []
+        fmt = request.text_format
+        if fmt.kind == "json_schema" and fmt.schema is not None:
+            candidates.append(("text.format.schema", fmt.schema))
+        candidates.extend((tool.param, tool.parameters) for tool in request.tools)
+        for param, schema in candidates:
+            try:
+                self.engine.backend.check_grammar(schema_grammar(schema, param), None)
+            except BackendError:
+                return InvalidRequest(
+                    f"This JSON schema cannot be enforced by the model's grammar engine "
+                    f"({reason}). Bounds such as maxLength, minItems and maxItems must be at "
+                    "most 2000.",
+                    param=param,
+                    code="invalid_json_schema",
+                )
+        return InvalidRequest(
+            f"The tools and text format cannot be enforced together ({reason}).",
+            param="tools",
+            code="invalid_json_schema",
+        )
+
+    def _build_grammar(self, request: CreateRequest) -> tuple[str | None, str | None]:
         fmt_grammar = text_format_grammar(request.text_format)
         tools = request.tools
         choice = request.tool_choice
@@ -338,29 +398,55 @@ class ResponsesService:
             obj["warmloop"] = extra
         return obj
 
-    async def stream(self, p: Prepared) -> AsyncGenerator[ev.Event, None]:
-        seq = ev.Sequencer()
-        request = p.request
+    def start(self, p: Prepared) -> AsyncGenerator[ev.Event, None]:
+        """Admit `p` and return its event stream, or raise 429 before anything is sent.
+
+        Runs on the event loop, so the concurrency check and the reservation are one
+        step (parallel creates cannot both pass). The reservation ends when the stream
+        ends, is closed, or is dropped unstarted (the finalizer), whichever comes first.
+        """
+        tenant = p.ctx.tenant
+        self._check_running(tenant)
+        self.rate.hit(tenant)  # only admitted creates count against the rate
         job = Job(
             id=p.id,
             tokens=p.tokens,
             params=p.params,
-            tenant=p.ctx.tenant,
+            tenant=tenant,
             lease=p.ctx.lease,
-            prefill_only=not request.generate,
+            prefill_only=not p.request.generate,
             shared_prefix=p.shared_prefix,
         )
-        if p.ctx.connection is not None and job.lease is not None:
-            p.ctx.connection.leases.add(job.lease)
         live = _Live(job, self.response_object(p, "in_progress", [], None))
-        self._live[p.id] = live
-        yield seq(ev.response_lifecycle("created", live.snapshot))
-        yield seq(ev.response_lifecycle("in_progress", live.snapshot))
+        with self._live_lock:
+            self._live[p.id] = live
+            self._running[tenant] += 1
+        events = self._stream(p, live)
+        weakref.finalize(events, self._release, p.id)
+        return events
 
+    def _release(self, response_id: str) -> None:
+        """End an admission (idempotent): the live entry and its concurrency count."""
+        with self._live_lock:
+            live = self._live.pop(response_id, None)
+            if live is not None:
+                tenant = live.job.tenant
+                self._running[tenant] -= 1
+                if self._running[tenant] <= 0:
+                    del self._running[tenant]
+
+    async def _stream(self, p: Prepared, live: _Live) -> AsyncGenerator[ev.Event, None]:
+        seq = ev.Sequencer()
+        request = p.request
+        job = live.job
         namespaced = {t.qualified for t in request.tools if t.namespace}
         out = _OutputBuilder(seq, OutputParser(p.tool_names), namespaced)
         run = _Run()
         try:
+            if p.ctx.connection is not None and job.lease is not None:
+                p.ctx.connection.leases.add(job.lease)
+            yield seq(ev.response_lifecycle("created", live.snapshot))
+            yield seq(ev.response_lifecycle("in_progress", live.snapshot))
             async for e in self.engine.run(job):
                 if isinstance(e, Admitted):
                     run.cached, run.tier = e.cached_tokens, e.tier
@@ -373,24 +459,48 @@ class ResponsesService:
                     for event in out.finish():
                         yield event
                     final_event, record = self._finish(p, live, seq, out, run, e)
-                    if record.stored:
-                        # Durable before the client hears "completed".
-                        await self.store.save(record)
+                    if record.stored and not live.deleted:
+                        try:
+                            # Durable before the client hears "completed".
+                            await self.store.save(record)
+                        except StoreUnavailable as exc:
+                            self._forget_record(p, record)
+                            yield self._failed(p, seq, out, exc.body())
+                            return
                     # Finished: cancel and GET see the record now, not the live snapshot.
-                    self._live.pop(p.id, None)
+                    self._release(p.id)
                     yield final_event
                 elif isinstance(e, Failed):
                     error = {"code": "server_error", "message": e.message}
-                    if p.previous is not None and p.ctx.connection is not None:
-                        p.ctx.connection.forget(p.previous.id)
-                    final = self.response_object(p, "failed", out.items_wire(), None, error=error)
-                    log.warning("response %s failed: %s", p.id, e.message)
-                    if self.metrics:
-                        self.metrics.responses.labels("failed").inc()
-                    self._live.pop(p.id, None)
-                    yield seq(ev.response_lifecycle("failed", final))
+                    yield self._failed(p, seq, out, error)
+        except Exception as exc:  # a bug here must not leak the response or kill a lane
+            log.exception("response %s failed", p.id)
+            error = {"code": "server_error", "message": f"internal error: {type(exc).__name__}"}
+            yield self._failed(p, seq, out, error)
         finally:
-            self._live.pop(p.id, None)
+            self._release(p.id)
+
+    def _failed(
+        self, p: Prepared, seq: ev.Sequencer, out: _OutputBuilder, error: dict[str, Any]
+    ) -> ev.Event:
+        """The `response.failed` event; a failed continuation forgets its parent."""
+        self.forget_parent(p.ctx.connection, p.previous.id if p.previous else None)
+        final = self.response_object(p, "failed", out.items_wire(), None, error=error)
+        log.warning("response %s failed: %s", p.id, error.get("message"))
+        if self.metrics:
+            self.metrics.responses.labels("failed").inc()
+        self._release(p.id)
+        return seq(ev.response_lifecycle("failed", final))
+
+    def forget_parent(self, connection: Connection | None, parent_id: str | None) -> None:
+        """The one rule for failed continuations: the connection forgets the parent, so a
+        retry cannot build on a broken state."""
+        if connection is not None and parent_id is not None:
+            connection.forget(parent_id)
+
+    def _forget_record(self, p: Prepared, record: StoredResponse) -> None:
+        if p.ctx.connection is not None:
+            p.ctx.connection.forget(record.id)
 
     def _observe_token(self, run: _Run) -> None:
         now = time.perf_counter()
@@ -443,8 +553,8 @@ class ResponsesService:
             chain=ChainState(p.prompt_text + "".join(run.generated), fin.chain_tokens),
             stored=p.request.store,
         )
-        if p.ctx.connection is not None:
-            p.ctx.connection.remember(record)
+        if p.ctx.connection is not None and not live.deleted:
+            p.ctx.connection.remember(record, p.ctx.lease)
         if self.metrics:
             self.metrics.prompt_tokens_computed.inc(len(p.tokens) - cached)
             self.metrics.output_tokens.inc(fin.output_tokens)
@@ -467,19 +577,39 @@ class ResponsesService:
         return seq(ev.response_lifecycle(kind, final)), record
 
     async def create(self, p: Prepared) -> dict[str, Any]:
-        """Run to the end and return the final response object (non-streaming)."""
+        """Run to the end and return the final response object (non-streaming). A
+        response that failed on the server's side is an error in OpenAI's shape."""
         final: dict[str, Any] | None = None
-        async for event in self.stream(p):
-            if event["type"] in ("response.completed", "response.incomplete", "response.failed"):
-                final = event["response"]
+        async with contextlib.aclosing(self.start(p)) as events:
+            async for event in events:
+                if event["type"] in TERMINAL_EVENTS:
+                    final = event["response"]
         assert final is not None
+        error = final.get("error")
+        if final["status"] == "failed" and error is not None:
+            if error.get("code") == StoreUnavailable.code:
+                raise StoreUnavailable(error["message"])
+            raise EngineFailure(error["message"])
         return final
 
+    def connection_opened(self, connection: Connection) -> None:
+        self._connections.add(connection)
+
     def connection_closed(self, connection: Connection) -> None:
-        """Unpin the connection's slot. A store:false chain's KV dies with the socket; a
-        store:true chain's stays as a tenant-scoped prefix a later continuation can find."""
+        """Unpin the connection's slots. A lane whose latest response was store:false
+        loses its KV with the socket; a store:true chain's KV stays as a tenant-scoped
+        prefix a later continuation (on any connection) can find."""
+        self._connections.discard(connection)
         for lease in connection.leases:
-            self.engine.release_lease(lease, drop_kv=not connection.chain_is_stored)
+            self.engine.release_lease(lease, drop_kv=not connection.lane_is_stored(lease))
+
+    def leak_counters(self) -> dict[str, int]:
+        """What must return to 0 once every client is gone (tests and /metrics read it)."""
+        with self._live_lock:
+            return {
+                "responses_running": len(self._live),
+                "concurrency_reserved": sum(self._running.values()),
+            }
 
     def engine_status(self) -> dict[str, int]:
         slots = self.engine.slots
@@ -493,7 +623,7 @@ class ResponsesService:
     # ----- retrieval ---------------------------------------------------------------------
     def get(self, response_id: str, tenant: str) -> dict[str, Any]:
         live = self._live.get(response_id)
-        if live is not None and live.job.tenant == tenant:
+        if live is not None and live.job.tenant == tenant and not live.deleted:
             return live.snapshot
         record = self.store.get(response_id, tenant)
         if record is None:
@@ -501,7 +631,17 @@ class ResponsesService:
         return record.response
 
     def delete(self, response_id: str, tenant: str) -> dict[str, Any]:
-        if not self.store.delete(response_id, tenant):
+        """Delete a stored response. A running one is cancelled and will not be saved;
+        no connection can continue a deleted id afterwards."""
+        live = self._live.get(response_id)
+        running = live is not None and live.job.tenant == tenant
+        if live is not None and running:
+            live.deleted = True
+            self.engine.cancel(live.job)
+        for connection in list(self._connections):
+            if connection.tenant == tenant:
+                connection.forget(response_id)
+        if not self.store.delete(response_id, tenant) and not running:
             raise NotFound(f"No response found with id '{response_id}'.", param="response_id")
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 

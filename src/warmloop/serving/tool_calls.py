@@ -30,7 +30,7 @@ def _gbnf_literal(text: str) -> str:
     return json.dumps(text)  # GBNF string literals use JSON escapes
 
 
-def _schema_grammar(schema: dict[str, object], param: str) -> str:
+def schema_grammar(schema: dict[str, object], param: str) -> str:
     try:
         return json_schema_to_gbnf(schema)
     except Exception as exc:  # the converter raises plain exceptions on bad schemas
@@ -75,9 +75,7 @@ def tool_call_grammar(tools: Sequence[FunctionTool], *, parallel: bool) -> str:
     alternatives: list[str] = []
     for k, tool in enumerate(tools):
         prefix = f"t{k}"
-        rules.append(
-            _prefix_rules(_schema_grammar(tool.parameters, f"tools[{k}].parameters"), prefix)
-        )
+        rules.append(_prefix_rules(schema_grammar(tool.parameters, tool.param), prefix))
         head = '{"name": ' + json.dumps(tool.qualified) + ', "arguments": '
         alternatives.append(f"{_gbnf_literal(head)} {prefix}-root {_gbnf_literal('}')}")
     call = (
@@ -92,9 +90,9 @@ def tool_call_grammar(tools: Sequence[FunctionTool], *, parallel: bool) -> str:
 def text_format_grammar(fmt: TextFormat) -> str | None:
     if fmt.kind == "json_schema":
         assert fmt.schema is not None
-        return _schema_grammar(fmt.schema, "text.format.schema")
+        return schema_grammar(fmt.schema, "text.format.schema")
     if fmt.kind == "json_object":
-        return _schema_grammar({"type": "object"}, "text.format")
+        return schema_grammar({"type": "object"}, "text.format")
     return None
 
 

@@ -17,20 +17,23 @@ from warmloop.session.response_store import StoredResponse
 RECENT_RESPONSES = 64  # enough for the latest responses of every lane (stream_id)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the service keeps open connections in a WeakSet
 class Connection:
     tenant: str
     id: str = field(default_factory=lambda: new_id("conn"))
     opened_at: float = field(default_factory=time.monotonic)
     recent: OrderedDict[str, StoredResponse] = field(default_factory=OrderedDict)
     leases: set[str] = field(default_factory=set)  # engine leases its lanes have used
+    # Per lane (engine lease): was its latest response store:true? Its KV may then
+    # outlive the socket; a store:false lane's KV dies with it.
+    stored_lanes: dict[str, bool] = field(default_factory=dict)
 
-    @property
-    def chain_is_stored(self) -> bool:
-        """Whether the latest response was store:true (its KV may outlive the socket)."""
-        return bool(self.recent) and next(reversed(self.recent.values())).stored
+    def lane_is_stored(self, lease: str) -> bool:
+        return self.stored_lanes.get(lease, False)
 
-    def remember(self, record: StoredResponse) -> None:
+    def remember(self, record: StoredResponse, lease: str | None = None) -> None:
+        if lease is not None:
+            self.stored_lanes[lease] = record.stored
         self.recent[record.id] = record
         self.recent.move_to_end(record.id)
         while len(self.recent) > RECENT_RESPONSES:

@@ -18,8 +18,16 @@ class RateLimiter:
         self._hits: defaultdict[str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
 
+    def check(self, tenant: str) -> None:
+        """Raise 429 if `tenant` is at its limit now, without counting anything."""
+        self._admit(tenant, count=False)
+
     def hit(self, tenant: str) -> None:
-        """Count one create for `tenant`, or raise 429 with the seconds until a slot frees."""
+        """Count one admitted create for `tenant`, or raise 429 with the seconds until a
+        slot frees. A refused create is not counted."""
+        self._admit(tenant, count=True)
+
+    def _admit(self, tenant: str, *, count: bool) -> None:
         if self.per_minute <= 0:
             return
         now = time.monotonic()
@@ -34,4 +42,7 @@ class RateLimiter:
                     f"Retry in {retry} s.",
                     headers={"Retry-After": str(retry)},
                 )
-            hits.append(now)
+            if count:
+                hits.append(now)
+            elif not hits:
+                del self._hits[tenant]  # a check alone leaves no entry behind

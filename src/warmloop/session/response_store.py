@@ -9,6 +9,7 @@ with it a continuation tokenizes only its delta.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -36,9 +37,12 @@ class StoredResponse:
     stored: bool  # store:true; store:false records live only in their connection
 
     def size(self) -> int:
+        """Approximate bytes held: items, the chain's tokens and text, and the response
+        object (its echoed request fields can be most of it)."""
         own = sum(item_size(i) for i in self.input_items + self.output_items)
         chain = 4 * len(self.chain.tokens) + len(self.chain.text) if self.chain else 0
-        return 512 + own + chain + 8 * len(self.history)
+        response = len(json.dumps(self.response, ensure_ascii=False, default=str))
+        return 512 + own + chain + 8 * len(self.history) + response
 
 
 class ResponseStore(Protocol):
@@ -48,6 +52,12 @@ class ResponseStore(Protocol):
     def get(self, response_id: str, owner: str) -> StoredResponse | None: ...
     def delete(self, response_id: str, owner: str) -> bool: ...
     def close(self) -> None: ...
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers now."""
+
+    def writer_alive(self) -> bool: ...
+    @property
+    def pending_writes(self) -> int: ...
 
 
 class InMemoryResponseStore:
@@ -67,6 +77,16 @@ class InMemoryResponseStore:
 
     def close(self) -> None:
         pass
+
+    def ping(self) -> None:
+        pass
+
+    def writer_alive(self) -> bool:
+        return True
+
+    @property
+    def pending_writes(self) -> int:
+        return 0
 
     def put(self, record: StoredResponse) -> None:
         size = record.size()

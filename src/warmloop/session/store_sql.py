@@ -12,7 +12,9 @@ chain is not persisted (a reloaded chain is re-tokenized, or found in the prefix
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -22,8 +24,11 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from warmloop.protocol.errors import StoreUnavailable
 from warmloop.protocol.items import Item, ItemReference, item_to_wire, parse_item
 from warmloop.session.response_store import InMemoryResponseStore, StoredResponse
+
+log = logging.getLogger("warmloop.store")
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS responses (
@@ -56,19 +61,29 @@ def _items(raw: str) -> tuple[Item, ...]:
 
 
 class SQLResponseStore:
-    """The store over any DB-API connection; subclasses say how to connect."""
+    """The store over any DB-API connection; subclasses say how to connect.
+
+    A database that goes away (PostgreSQL restarted, a disk error) never takes the
+    writer thread with it: each failure is a `StoreUnavailable` for the write or read
+    that hit it, the broken connection is dropped, and the next operation reconnects.
+    """
 
     placeholder = "?"
 
-    def __init__(self, *, cache: InMemoryResponseStore, ttl_s: float | None = None) -> None:
+    def __init__(
+        self, *, cache: InMemoryResponseStore, ttl_s: float | None = None, timeout_s: float = 10.0
+    ) -> None:
         self.cache = cache
         self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
         self._jobs: queue.SimpleQueue[tuple[Callable[[Any], Any], Future[Any]] | None]
         self._jobs = queue.SimpleQueue()
-        writer = self._connect()
+        self._pending = 0  # submitted writes not yet finished (a leak gauge)
+        self._pending_lock = threading.Lock()
+        self._writer_db: Any = self._connect()  # fail at startup if the store is unusable
         for statement in SCHEMA:
-            writer.execute(statement)
-        self._reader = self._connect()
+            self._writer_db.execute(statement)
+        self._reader: Any = self._connect()
         self._read_lock = threading.Lock()
         ph = ", ".join([self.placeholder] * 9)
         updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS.split(", ")[1:])
@@ -76,10 +91,8 @@ class SQLResponseStore:
             f"INSERT INTO responses ({COLUMNS}) VALUES ({ph}) "
             f"ON CONFLICT (id) DO UPDATE SET {updates}"
         )
-        self._thread = threading.Thread(
-            target=self._writer, args=(writer,), name="warmloop-store", daemon=True
-        )
-        self._thread.start()
+        self._closing = False
+        self._thread = self._start_writer()
 
     def _connect(self) -> Any:
         raise NotImplementedError
@@ -88,29 +101,94 @@ class SQLResponseStore:
         return sql.replace("?", self.placeholder)
 
     # ----- writer thread ---------------------------------------------------------------
-    def _writer(self, db: Any) -> None:
+    def _start_writer(self) -> threading.Thread:
+        thread = threading.Thread(target=self._writer, name="warmloop-store", daemon=True)
+        thread.start()
+        return thread
+
+    def _writer(self) -> None:
         while (job := self._jobs.get()) is not None:
             fn, fut = job
             try:
-                fut.set_result(fn(db))
-            except Exception as exc:  # reported to whoever awaits the write
-                fut.set_exception(exc)
-        db.close()
+                if not fut.set_running_or_notify_cancel():
+                    continue  # the caller gave up before the write started
+                try:
+                    result, error = self._run_write(fn), None
+                except StoreUnavailable as exc:
+                    result, error = None, exc
+            except Exception:  # a bug must not stop every later write: log, keep going
+                log.exception("store writer: unexpected error")
+                result, error = None, StoreUnavailable("The response store failed.")
+            finally:
+                with self._pending_lock:
+                    self._pending -= 1
+            if fut.done():
+                continue
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)
+        self._close_quietly(self._writer_db)
+
+    def _run_write(self, fn: Callable[[Any], Any]) -> Any:
+        """Run `fn` on the writer's connection, reconnecting once if it was lost."""
+        try:
+            if self._writer_db is None:
+                self._writer_db = self._connect()
+            return fn(self._writer_db)
+        except Exception as exc:
+            self._close_quietly(self._writer_db)
+            self._writer_db = None
+            raise self._unavailable("write", exc) from exc
 
     def _submit(self, fn: Callable[[Any], Any]) -> Future[Any]:
         fut: Future[Any] = Future()
+        if not self._thread.is_alive() and not self._closing:  # never silently dead
+            log.error("store writer thread was dead; restarting it")
+            self._thread = self._start_writer()
+        with self._pending_lock:
+            self._pending += 1
         self._jobs.put((fn, fut))
         return fut
 
+    def _wait(self, fut: Future[Any]) -> Any:
+        try:
+            return fut.result(timeout=self.timeout_s)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"The response store did not answer within {self.timeout_s:g} s."
+            ) from None
+
+    @property
+    def pending_writes(self) -> int:
+        return self._pending
+
+    def writer_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def close(self) -> None:
+        self._closing = True
         self._jobs.put(None)
         self._thread.join(timeout=10)
-        self._reader.close()
+        self._close_quietly(self._reader)
+
+    @staticmethod
+    def _close_quietly(db: Any) -> None:
+        if db is not None:
+            with contextlib.suppress(Exception):
+                db.close()
+
+    def _unavailable(self, what: str, exc: Exception) -> StoreUnavailable:
+        log.warning("response store %s failed: %s", what, exc)
+        kind = type(self).__name__.removesuffix("ResponseStore") or "SQL"
+        return StoreUnavailable(
+            f"The response store ({kind}) is unavailable: {what} failed "
+            f"({type(exc).__name__}). Retry shortly."
+        )
 
     # ----- API -------------------------------------------------------------------------
     async def save(self, record: StoredResponse) -> None:
-        """Persist `record`; returns once it is committed."""
-        self.cache.put(record)
+        """Persist `record`; returns once it is committed. Raises StoreUnavailable."""
         now = time.time()
         row = (
             record.id,
@@ -127,21 +205,44 @@ class SQLResponseStore:
         def write(db: Any) -> None:
             db.execute(self._upsert, row)
 
-        await asyncio.wrap_future(self._submit(write))
+        # Shielded: a client that leaves mid-write does not cancel the write itself.
+        future = asyncio.wrap_future(self._submit(write))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"The response store did not answer within {self.timeout_s:g} s."
+            ) from None
+        self.cache.put(record)  # cached only once durable: a read never sees a lost write
+
+    def _read(self, sql: str, args: tuple[Any, ...]) -> Any:
+        with self._read_lock:
+            for attempt in (1, 2):  # a connection lost since the last read: reconnect once
+                try:
+                    if self._reader is None:
+                        self._reader = self._connect()
+                    return self._reader.execute(self._q(sql), args).fetchone()
+                except Exception as exc:
+                    self._close_quietly(self._reader)
+                    self._reader = None
+                    if attempt == 2:
+                        raise self._unavailable("read", exc) from exc
+        return None
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers a trivial query."""
+        self._read("SELECT 1", ())
 
     def get(self, response_id: str, owner: str) -> StoredResponse | None:
         now = time.time()
         cached = self.cache.get(response_id, owner)  # the cache applies the same TTL
         if cached is not None:
             return cached
-        with self._read_lock:
-            row = self._reader.execute(
-                self._q(
-                    "SELECT response, input_items, output_items, history FROM responses "
-                    "WHERE id = ? AND owner = ? AND (expires_at IS NULL OR expires_at > ?)"
-                ),
-                (response_id, owner, now),
-            ).fetchone()
+        row = self._read(
+            "SELECT response, input_items, output_items, history FROM responses "
+            "WHERE id = ? AND owner = ? AND (expires_at IS NULL OR expires_at > ?)",
+            (response_id, owner, now),
+        )
         if row is None:
             return None
         record = StoredResponse(
@@ -164,23 +265,28 @@ class SQLResponseStore:
             sql = self._q("DELETE FROM responses WHERE id = ? AND owner = ?")
             return bool(db.execute(sql, (response_id, owner)).rowcount > 0)
 
-        return bool(self._submit(remove).result(timeout=30))
+        return bool(self._wait(self._submit(remove)))
 
     def purge_expired(self) -> int:
         def purge(db: Any) -> int:
             sql = self._q("DELETE FROM responses WHERE expires_at IS NOT NULL AND expires_at <= ?")
             return int(db.execute(sql, (time.time(),)).rowcount)
 
-        return int(self._submit(purge).result(timeout=60))
+        return int(self._wait(self._submit(purge)))
 
 
 class SQLiteResponseStore(SQLResponseStore):
     def __init__(
-        self, path: Path, *, cache: InMemoryResponseStore, ttl_s: float | None = None
+        self,
+        path: Path,
+        *,
+        cache: InMemoryResponseStore,
+        ttl_s: float | None = None,
+        timeout_s: float = 10.0,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        super().__init__(cache=cache, ttl_s=ttl_s)
+        super().__init__(cache=cache, ttl_s=ttl_s, timeout_s=timeout_s)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -195,12 +301,19 @@ class PostgresResponseStore(SQLResponseStore):
     placeholder = "%s"
 
     def __init__(
-        self, dsn: str, *, cache: InMemoryResponseStore, ttl_s: float | None = None
+        self,
+        dsn: str,
+        *,
+        cache: InMemoryResponseStore,
+        ttl_s: float | None = None,
+        timeout_s: float = 10.0,
     ) -> None:
         self.dsn = dsn
-        super().__init__(cache=cache, ttl_s=ttl_s)
+        super().__init__(cache=cache, ttl_s=ttl_s, timeout_s=timeout_s)
 
     def _connect(self) -> Any:
         import psycopg  # optional dependency: only needed for PostgreSQL
 
-        return psycopg.connect(self.dsn, autocommit=True)
+        # A bounded connect: a stopped server must not hold a request for minutes.
+        timeout = max(1, int(self.timeout_s))
+        return psycopg.connect(self.dsn, autocommit=True, connect_timeout=timeout)

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from pathlib import Path
 
 from warmloop.protocol.errors import Unauthorized
 
+_COMMENT = re.compile(r"(?:^|\s)#")
+
 
 def read_keys_file(path: Path) -> dict[str, str]:
-    """`KEY [TENANT]` per line; `#` starts a comment. Keys without a tenant name get
-    their own tenant. Several keys may share one tenant (and its responses)."""
+    """`KEY [TENANT]` per line; `#` at the start of a line or after whitespace starts a
+    comment (a `#` inside a key is part of the key). Keys without a tenant name get their
+    own tenant. Several keys may share one tenant (and its responses)."""
     keys: dict[str, str] = {}
     for n, raw in enumerate(path.read_text().splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
+        line = _COMMENT.split(raw, maxsplit=1)[0].strip()
         if not line:
             continue
         parts = line.split()
@@ -52,3 +56,13 @@ class KeyRing:
         if found is None:
             raise Unauthorized("Incorrect API key provided.", param=None)
         return found
+
+    def check_metrics(self, authorization: str | None, metrics_key: str | None) -> None:
+        """/metrics: the metrics key if one is set, else any API key (open if none)."""
+        if metrics_key is None:
+            self.tenant(authorization)
+            return
+        given = (authorization or "")[7:].strip().encode()
+        bearer = (authorization or "").lower().startswith("bearer ")
+        if not bearer or not hmac.compare_digest(given, metrics_key.encode()):
+            raise Unauthorized("/metrics needs the metrics key: 'Authorization: Bearer <key>'.")

@@ -5,18 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
 
+from warmloop.protocol import wire_json
 from warmloop.protocol.errors import APIError, InvalidRequest, PayloadTooLarge
 from warmloop.protocol.requests import parse_create
 from warmloop.serving.responses_service import CallContext
+from warmloop.transport import server
 from warmloop.transport.errors import sse_error
 from warmloop.transport.runtime import Runtime
 
+log = logging.getLogger("warmloop.http")
 router = APIRouter()
 
 
@@ -29,7 +35,7 @@ def tenant_of(request: Request) -> str:
     return runtime(request).keys.tenant(request.headers.get("authorization"))
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_json(request: Request, limit: int, max_depth: int) -> Any:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
@@ -40,21 +46,20 @@ async def read_json(request: Request, limit: int) -> Any:
         if size > limit:
             raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
         chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(
-            f"The request body is not valid JSON: {exc}", code="invalid_json"
-        ) from exc
+    return wire_json.loads(b"".join(chunks), max_depth=max_depth)
 
 
 def sse_frame(event: dict[str, Any]) -> bytes:
     return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
 
 
-async def sse_stream(events: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[bytes]:
-    last_seq = -1
+async def sse_stream(
+    first: dict[str, Any], events: AsyncGenerator[dict[str, Any], None]
+) -> AsyncIterator[bytes]:
+    """`first` (already taken from `events`, so the stream had started) and the rest."""
+    last_seq = first.get("sequence_number", -1)
     async with contextlib.aclosing(events) as stream:
+        yield sse_frame(first)
         try:
             async for event in stream:
                 last_seq = event.get("sequence_number", last_seq)
@@ -65,20 +70,82 @@ async def sse_stream(events: AsyncGenerator[dict[str, Any], None]) -> AsyncItera
             yield sse_frame(err)
 
 
+class TimedStreamingResponse(StreamingResponse):
+    """A streaming response whose every write must finish within `write_timeout_s`: a
+    client that stops reading is cut off (its TCP connection aborted), so it cannot
+    hold a slot, a concurrency count and a buffer forever."""
+
+    def __init__(self, content: AsyncIterator[bytes], write_timeout_s: float) -> None:
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.write_timeout_s = write_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def timed_send(message: Message) -> None:
+            try:
+                await asyncio.wait_for(send(message), self.write_timeout_s)
+            except TimeoutError:
+                log.warning(
+                    "SSE client %s read nothing for %g s; dropping it",
+                    scope.get("client"),
+                    self.write_timeout_s,
+                )
+                server.abort(scope)
+                raise ClientGone() from None
+
+        with contextlib.suppress(ClientGone, ClientDisconnect):
+            await super().__call__(scope, receive, timed_send)
+        if isinstance(self.body_iterator, AsyncGenerator):
+            await self.body_iterator.aclose()  # ends the response's job and reservation
+
+
+class ClientGone(Exception):
+    """The client stopped reading and was dropped."""
+
+
 @router.post("/v1/responses")
 async def create_response(request: Request) -> Response:
     rt = runtime(request)
     tenant = tenant_of(request)
-    raw = await read_json(request, rt.config.max_body_bytes)
+    raw = await read_json(request, rt.config.max_body_bytes, rt.config.max_json_depth)
     create = parse_create(raw)
-    prepared = rt.service.prepare(create, CallContext(tenant=tenant))
-    if create.body.stream:
-        return StreamingResponse(
-            sse_stream(rt.service.stream(prepared)),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-    return JSONResponse(await rt.service.create(prepared))
+    service = rt.service
+    # Store reads and tokenizing happen off the event loop.
+    prepared = await asyncio.to_thread(service.prepare, create, CallContext(tenant=tenant))
+    if not create.body.stream:
+        return await _until_done_or_gone(request, service.create(prepared))
+    events = service.start(prepared)
+    first = await anext(events)  # started: from here its `finally` always runs
+    return TimedStreamingResponse(sse_stream(first, events), rt.config.write_timeout_s)
+
+
+async def _until_done_or_gone(
+    request: Request, work: Coroutine[Any, Any, dict[str, Any]]
+) -> Response:
+    """Run a non-streamed create; a client that hangs up cancels it (its job stops at
+    the next engine step) instead of leaving it generating for nobody."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.create_task(work)
+    gone = asyncio.create_task(disconnected())
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        log.info("client %s left before its response was ready", request.client)
+        return Response(status_code=499)  # nobody reads this; the connection is gone
+    return JSONResponse(task.result())
 
 
 @router.get("/v1/responses/{response_id}")
@@ -138,18 +205,24 @@ async def list_models(request: Request) -> Response:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    body = runtime(request).metrics.render()
+    rt = runtime(request)
+    rt.keys.check_metrics(request.headers.get("authorization"), rt.config.metrics_key)
+    body = rt.metrics.render()
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @router.get("/healthz")
 async def healthz(request: Request) -> Response:
+    """200 only when the engine thread, the store writer and the store itself answer;
+    otherwise 503 naming what is failing."""
     rt = runtime(request)
-    return JSONResponse(
-        {
-            "status": "ok",
-            "model": rt.service.model_id,
-            "websocket_connections": rt.connections,
-            **rt.service.engine_status(),
-        }
-    )
+    failing = await rt.health_failures()
+    body: dict[str, Any] = {
+        "status": "unavailable" if failing else "ok",
+        "model": rt.service.model_id,
+        "websocket_connections": rt.connections,
+        **rt.service.engine_status(),
+    }
+    if failing:
+        body["failing"] = failing
+    return JSONResponse(body, status_code=503 if failing else 200)

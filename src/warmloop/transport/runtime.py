@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from warmloop.config import Config
 from warmloop.kvcache.stats import Metrics
+from warmloop.protocol.errors import StoreUnavailable
 from warmloop.serving.responses_service import ResponsesService
 from warmloop.transport.auth import KeyRing
 
@@ -21,3 +23,18 @@ class Runtime:
     started_at: int = field(default_factory=lambda: int(time.time()))
     connections: int = 0
     tenant_connections: Counter[str] = field(default_factory=Counter)
+    lanes: int = 0  # named streams open across all sockets
+
+    async def health_failures(self) -> list[str]:
+        """The parts that do not answer now: engine, store_writer, store."""
+        failing = []
+        if not self.service.engine.alive():
+            failing.append("engine")
+        store = self.service.store
+        if not store.writer_alive():
+            failing.append("store_writer")
+        try:
+            await asyncio.wait_for(asyncio.to_thread(store.ping), self.config.store_timeout_s)
+        except (StoreUnavailable, TimeoutError):
+            failing.append("store")
+        return failing

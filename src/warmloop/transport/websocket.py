@@ -19,10 +19,18 @@ from fastapi import APIRouter
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from warmloop.protocol.errors import APIError, InvalidRequest, TooManyRequests, Unauthorized
+from warmloop.protocol import wire_json
+from warmloop.protocol.errors import (
+    APIError,
+    EngineFailure,
+    InvalidRequest,
+    TooManyRequests,
+    Unauthorized,
+)
 from warmloop.protocol.requests import CreateRequest, parse_create
 from warmloop.serving.responses_service import CallContext, ResponsesService
 from warmloop.session.connection import Connection
+from warmloop.transport import server
 from warmloop.transport.errors import ws_error
 from warmloop.transport.runtime import Runtime
 
@@ -30,7 +38,6 @@ log = logging.getLogger("warmloop.websocket")
 router = APIRouter()
 
 IGNORED_CLIENT_EVENTS = frozenset({"response.processed"})
-MAX_LANES = 32  # named streams per connection
 MAX_IN_FLIGHT = 16  # responses running at once per connection, across its streams
 STREAM_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -58,12 +65,19 @@ class _Lane:
         self.busy = False
 
 
+class _ClientGone(Exception):
+    """The client stopped reading; its connection was cut."""
+
+
 class _Session:
     def __init__(self, ws: WebSocket, rt: Runtime, conn: Connection) -> None:
         self.ws = ws
         self.rt = rt
         self.conn = conn
         self.lanes: dict[str | None, _Lane] = {}
+        # Creates accepted and not finished, across lanes: each lane runs one and at most
+        # --ws-queue-size more may wait on the whole connection.
+        self.pending = 0
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.workers: set[asyncio.Task[None]] = set()
         self.expired = False
@@ -75,10 +89,22 @@ class _Session:
         return any(lane.busy or not lane.queue.empty() for lane in self.lanes.values())
 
     async def send(self, event: dict[str, Any], stream_id: str | None = None) -> None:
+        """One JSON text frame. A client that reads nothing for --write-timeout-s is cut
+        off: it would otherwise hold its slots and our buffers forever."""
         if stream_id is not None:
             event["stream_id"] = stream_id
+        text = json.dumps(event, ensure_ascii=False)
+        timeout = self.rt.config.write_timeout_s
         async with self._send_lock:
-            await self.ws.send_text(json.dumps(event, ensure_ascii=False))
+            try:
+                await asyncio.wait_for(self.ws.send_text(text), timeout)
+            except TimeoutError:
+                log.warning(
+                    "connection %s read nothing for %g s; dropping it", self.conn.id, timeout
+                )
+                server.abort(self.ws.scope)
+                self.closed.set()
+                raise _ClientGone() from None
 
     async def reader(self) -> None:
         limit = self.rt.config.ws_max_frame_bytes
@@ -98,10 +124,17 @@ class _Session:
                     err = InvalidRequest("Frames must be UTF-8 JSON text.", code="invalid_json")
                     await self.send(ws_error(err))
                     continue
-            if len(text.encode()) > limit:
-                await self._frame_too_large(len(text.encode()))
+            if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
+                await self._frame_too_large(len(text.encode("utf-8", "surrogatepass")))
                 continue
-            await self.handle_frame(text)
+            try:
+                await self.handle_frame(text)
+            except (_ClientGone, WebSocketDisconnect):
+                raise
+            except Exception:  # a bug in one frame must not take the socket down
+                log.exception("connection %s: frame failed", self.conn.id)
+                failure = EngineFailure("The server failed to handle this event.")
+                await self.send(ws_error(failure))
 
     async def _frame_too_large(self, size: int) -> None:
         limit = self.rt.config.ws_max_frame_bytes
@@ -114,10 +147,9 @@ class _Session:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("frame on %s (%d bytes): %s", self.conn.id, len(text), text[:4000])
         try:
-            event = json.loads(text)
-        except ValueError as exc:
-            err = InvalidRequest(f"Frame is not valid JSON: {exc}", code="invalid_json")
-            await self.send(ws_error(err))
+            event = wire_json.loads(text, what="The frame", max_depth=self.rt.config.max_json_depth)
+        except APIError as exc:
+            await self.send(ws_error(exc))
             return
         if not isinstance(event, dict):
             await self.send(
@@ -125,6 +157,14 @@ class _Session:
             )
             return
         kind = event.get("type")
+        if not isinstance(kind, str):
+            err = InvalidRequest(
+                "'type' must be a string naming the event, e.g. 'response.create'.",
+                param="type",
+                code="unknown_event_type",
+            )
+            await self.send(ws_error(err))
+            return
         if kind in IGNORED_CLIENT_EVENTS:
             return
         if kind != "response.create":
@@ -141,19 +181,21 @@ class _Session:
         body = {k: v for k, v in event.items() if k not in ("type", "stream_id")}
         body.pop("stream", None)  # implied on a socket
         stream_id = event.get("stream_id")
+        echo = stream_id if isinstance(stream_id, str) and STREAM_ID.fullmatch(stream_id) else None
+        config = self.rt.config
         try:
-            lane = self._lane(stream_id)
             create = parse_create(body, websocket=True)
+            lane = self._lane(stream_id)
+            if self.pending >= config.ws_max_lanes + config.ws_queue_size or lane.queue.full():
+                raise TooManyRequests(
+                    f"Too many queued response.create events (at most {config.ws_queue_size} "
+                    "may wait); wait for a response to finish.",
+                    code="queue_full",
+                )
             lane.queue.put_nowait(create)
+            self.pending += 1
         except APIError as exc:
-            await self.send(ws_error(exc), stream_id if isinstance(stream_id, str) else None)
-        except asyncio.QueueFull:
-            full = TooManyRequests(
-                f"Too many queued response.create events (limit {self.rt.config.ws_queue_size}); "
-                "wait for a response to finish.",
-                code="queue_full",
-            )
-            await self.send(ws_error(full), stream_id)
+            await self.send(ws_error(exc), echo)
 
     def _lane(self, stream_id: object) -> _Lane:
         if stream_id is not None and (
@@ -166,16 +208,23 @@ class _Session:
             )
         lane = self.lanes.get(stream_id)
         if lane is None:
-            if len(self.lanes) >= MAX_LANES:
+            max_lanes = self.rt.config.ws_max_lanes
+            if len(self.lanes) >= max_lanes:
                 raise InvalidRequest(
-                    f"This connection already has {MAX_LANES} streams.",
+                    f"This connection already has {max_lanes} streams.",
                     param="stream_id",
                     code="websocket_stream_limit_reached",
                 )
+            # The connection-wide bound on queued creates is what limits memory.
             lane = self.lanes[stream_id] = _Lane(stream_id, self.rt.config.ws_queue_size)
+            self.rt.lanes += 1
             task = asyncio.create_task(self.run_lane(lane), name=f"{self.conn.id}-{stream_id}")
             self.workers.add(task)
         return lane
+
+    def close_lanes(self) -> None:
+        self.rt.lanes -= len(self.lanes)
+        self.lanes.clear()
 
     async def run_lane(self, lane: _Lane) -> None:
         service = self.rt.service
@@ -186,8 +235,15 @@ class _Session:
                 lane.busy = True
                 try:
                     await self._respond(service, ctx, create, lane.stream_id)
+                except _ClientGone:
+                    return
+                except Exception:  # one failed create must not kill the lane
+                    log.exception("connection %s: response failed", self.conn.id)
+                    err = EngineFailure("The server failed while handling this response.")
+                    await self.send(ws_error(err), lane.stream_id)
                 finally:
                     lane.busy = False
+                    self.pending -= 1
             if self.expired and not self.busy:
                 await self._close_expired()
 
@@ -196,16 +252,19 @@ class _Session:
     ) -> None:
         previous_id = create.body.previous_response_id
         try:
-            prepared = service.prepare(create, ctx)
+            # Store reads and tokenizing happen off the event loop.
+            prepared = await asyncio.to_thread(service.prepare, create, ctx)
+            events = service.start(prepared)
         except APIError as exc:
             # A continuation that fails evicts its parent, so a retry cannot build on a
-            # broken state; a limit (429) is transient and leaves the chain alone.
-            if previous_id is not None and exc.status != 429:
-                self.conn.forget(previous_id)
+            # broken state; a limit (429) or an outage (503) is transient and leaves the
+            # chain alone.
+            if exc.status < 500 and exc.status != 429:
+                service.forget_parent(self.conn, previous_id)
             await self.send(ws_error(exc), sid)
             return
-        async with contextlib.aclosing(service.stream(prepared)) as events:
-            async for event in events:
+        async with contextlib.aclosing(events) as stream:
+            async for event in stream:
                 await self.send(event, sid)
 
     async def watchdog(self) -> None:
@@ -259,6 +318,7 @@ async def responses_socket(ws: WebSocket) -> None:
     rt.tenant_connections[tenant] += 1
     conn = Connection(tenant=tenant)
     session = _Session(ws, rt, conn)
+    rt.service.connection_opened(conn)
     try:
         await ws.accept()
         log.debug("connection %s opened", conn.id)
@@ -274,10 +334,14 @@ async def responses_socket(ws: WebSocket) -> None:
                 await task
         for task in done:
             failure = task.exception()
-            if failure is not None and not isinstance(failure, WebSocketDisconnect | RuntimeError):
+            expected = WebSocketDisconnect | RuntimeError | _ClientGone
+            if failure is not None and not isinstance(failure, expected):
                 log.error("connection %s task failed: %r", conn.id, failure)
     finally:
         rt.connections -= 1
         rt.tenant_connections[tenant] -= 1
+        if rt.tenant_connections[tenant] <= 0:
+            del rt.tenant_connections[tenant]
+        session.close_lanes()
         rt.service.connection_closed(conn)
         log.debug("connection %s closed", conn.id)

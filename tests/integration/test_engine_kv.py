@@ -1,0 +1,85 @@
+"""KV operations on the real backend, in the order one admission round can issue them.
+
+A prefix copy between slots followed, before any decode, by a state save or restore of
+the source or the destination must leave every sequence's KV equal to its tokens. With
+llama.cpp's `llama_memory_seq_cp` (per-sequence KV streams) the copy was only queued
+until the next decode, so a restore into the source was copied into the destination
+afterwards, and a save of the destination read stale data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from warmloop.config import embedded_model_path
+from warmloop.engine.backend import BatchRow, LlamaBackend
+
+TEXT_A = "def parse(path):\n    with open(path) as f:\n        return json.load(f)\n" * 4
+TEXT_B = "The weather in Paris is mild in spring, with light rain and sunny spells. " * 4
+KEEP = 30
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[LlamaBackend]:
+    b = LlamaBackend(embedded_model_path(), ctx_per_seq=256, n_seq=3, n_threads=2, n_batch=128)
+    yield b
+    b.close()
+
+
+def prefill(b: LlamaBackend, seq: int, tokens: list[int]) -> None:
+    b.seq_truncate(seq, 0)
+    b.decode([BatchRow(t, i, seq, False) for i, t in enumerate(tokens)])
+
+
+def next_logits(b: LlamaBackend, seq: int, token: int, pos: int) -> np.ndarray:
+    b.decode([BatchRow(token, pos, seq, True)])
+    view = np.ctypeslib.as_array(b.logits(0), shape=(b.n_vocab(),))
+    return np.array(view, copy=True)
+
+
+def cold_logits(b: LlamaBackend, seq: int, tokens: list[int]) -> np.ndarray:
+    """What a sequence holding exactly `tokens[:-1]` predicts after `tokens[-1]`."""
+    prefill(b, seq, tokens[:-1])
+    return next_logits(b, seq, tokens[-1], len(tokens) - 1)
+
+
+def assert_same(warm: np.ndarray, cold: np.ndarray) -> None:
+    """The same prediction: a KV computed in other batch shapes differs in the last bits
+    (logits move by up to ~1), while KV of the wrong text changes the distribution."""
+    assert int(np.argmax(warm)) == int(np.argmax(cold))
+    correlation = float(np.corrcoef(warm, cold)[0, 1])
+    assert correlation > 0.995, correlation
+
+
+def test_restore_into_the_source_after_a_copy_leaves_the_copy_intact(
+    backend: LlamaBackend,
+) -> None:
+    a, b = backend.tokenize(TEXT_A), backend.tokenize(TEXT_B)
+    prefill(backend, 0, a)
+    prefill(backend, 1, b)
+    snap_b = backend.seq_state_get(1)
+    # one admission round: copy a prefix of A into slot 2, then restore B into slot 0
+    backend.seq_truncate(2, 0)
+    backend.seq_copy(0, 2)
+    backend.seq_truncate(2, KEEP)
+    backend.seq_state_set(0, snap_b)
+    warm = next_logits(backend, 2, a[KEEP], KEEP)
+    assert_same(warm, cold_logits(backend, 1, a[: KEEP + 1]))
+
+
+def test_a_save_of_the_destination_right_after_a_copy_holds_the_copy(
+    backend: LlamaBackend,
+) -> None:
+    a, b = backend.tokenize(TEXT_A), backend.tokenize(TEXT_B)
+    prefill(backend, 0, a)
+    prefill(backend, 2, b)  # the destination holds something else before the copy
+    backend.seq_truncate(2, 0)
+    backend.seq_copy(0, 2)
+    backend.seq_truncate(2, KEEP)
+    saved = backend.seq_state_get(2)  # same round: no decode in between
+    backend.seq_state_set(1, saved)
+    warm = next_logits(backend, 1, a[KEEP], KEEP)
+    assert_same(warm, cold_logits(backend, 0, a[: KEEP + 1]))
