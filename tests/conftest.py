@@ -65,48 +65,65 @@ def open_server() -> Iterator[LiveServer]:
     s.stop()
 
 
-@pytest.fixture(scope="session")
-def postgres_dsn() -> Iterator[str]:
-    """A real PostgreSQL server on a free port (Debian's `postgresql` package, which
-    .ci/run installs), run as the `postgres` OS user; skipped where it is missing."""
+class PostgresInstance:
+    """A throwaway PostgreSQL cluster on a free port (Debian's `postgresql` package, which
+    .ci/run installs), run as the `postgres` OS user. `stop()`/`start()` simulate an outage."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="warmloop-pg-"))
+        self.data = self.root / "data"
+        shutil.chown(self.root, "postgres")
+        self.port = free_port()
+        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", check=True)
+        self.start()
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg(self, tool: str, *args: str, check: bool) -> subprocess.CompletedProcess[bytes]:
+        cmd = ["runuser", "-u", "postgres", "--", str(self.bindir / tool), *args]
+        return subprocess.run(cmd, check=check, capture_output=True)
+
+    def start(self) -> None:
+        self._pg(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "start",
+            "-o",
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1",
+            check=True,
+        )
+
+    def stop(self, mode: str = "immediate") -> None:
+        self._pg("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_postgres() -> PostgresInstance:
+    """A new PostgreSQL instance; skipped where PostgreSQL is missing, failed under CI=1."""
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not bins or shutil.which("runuser") is None:
         missing = "PostgreSQL is not installed (apt-get install postgresql)"
         if os.environ.get("CI"):  # .ci/run installs it: a skip there would hide a failure
             pytest.fail(missing)
         pytest.skip(missing)
-    bindir = Path(bins[-1]).parent
-    root = Path(tempfile.mkdtemp(prefix="warmloop-pg-"))
-    data = root / "data"
-    shutil.chown(root, "postgres")
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    subprocess.run(
-        [*as_pg, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            *as_pg,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(root / "log"),
-            "-w",
-            "start",
-            "-o",
-            f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    return PostgresInstance(Path(bins[-1]).parent)
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A real PostgreSQL server shared by the session's tests (see `start_postgres`)."""
+    pg = start_postgres()
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield pg.dsn
     finally:
-        subprocess.run(
-            [*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        pg.destroy()

@@ -9,6 +9,7 @@ afterwards, and a save of the destination read stale data.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import numpy as np
@@ -83,3 +84,46 @@ def test_a_save_of_the_destination_right_after_a_copy_holds_the_copy(
     backend.seq_state_set(1, saved)
     warm = next_logits(backend, 1, a[KEEP], KEEP)
     assert_same(warm, cold_logits(backend, 0, a[: KEEP + 1]))
+
+
+def test_stop_never_frees_the_context_under_a_running_thread() -> None:
+    """A join that times out leaves llama.cpp's state alone (freeing it under a decode
+    would crash the process); a clean stop frees it."""
+    import threading
+
+    from warmloop.app import build_engine
+    from warmloop.config import Config
+
+    engine = build_engine(Config(ctx=256, slots=1, threads=1))
+    stuck = threading.Event()
+    engine._thread = threading.Thread(target=stuck.wait, args=(30,), daemon=True)
+    engine._thread.start()
+    engine.stop(timeout_s=0.1)
+    assert engine.backend.ctx is not None
+    stuck.set()
+    engine._thread.join()
+    engine.stop(timeout_s=5)
+    assert engine.backend.ctx is None
+
+
+async def test_a_sampler_that_fails_in_any_way_gives_its_slot_back() -> None:
+    """A grammar the engine thread cannot even encode (not a BackendError) used to leave
+    the slot it had claimed busy forever."""
+    from warmloop.app import build_engine
+    from warmloop.config import Config
+    from warmloop.engine.request import Failed, Job, SamplingParams
+
+    engine = build_engine(Config(ctx=256, slots=1, threads=1))
+    engine.start()
+    try:
+        tokens = engine.backend.tokenize("hello there")
+        bad = SamplingParams(max_tokens=2, grammar='root ::= "\ud800"')
+        async with asyncio.timeout(30):  # it used to hang: the job never got an event
+            events = [e async for e in engine.run(Job("j1", tokens, bad))]
+        assert isinstance(events[-1], Failed)
+        assert engine.slots.in_use() == 0
+        ok = SamplingParams(max_tokens=2)
+        events = [e async for e in engine.run(Job("j2", tokens, ok))]
+        assert not isinstance(events[-1], Failed)
+    finally:
+        engine.stop()

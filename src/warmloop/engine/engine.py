@@ -91,18 +91,17 @@ class Engine:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
         def _halt() -> None:
             self._stop = True
 
         self._inbox.put(_halt)
-        if self._thread.is_alive() or self._thread.ident is None:
-            with contextlib.suppress(RuntimeError):  # never started
-                self._thread.join(timeout=30)
+        with contextlib.suppress(RuntimeError):  # never started
+            self._thread.join(timeout=timeout_s)
         if self._thread.is_alive():
             # Freeing the context under a running decode would crash the process; the
             # process is exiting anyway, so leave the memory to the OS.
-            log.error("engine thread did not stop within 30 s; not freeing llama.cpp state")
+            log.error("engine thread did not stop in %g s; not freeing llama.cpp state", timeout_s)
             return
         self.backend.close()
 

@@ -102,9 +102,19 @@ class _Session:
                 log.warning(
                     "connection %s read nothing for %g s; dropping it", self.conn.id, timeout
                 )
-                server.abort(self.ws.scope)
-                self.closed.set()
+                self._drop()
                 raise _ClientGone() from None
+            except (WebSocketDisconnect, OSError, RuntimeError):
+                # Gone, or closed under us (uvicorn's keepalive timeout sends a close and
+                # then refuses sends): either way nobody will read this socket again.
+                self._drop()
+                raise _ClientGone() from None
+
+    def _drop(self) -> None:
+        """Cut the TCP connection (a polite close would wait for a client that does not
+        read) and end the session: its tasks stop and everything it held is freed."""
+        server.abort(self.ws.scope)
+        self.closed.set()
 
     async def reader(self) -> None:
         limit = self.rt.config.ws_max_frame_bytes
