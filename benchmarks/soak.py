@@ -56,23 +56,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from warmloop.bench.report import percentile, wide_console
 from warmloop.bench.server import LocalServer
 from warmloop.bench.workload import WORDS
+from warmloop.kvcache.stats import LEAK_GAUGES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TENANT_KEYS = ("sk-soak-tenant-a", "sk-soak-tenant-b")
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
-# Gauges that must read 0 once every client is gone. A gauge the server does not export
-# yet is "not reported", not a failure.
-LEAK_GAUGES = (
-    "warmloop_responses_running",
-    "warmloop_concurrency_reserved",
-    "warmloop_slots_in_use",
-    "warmloop_slots_leased",
-    "warmloop_websocket_connections",
-    "warmloop_websocket_tenant_connections",
-    "warmloop_websocket_lanes",
-    "warmloop_store_pending_writes",
-    "warmloop_engine_waiting",
-)
 # Sampled over time beside RSS: they explain RSS that grows on purpose (host KV tier).
 TRACKED_GAUGES = (
     "warmloop_kv_host_bytes",

@@ -18,6 +18,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import KEY_A, KEY_B, LiveServer, start_server
+from tests.robustness import leaks
 
 HEADERS = {"Authorization": f"Bearer {KEY_A}"}
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -31,16 +32,6 @@ LONG = {
         "required": ["n"],
     },
 }
-LEAK_GAUGES = (
-    "warmloop_responses_running",
-    "warmloop_concurrency_reserved",
-    "warmloop_slots_in_use",
-    "warmloop_websocket_connections",
-    "warmloop_websocket_tenant_connections",
-    "warmloop_websocket_lanes",
-    "warmloop_store_pending_writes",
-    "warmloop_engine_waiting",
-)
 
 
 @pytest.fixture(scope="module")
@@ -77,23 +68,8 @@ def assert_400(r: httpx.Response, param: str | None, code: str | None = None) ->
         assert err["code"] == code, err
 
 
-def gauges(s: LiveServer) -> dict[str, float]:
-    text = httpx.get(f"{s.url}/metrics", headers=HEADERS, timeout=10).text
-    out = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in LEAK_GAUGES:
-            out[name] = float(value)
-    return out
-
-
 async def assert_no_leaks(s: LiveServer) -> None:
-    for _ in range(100):
-        found = await asyncio.to_thread(gauges, s)
-        if set(found) == set(LEAK_GAUGES) and not any(found.values()):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"resources left behind: {found}")
+    await asyncio.to_thread(leaks.assert_no_leaks, s, HEADERS)
 
 
 async def connect(s: LiveServer) -> ClientConnection:

@@ -8,19 +8,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
-
-# Each one counts something that must end with the request, socket or write that owns it.
-GAUGES = (
-    "warmloop_responses_running",
-    "warmloop_concurrency_reserved",
-    "warmloop_slots_in_use",
-    "warmloop_slots_leased",
-    "warmloop_websocket_connections",
-    "warmloop_websocket_tenant_connections",
-    "warmloop_websocket_lanes",
-    "warmloop_store_pending_writes",
-    "warmloop_engine_waiting",
-)
+from warmloop.kvcache.stats import LEAK_GAUGES as GAUGES
 
 
 def auth(key: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ from warmloop.session.response_store import ChainState, InMemoryResponseStore, S
 def record(rid: str, owner: str = "a", text: str = "x", stored: bool = True) -> StoredResponse:
     item = MessageItem(f"m{rid}", "user", text)
     return StoredResponse(
-        rid, owner, {"id": rid}, (item,), (), (item,), ChainState("t", (1, 2)), stored
+        rid, owner, {"id": rid}, (item,), (), (item,), ChainState.of("t", (1, 2)), stored
     )
 
 
@@ -121,7 +121,7 @@ def test_size_counts_items_chain_and_history() -> None:
     assert base == 512 + len("{}")
     with_items = StoredResponse("r", "a", {}, (item,), (item,), (item, item), None, True)
     assert with_items.size() == base + 2 * (64 + 10) + 8 * 2
-    chained = StoredResponse("r", "a", {}, (), (), (), ChainState("abc", (1, 2, 3, 4)), True)
+    chained = StoredResponse("r", "a", {}, (), (), (), ChainState.of("abc", (1, 2, 3, 4)), True)
     assert chained.size() == base + 4 * 4 + 3
 
 
@@ -194,3 +194,13 @@ def test_ttl_expires_records_in_memory_too() -> None:
     forever = InMemoryResponseStore(10, 10**9)
     forever.put(old)
     assert forever.get("r2", "a") is old
+
+
+def test_a_chain_costs_about_four_bytes_a_token() -> None:
+    """Every recent response of every socket keeps its chain: 4,096 tokens must not cost
+    ~150 KB of Python ints (the store's byte bound counts 4 bytes a token)."""
+    import sys
+
+    chain = ChainState.of("", range(1000, 1000 + 4096))
+    assert sys.getsizeof(chain.tokens) < 4096 * 5  # ints as a tuple: ~36 bytes each
+    assert list(chain.tokens[:2]) == [1000, 1001]

@@ -12,6 +12,19 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 TIERS = ("slot", "host", "prefix", "none")
+# Gauges of work in flight: each must read 0 once every client is gone (leak checks in
+# tests/robustness and benchmarks/soak.py).
+LEAK_GAUGES = (
+    "warmloop_responses_running",
+    "warmloop_concurrency_reserved",
+    "warmloop_slots_in_use",
+    "warmloop_slots_leased",
+    "warmloop_websocket_connections",
+    "warmloop_websocket_tenant_connections",
+    "warmloop_websocket_lanes",
+    "warmloop_store_pending_writes",
+    "warmloop_engine_waiting",
+)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BYTES_BUCKETS = tuple(float(2**k) for k in range(16, 31, 2))
 

@@ -550,7 +550,7 @@ class ResponsesService:
             input_items=p.new_items,
             output_items=output_items,
             history=p.history_in + output_items,
-            chain=ChainState(p.prompt_text + "".join(run.generated), fin.chain_tokens),
+            chain=ChainState.of(p.prompt_text + "".join(run.generated), fin.chain_tokens),
             stored=p.request.store,
         )
         if p.ctx.connection is not None and not live.deleted:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from array import array
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,7 +24,13 @@ from warmloop.protocol.items import Item, item_size
 @dataclass(frozen=True)
 class ChainState:
     text: str  # rendered prompt text + generated text
-    tokens: tuple[int, ...]  # the tokens of exactly that text, as the KV holds them
+    # The tokens of exactly that text, as the KV holds them: 4 bytes each (a tuple of
+    # Python ints costs ~36), since every recent response of every socket keeps one.
+    tokens: array[int]
+
+    @classmethod
+    def of(cls, text: str, tokens: Iterable[int]) -> ChainState:
+        return cls(text, array("i", tokens))
 
 
 @dataclass
