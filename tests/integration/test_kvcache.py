@@ -145,7 +145,9 @@ def check_chain(session: Session, turns: list[str], cold: list[str]) -> None:
 
 
 def metric(server: LiveServer, name: str, **labels: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{server.port}/metrics").text
+    # /metrics needs a key on a server with keys; an open server ignores it
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+    text = httpx.get(f"http://127.0.0.1:{server.port}/metrics", headers=headers).text
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
     pattern = (
         rf"^{re.escape(name)}(?:{{{re.escape(want)}}})? (\S+)$"
