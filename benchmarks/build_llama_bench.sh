@@ -5,7 +5,7 @@
 # Idempotent; prints the llama-bench path (llama-batched-bench sits beside it).
 #   make bench, or: ENGINE_CMAKE_ARGS="..." benchmarks/build_llama_bench.sh [OUT_DIR]
 set -euo pipefail
-: "${ENGINE_CMAKE_ARGS:?run it through make (make bench), which sets the engine's flags}"
+: "${ENGINE_CMAKE_ARGS:?run it through make (make bench), which sets the engine flags}"
 tag="$(printf '%s' "$ENGINE_CMAKE_ARGS" | sha256sum | cut -c1-16)"
 out="${1:-$HOME/.cache/warmloop/llama-bench-$tag}"
 if [ -x "$out/llama-bench" ] && [ -x "$out/llama-batched-bench" ]; then
