@@ -15,7 +15,6 @@ from typing import Any
 
 from warmloop.protocol.errors import InvalidRequest
 
-DEFAULT_MAX_DEPTH = 64
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -33,16 +32,22 @@ def loads(data: bytes | str, *, what: str = "The request body", max_depth: int) 
     return value
 
 
+# Where a node sits, as a chain back to the root: (parent trail, key or index). The
+# param string is only built for the node that fails, not for every node of a 4 MB body.
+Trail = tuple["Trail", str | int] | None
+
+
 def check(value: Any, *, max_depth: int) -> None:
     """Refuse nesting deeper than `max_depth` and lone surrogates, naming the param."""
-    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    stack: list[tuple[Any, Trail, int]] = [(value, None, 0)]
     while stack:
-        node, path, depth = stack.pop()
+        node, trail, depth = stack.pop()
         if isinstance(node, str):
             if _SURROGATE.search(node):
-                raise _surrogate(path)
+                raise _surrogate(_param(trail))
         elif isinstance(node, dict | list):
             if depth >= max_depth:
+                path = _param(trail)
                 raise InvalidRequest(
                     f"'{path or 'body'}' nests JSON more than {max_depth} levels deep.",
                     param=path or None,
@@ -50,13 +55,24 @@ def check(value: Any, *, max_depth: int) -> None:
                 )
             if isinstance(node, dict):
                 for key, child in node.items():
-                    where = f"{path}.{key}" if path else str(key)
                     if _SURROGATE.search(key):
-                        raise _surrogate(path, key=True)
-                    stack.append((child, where, depth + 1))
+                        raise _surrogate(_param(trail), key=True)
+                    stack.append((child, (trail, key), depth + 1))
             else:
                 for i, child in enumerate(node):
-                    stack.append((child, f"{path}[{i}]", depth + 1))
+                    stack.append((child, (trail, i), depth + 1))
+
+
+def _param(trail: Trail) -> str:
+    """`input[0].content`-style path of a trail (requests.py names params the same way)."""
+    parts: list[str | int] = []
+    while trail is not None:
+        trail, part = trail
+        parts.append(part)
+    out = ""
+    for part in reversed(parts):
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
 
 
 def _surrogate(path: str, *, key: bool = False) -> InvalidRequest:

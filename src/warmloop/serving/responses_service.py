@@ -464,9 +464,11 @@ class ResponsesService:
                             # Durable before the client hears "completed".
                             await self.store.save(record)
                         except StoreUnavailable as exc:
-                            self._forget_record(p, record)
                             yield self._failed(p, seq, out, exc.body())
                             return
+                    if p.ctx.connection is not None and not live.deleted:
+                        # Only now can the socket continue it: saved, or store:false.
+                        p.ctx.connection.remember(record, p.ctx.lease)
                     # Finished: cancel and GET see the record now, not the live snapshot.
                     self._release(p.id)
                     yield final_event
@@ -497,10 +499,6 @@ class ResponsesService:
         retry cannot build on a broken state."""
         if connection is not None and parent_id is not None:
             connection.forget(parent_id)
-
-    def _forget_record(self, p: Prepared, record: StoredResponse) -> None:
-        if p.ctx.connection is not None:
-            p.ctx.connection.forget(record.id)
 
     def _observe_token(self, run: _Run) -> None:
         now = time.perf_counter()
@@ -553,8 +551,6 @@ class ResponsesService:
             chain=ChainState.of(p.prompt_text + "".join(run.generated), fin.chain_tokens),
             stored=p.request.store,
         )
-        if p.ctx.connection is not None and not live.deleted:
-            p.ctx.connection.remember(record, p.ctx.lease)
         if self.metrics:
             self.metrics.prompt_tokens_computed.inc(len(p.tokens) - cached)
             self.metrics.output_tokens.inc(fin.output_tokens)

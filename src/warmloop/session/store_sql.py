@@ -109,29 +109,25 @@ class SQLResponseStore:
     def _writer(self) -> None:
         while (job := self._jobs.get()) is not None:
             fn, fut = job
-            try:
-                if not fut.set_running_or_notify_cancel():
-                    continue  # the caller gave up before the write started
+            runs = fut.set_running_or_notify_cancel()  # False: the caller gave up first
+            result: Any = None
+            error: StoreUnavailable | None = None
+            if runs:
                 try:
-                    result, error = self._run_write(fn), None
-                except StoreUnavailable as exc:
-                    result, error = None, exc
-            except Exception:  # a bug must not stop every later write: log, keep going
-                log.exception("store writer: unexpected error")
-                result, error = None, StoreUnavailable("The response store failed.")
-            finally:
-                with self._pending_lock:
-                    self._pending -= 1
-            if fut.done():
-                continue
+                    result = self._run_write(fn)
+                except StoreUnavailable as exc:  # every database error becomes one
+                    error = exc
+            with self._pending_lock:  # before the caller can see the outcome
+                self._pending -= 1
             if error is not None:
                 fut.set_exception(error)
-            else:
+            elif runs:
                 fut.set_result(result)
         self._close_quietly(self._writer_db)
 
     def _run_write(self, fn: Callable[[Any], Any]) -> Any:
-        """Run `fn` on the writer's connection, reconnecting once if it was lost."""
+        """Run `fn` on the writer's connection; any failure drops the connection (the next
+        write opens a new one) and is a StoreUnavailable for this write."""
         try:
             if self._writer_db is None:
                 self._writer_db = self._connect()
@@ -155,9 +151,10 @@ class SQLResponseStore:
         try:
             return fut.result(timeout=self.timeout_s)
         except TimeoutError:
-            raise StoreUnavailable(
-                f"The response store did not answer within {self.timeout_s:g} s."
-            ) from None
+            raise self._timed_out() from None
+
+    def _timed_out(self) -> StoreUnavailable:
+        return StoreUnavailable(f"The response store did not answer within {self.timeout_s:g} s.")
 
     @property
     def pending_writes(self) -> int:
@@ -210,9 +207,7 @@ class SQLResponseStore:
         try:
             await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
         except TimeoutError:
-            raise StoreUnavailable(
-                f"The response store did not answer within {self.timeout_s:g} s."
-            ) from None
+            raise self._timed_out() from None
         self.cache.put(record)  # cached only once durable: a read never sees a lost write
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> Any:

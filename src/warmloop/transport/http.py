@@ -94,16 +94,12 @@ class TimedStreamingResponse(StreamingResponse):
                     self.write_timeout_s,
                 )
                 server.abort(scope)
-                raise ClientGone() from None
+                raise server.ClientGone() from None
 
-        with contextlib.suppress(ClientGone, ClientDisconnect):
+        with contextlib.suppress(server.ClientGone, ClientDisconnect):
             await super().__call__(scope, receive, timed_send)
         if isinstance(self.body_iterator, AsyncGenerator):
             await self.body_iterator.aclose()  # ends the response's job and reservation
-
-
-class ClientGone(Exception):
-    """The client stopped reading and was dropped."""
 
 
 @router.post("/v1/responses")

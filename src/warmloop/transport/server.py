@@ -63,6 +63,10 @@ class _WebSocket(WebSocketsSansIOProtocol):
         super().connection_lost(exc)
 
 
+class ClientGone(Exception):
+    """The client stopped reading (or its socket was closed under us) and was cut off."""
+
+
 def abort(scope: MutableMapping[str, Any]) -> bool:
     """Cut the TCP connection of this request or socket at once (buffered data is
     discarded). False when the server is not ours (e.g. a test client)."""

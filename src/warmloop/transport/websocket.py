@@ -65,10 +65,6 @@ class _Lane:
         self.busy = False
 
 
-class _ClientGone(Exception):
-    """The client stopped reading; its connection was cut."""
-
-
 class _Session:
     def __init__(self, ws: WebSocket, rt: Runtime, conn: Connection) -> None:
         self.ws = ws
@@ -103,12 +99,12 @@ class _Session:
                     "connection %s read nothing for %g s; dropping it", self.conn.id, timeout
                 )
                 self._drop()
-                raise _ClientGone() from None
+                raise server.ClientGone() from None
             except (WebSocketDisconnect, OSError, RuntimeError):
                 # Gone, or closed under us (uvicorn's keepalive timeout sends a close and
                 # then refuses sends): either way nobody will read this socket again.
                 self._drop()
-                raise _ClientGone() from None
+                raise server.ClientGone() from None
 
     def _drop(self) -> None:
         """Cut the TCP connection (a polite close would wait for a client that does not
@@ -139,7 +135,7 @@ class _Session:
                 continue
             try:
                 await self.handle_frame(text)
-            except (_ClientGone, WebSocketDisconnect):
+            except (server.ClientGone, WebSocketDisconnect):
                 raise
             except Exception:  # a bug in one frame must not take the socket down
                 log.exception("connection %s: frame failed", self.conn.id)
@@ -245,7 +241,7 @@ class _Session:
                 lane.busy = True
                 try:
                     await self._respond(service, ctx, create, lane.stream_id)
-                except _ClientGone:
+                except server.ClientGone:
                     return
                 except Exception:  # one failed create must not kill the lane
                     log.exception("connection %s: response failed", self.conn.id)
@@ -344,7 +340,7 @@ async def responses_socket(ws: WebSocket) -> None:
                 await task
         for task in done:
             failure = task.exception()
-            expected = WebSocketDisconnect | RuntimeError | _ClientGone
+            expected = WebSocketDisconnect | RuntimeError | server.ClientGone
             if failure is not None and not isinstance(failure, expected):
                 log.error("connection %s task failed: %r", conn.id, failure)
     finally:
