@@ -56,7 +56,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from warmloop.bench.report import percentile, wide_console
 from warmloop.bench.server import LocalServer
 from warmloop.bench.workload import WORDS
-from warmloop.kvcache.stats import LEAK_GAUGES
+from warmloop.metrics import LEAK_GAUGES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TENANT_KEYS = ("sk-soak-tenant-a", "sk-soak-tenant-b")

@@ -18,8 +18,8 @@ from warmloop.config import Config, default_store_path
 from warmloop.engine.engine import Engine, EngineConfig
 from warmloop.engine.slots import KVOps
 from warmloop.kvcache.manager import KVCacheManager
-from warmloop.kvcache.stats import Metrics
-from warmloop.protocol.errors import APIError, EngineFailure, InvalidRequest, NotFound
+from warmloop.metrics import Metrics
+from warmloop.protocol.errors import APIError, InvalidRequest, NotFound, ServerError
 from warmloop.serving.prompt import PromptRenderer
 from warmloop.serving.responses_service import ResponsesService
 from warmloop.session.response_store import InMemoryResponseStore, ResponseStore
@@ -172,7 +172,7 @@ def create_app(config: Config) -> FastAPI:
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         # A bug, not the client's fault: still OpenAI's JSON shape, never text/plain.
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return http_error(EngineFailure("The server had an error while processing the request."))
+        return http_error(ServerError("The server had an error while processing the request."))
 
     app.add_exception_handler(404, not_found)
     app.add_exception_handler(405, not_allowed)

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
-from warmloop.kvcache.stats import LEAK_GAUGES as GAUGES
+from warmloop.metrics import LEAK_GAUGES as GAUGES
 
 
 def auth(key: str) -> dict[str, str]:

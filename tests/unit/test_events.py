@@ -11,6 +11,7 @@ from pydantic import TypeAdapter
 
 from warmloop.config import Config
 from warmloop.engine.request import SamplingParams
+from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.items import FunctionCallItem, MessageItem, item_to_wire
 from warmloop.protocol.requests import parse_create
 from warmloop.serving import event_builder as ev
@@ -21,6 +22,7 @@ from warmloop.serving.responses_service import (
     _OutputBuilder,
 )
 from warmloop.serving.tool_calls import OutputParser
+from warmloop.transport.errors import sse_error
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 
@@ -91,7 +93,7 @@ def response(status: str = "completed", **kw: Any) -> dict[str, Any]:
         ev.function_args_delta(1, "fc_1", "{}"),
         ev.function_args_done(1, "fc_1", "f", "{}"),
         ev.output_item_done(1, item_to_wire(FunctionCallItem("fc_1", "call_1", "f", "{}"))),
-        ev.sse_error("invalid_request", "bad", "input"),
+        sse_error(InvalidRequest("bad", param="input")),
     ],
     ids=lambda e: e["type"],
 )

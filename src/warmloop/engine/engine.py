@@ -53,14 +53,6 @@ class EngineConfig:
     idle_snapshot_s: float = 0.0
 
 
-@dataclass
-class EngineStats:
-    prompt_tokens_computed: int = 0
-    prompt_tokens_reused: int = 0
-    output_tokens: int = 0
-    jobs_finished: int = 0
-
-
 class Engine:
     def __init__(self, config: EngineConfig, placer: PlacerFactory) -> None:
         self.config = config
@@ -80,7 +72,6 @@ class Engine:
             ctx_per_seq=config.ctx_per_seq,
             stall_factor=config.prefill_stall_factor,
         )
-        self.stats = EngineStats()
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stop = False
         self._dead = False
@@ -234,7 +225,6 @@ class Engine:
                 job.post(Failed(message))
                 return
         self.scheduler.running.append(Sequence(job, slot, sampler, placement.reuse))
-        self.stats.prompt_tokens_reused += placement.reuse
         job.post(Admitted(slot.id, len(job.tokens), placement.reuse, placement.tier))
 
     def _step(self) -> None:
@@ -259,7 +249,6 @@ class Engine:
         for seq, chunk in plan.chunks:
             seq.slot.tokens.extend(chunk)
             seq.prefill_ms += elapsed_ms
-            self.stats.prompt_tokens_computed += len(chunk)
         for seq, idx in plan.samples:
             assert seq.sampler is not None
             self._on_sample(seq, seq.sampler.sample(self.backend.ctx, idx))
@@ -297,8 +286,6 @@ class Engine:
         if r.sampler is not None:
             r.sampler.free()
         self.slots.finish(r.slot)
-        self.stats.output_tokens += len(r.generated)
-        self.stats.jobs_finished += 1
         r.job.post(
             Finished(
                 reason=reason,

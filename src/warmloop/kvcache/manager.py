@@ -24,7 +24,7 @@ from warmloop.engine.slots import KVOps, Placement, Slot, Tier, common_prefix
 from warmloop.kvcache.base import KVCache
 from warmloop.kvcache.host_store import HostStore, Snapshot
 from warmloop.kvcache.prefix_index import PrefixIndex
-from warmloop.kvcache.stats import Metrics
+from warmloop.metrics import Metrics
 
 log = logging.getLogger("warmloop.kvcache")
 

@@ -83,12 +83,6 @@ class TooManyRequests(APIError):
     code = "rate_limit_exceeded"
 
 
-class ServerOverloaded(APIError):
-    status = 503
-    type = "server_error"
-    code = "server_overloaded"
-
-
 class StoreUnavailable(APIError):
     """The response store (SQLite file, PostgreSQL) cannot be read or written right now."""
 
@@ -97,8 +91,8 @@ class StoreUnavailable(APIError):
     code = "store_unavailable"
 
 
-class EngineFailure(APIError):
-    """The model failed while serving a valid request (decode error, KV exhausted)."""
+class ServerError(APIError):
+    """The server failed on a valid request (a decode error, a bug): a 500 in OpenAI's shape."""
 
     status = 500
     type = "server_error"

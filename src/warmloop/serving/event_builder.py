@@ -134,8 +134,3 @@ def function_args_done(output_index: int, item_id: str, name: str, arguments: st
         "name": name,
         "arguments": arguments,
     }
-
-
-def sse_error(code: str | None, message: str, param: str | None) -> Event:
-    """The flat error event of an SSE stream."""
-    return {"type": "error", "code": code, "message": message, "param": param}

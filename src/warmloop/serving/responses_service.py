@@ -24,14 +24,14 @@ from warmloop.config import Config
 from warmloop.engine.backend import BackendError
 from warmloop.engine.engine import Engine
 from warmloop.engine.request import Admitted, Failed, Finished, Job, SamplingParams, TokenOut
-from warmloop.kvcache.stats import Metrics
+from warmloop.metrics import Metrics
 from warmloop.protocol.errors import (
     ContextLengthExceeded,
-    EngineFailure,
     InvalidRequest,
     ModelNotFound,
     NotFound,
     PreviousResponseNotFound,
+    ServerError,
     StoreUnavailable,
     TooManyRequests,
 )
@@ -585,7 +585,7 @@ class ResponsesService:
         if final["status"] == "failed" and error is not None:
             if error.get("code") == StoreUnavailable.code:
                 raise StoreUnavailable(error["message"])
-            raise EngineFailure(error["message"])
+            raise ServerError(error["message"])
         return final
 
     def connection_opened(self, connection: Connection) -> None:

@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from warmloop.config import Config
-from warmloop.kvcache.stats import Metrics
+from warmloop.metrics import Metrics
 from warmloop.protocol.errors import StoreUnavailable
 from warmloop.serving.responses_service import ResponsesService
 from warmloop.transport.auth import KeyRing

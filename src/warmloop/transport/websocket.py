@@ -22,8 +22,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from warmloop.protocol import wire_json
 from warmloop.protocol.errors import (
     APIError,
-    EngineFailure,
     InvalidRequest,
+    ServerError,
     TooManyRequests,
     Unauthorized,
 )
@@ -40,7 +40,6 @@ router = APIRouter()
 IGNORED_CLIENT_EVENTS = frozenset({"response.processed"})
 MAX_IN_FLIGHT = 16  # responses running at once per connection, across its streams
 STREAM_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
-TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 class ConnectionLimitReached(APIError):
@@ -139,7 +138,7 @@ class _Session:
                 raise
             except Exception:  # a bug in one frame must not take the socket down
                 log.exception("connection %s: frame failed", self.conn.id)
-                failure = EngineFailure("The server failed to handle this event.")
+                failure = ServerError("The server failed to handle this event.")
                 await self.send(ws_error(failure))
 
     async def _frame_too_large(self, size: int) -> None:
@@ -245,7 +244,7 @@ class _Session:
                     return
                 except Exception:  # one failed create must not kill the lane
                     log.exception("connection %s: response failed", self.conn.id)
-                    err = EngineFailure("The server failed while handling this response.")
+                    err = ServerError("The server failed while handling this response.")
                     await self.send(ws_error(err), lane.stream_id)
                 finally:
                     lane.busy = False
