@@ -66,11 +66,11 @@ def build_engine(config: Config, metrics: Metrics | None = None) -> Engine:
 
 def keyring(config: Config) -> KeyRing:
     named = read_keys_file(config.api_keys_file) if config.api_keys_file else None
-    return KeyRing(config.api_keys, named)
+    return KeyRing(config.api_key, named)
 
 
 def build_store(config: Config) -> ResponseStore:
-    ttl = config.store_ttl_s or None
+    ttl = config.store_ttl or None
     cache = InMemoryResponseStore(config.store_max_responses, config.store_max_bytes, ttl)
     if config.store == "memory":
         return cache
@@ -140,7 +140,7 @@ def create_app(config: Config) -> FastAPI:
             config.ctx,
             "on" if config.kv_reuse else "off",
         )
-        purge = asyncio.create_task(purge_expired(runtime.service.store, config.store_ttl_s))
+        purge = asyncio.create_task(purge_expired(runtime.service.store, config.store_ttl))
         try:
             yield
         finally:

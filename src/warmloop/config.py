@@ -1,13 +1,25 @@
-"""Server configuration: one frozen dataclass, filled from CLI flags and WARMLOOP_* variables."""
+"""Server settings: the single source of every `warmloop serve` flag and WARMLOOP_* variable.
+
+Each field declares its default, help text and bounds once. `Config` is a frozen
+pydantic-settings model: building one validates it (so `create_app(Config(slots=0))`
+fails at once), reads `WARMLOOP_<FIELD>` variables for what the caller did not pass, and
+`cli.py` generates the `serve` flags from the fields (`--kv-host-budget`; a boolean `x`
+is `--x/--no-x`; a list is repeated, `--api-key A --api-key B`, or comma-separated in
+its variable). Adding a setting is adding a field here.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ENV_PREFIX = "WARMLOOP_"
 
 
 def embedded_model_path() -> Path:
@@ -49,52 +61,168 @@ def default_host_budget() -> int:
     return 1024**3
 
 
-@dataclass(frozen=True)
-class Config:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    model: Path | None = None  # None: the embedded SmolLM2-135M-Instruct
-    model_aliases: tuple[str, ...] = ()
-    ctx: int = 8192  # context tokens per sequence (slot)
-    slots: int = 4
-    threads: int = field(default_factory=default_threads)
-    batch_tokens: int = 512
-    prefill_chunk: int = 64  # prefill tokens per step while other sequences decode (at most)
-    prefill_stall_factor: float = 2.0  # a prefilling step ≤ this × a decode-only step; 0: off
-    batching: bool = True  # False: one sequence at a time (the baseline)
-    api_keys: tuple[str, ...] = ()
-    api_keys_file: Path | None = None  # lines of "KEY [TENANT]"
-    log_level: str = "info"
-    kv_reuse: bool = True
-    kv_host_budget: int = field(default_factory=default_host_budget)  # bytes of snapshots
-    kv_idle_snapshot_s: float = 0.0  # 0: snapshot only when a slot is needed
-    # limits
-    max_body_bytes: int = 4 * 1024 * 1024
-    max_output_tokens: int = 4096
-    max_input_tokens: int = 0  # 0: up to the context (--ctx)
-    max_concurrent_per_key: int = 16  # responses running at once per API key
-    max_connections_per_key: int = 16  # WebSocket connections per API key
-    rate_limit_per_minute: int = 600  # creates per minute per API key (0 = unlimited)
-    default_temperature: float = 1.0  # for requests that send none (OpenAI's default)
-    # "memory", a SQLite file path, or "" for the default file under the user's data dir
-    store: str = ""
-    store_ttl_s: float = 0.0  # 0: stored responses never expire
-    store_max_responses: int = 10_000
-    store_max_bytes: int = 256 * 1024 * 1024
-    store_timeout_s: float = 10.0  # a store read or write slower than this is a 503
-    # WebSocket mode
-    websocket: bool = True
-    ws_max_frame_bytes: int = 4 * 1024 * 1024
-    ws_max_age_s: float = 3600.0
-    ws_queue_size: int = 8
-    ws_ping_interval_s: float = 20.0
-    max_connections: int = 64
-    ws_max_lanes: int = 32  # named streams (stream_id) per connection
-    # hardening
-    max_json_depth: int = 64  # nesting of a request body or frame
-    write_timeout_s: float = 30.0  # a client that reads nothing for this long is dropped
-    metrics_key: str | None = None  # /metrics needs this key (else any API key, if keys are set)
-    self_test: bool = True  # `serve` decodes a few tokens in a child process before listening
+Names = Annotated[tuple[str, ...], NoDecode]  # a repeated flag, or "a,b" in a variable
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="forbid",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_hide_none_type=True,
+    )
+
+    # --- model and engine ---
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
+    model: Path | None = Field(
+        None, description="GGUF file (none: the embedded SmolLM2-135M-Instruct)"
+    )
+    model_alias: Names = Field(
+        (), description="another name clients may use for the model (repeatable)"
+    )
+    ctx: int = Field(8192, ge=64, description="context tokens per sequence (slot)")
+    slots: int = Field(4, ge=1, description="engine sequences (KV slots)")
+    threads: int = Field(default_factory=default_threads, ge=1, description="CPU threads")
+    batch_tokens: int = Field(
+        512, ge=16, description="tokens per engine step (prefill chunk + decode tokens)"
+    )
+    prefill_chunk: int = Field(
+        64, ge=1, description="prefill tokens per step while other sequences decode (at most)"
+    )
+    prefill_stall_factor: float = Field(
+        2.0,
+        ge=0,
+        description="a step that prefills while others decode takes at most this many times "
+        "a decode-only step (0 = fixed --prefill-chunk)",
+    )
+    batching: bool = Field(
+        True, description="decode all sequences in one batch (--no-batching: one at a time)"
+    )
+    # --- KV cache ---
+    kv_reuse: bool = Field(
+        True, description="reuse KV across turns (--no-kv-reuse: the stateless baseline)"
+    )
+    kv_host_budget: int = Field(
+        default_factory=default_host_budget,
+        ge=0,
+        description="bytes of host RAM for snapshots of idle chains (default: 1/4 of free RAM)",
+    )
+    kv_idle_snapshot_s: float = Field(
+        0.0, ge=0, description="move chains idle this long to host RAM (0 = only when needed)"
+    )
+    # --- keys and limits ---
+    api_key: Names = Field((), description="accepted API key (repeatable); none = open server")
+    api_keys_file: Path | None = Field(
+        None, description="file of 'KEY [TENANT]' lines; keys of one tenant share its responses"
+    )
+    metrics_key: str | None = Field(
+        None, description="key /metrics requires (default: any API key when keys are set)"
+    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="HTTP request body limit")
+    max_json_depth: int = Field(
+        64, ge=8, description="nesting levels a request body or frame may have (deeper: 400)"
+    )
+    max_output_tokens: int = Field(4096, ge=1, description="cap on output tokens per response")
+    max_input_tokens: int = Field(
+        0, ge=0, description="prompt tokens per response (0 = up to --ctx)"
+    )
+    max_concurrent_per_key: int = Field(
+        16, ge=1, description="responses running at once per API key (more get 429)"
+    )
+    rate_limit_per_minute: int = Field(
+        600, ge=0, description="responses created per minute per API key (0 = unlimited)"
+    )
+    default_temperature: float = Field(
+        1.0, ge=0, le=2, description="temperature for requests that set none (0 = greedy)"
+    )
+    write_timeout_s: float = Field(
+        30.0, gt=0, description="drop an SSE or WebSocket client that reads nothing this long"
+    )
+    # --- store ---
+    store: str = Field(
+        "",
+        description="where store:true responses persist: a SQLite file (default: "
+        "$XDG_DATA_HOME/warmloop/responses.db), a postgresql:// URL, or 'memory'",
+    )
+    store_ttl: float = Field(0.0, ge=0, description="seconds a stored response is kept (0 = ever)")
+    store_max_responses: int = Field(
+        10_000, ge=1, description="responses the in-memory cache of the store keeps"
+    )
+    store_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="bytes the in-memory cache of the store keeps"
+    )
+    store_timeout_s: float = Field(
+        10.0, gt=0, description="a store read or write slower than this fails with 503"
+    )
+    # --- WebSocket mode ---
+    websocket: bool = Field(
+        True, description="WebSocket mode (--no-websocket: upgrades get HTTP 426)"
+    )
+    max_connections: int = Field(64, ge=1, description="WebSocket connections; more get 426")
+    max_connections_per_key: int = Field(
+        16, ge=1, description="WebSocket connections per API key (more get 429)"
+    )
+    ws_max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="frame size limit")
+    ws_max_age: float = Field(3600.0, gt=0, description="seconds a WebSocket connection may live")
+    ws_queue_size: int = Field(
+        8, ge=0, description="response.create events that may wait on a connection"
+    )
+    ws_max_lanes: int = Field(
+        32, ge=1, description="named streams (stream_id) per WebSocket connection"
+    )
+    ws_max_in_flight: int = Field(
+        16, ge=1, description="responses running at once per connection, across its streams"
+    )
+    ws_recent_responses: int = Field(
+        64, ge=1, description="latest responses a connection can continue from memory"
+    )
+    ws_ping_interval: float = Field(20.0, gt=0, description="seconds between keepalive pings")
+    # --- process ---
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    self_test: bool = Field(
+        True, description="decode a few tokens in a child process before listening"
+    )
+
+    @field_validator("model_alias", "api_key", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(x.strip() for x in value.split(",") if x.strip())
+        return value
+
+    @field_validator("model", "api_keys_file")
+    @classmethod
+    def _is_file(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path}: no such file")
+        return path
+
+    @model_validator(mode="after")
+    def _stall_factor(self) -> Config:
+        if self.prefill_stall_factor != 0 and self.prefill_stall_factor <= 1:
+            raise ValueError("--prefill-stall-factor must be above 1 (or 0 for fixed chunks)")
+        return self
 
     def model_path(self) -> Path:
         return self.model if self.model is not None else embedded_model_path()
+
+    def with_(self, **changes: Any) -> Config:
+        """A copy with `changes`, validated like any new Config."""
+        return Config(**{**self.model_dump(), **changes})
+
+
+def flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def describe(error: ValidationError) -> str:
+    """One line naming each bad setting by its flag, e.g. `--slots: must be >= 1`."""
+    problems = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"] if isinstance(p, str))
+        message = e["msg"].removeprefix("Value error, ")
+        problems.append(f"{flag(where)}: {message}" if where else message)
+    return "; ".join(problems)

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ def serve_in_thread(config: Config) -> Iterator[str]:
     """Run `create_app(config)` with uvicorn on a thread; yields the base URL."""
     from warmloop.transport.server import server as uvicorn_server
 
-    server = uvicorn_server(replace(config, host="127.0.0.1"), log_level="warning")
+    server = uvicorn_server(config.with_(host="127.0.0.1"), log_level="warning")
     thread = threading.Thread(target=server.run, name="warmloop-demo-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     ways: list[tuple[str, TransportName, Config]] = [
         ("WebSocket", "websocket", base),
         ("HTTP", "http", base),
-        ("HTTP, no cache", "http", replace(base, kv_reuse=False)),
+        ("HTTP, no cache", "http", base.with_(kv_reuse=False)),
     ]
     if args.skip_cold:
         ways.pop()
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         console.print(f"[bold]task:[/] {TASK}")
         for name, transport, config in ways:
             # a fresh server each way: no run finds another's prompt in the cache
-            with serve_in_thread(replace(config, port=free_port())) as url:
+            with serve_in_thread(config.with_(port=free_port())) as url:
                 console.print(f"running the agent: {name}...")
                 rows.append(asyncio.run(run_agent(name, url, transport, project, args.turns)))
     for call in rows[0].result.tool_runs:

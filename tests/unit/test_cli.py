@@ -1,4 +1,5 @@
-"""Flags and WARMLOOP_* environment variables become one frozen Config."""
+"""`Config` is the one source of the server's settings: flags and WARMLOOP_* variables are
+generated from its fields, and every value is validated in `Config` itself."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from warmloop.cli import build_parser, config_from_args, validate
+from warmloop.cli import Parser
 from warmloop.config import Config
 
 
@@ -19,115 +20,69 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def parse(argv: list[str]) -> object:
-    return config_from_args(build_parser().parse_args(["serve", *argv]))
+def parse(argv: list[str]) -> Config:
+    cli = Parser("serve")
+    return cli.config(cli.parse(["serve", *argv]))
 
 
-def test_defaults() -> None:
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF")
+    return path
+
+
+def test_defaults_are_configs_defaults() -> None:
     c = parse([])
-    assert c.port == 8000 and c.slots == 4 and c.kv_reuse and c.websocket  # type: ignore[attr-defined]
-    assert c.api_keys == () and c.model is None  # type: ignore[attr-defined]
+    assert c == Config()
+    assert c.port == 8000 and c.slots == 4 and c.kv_reuse and c.websocket
+    assert c.api_key == () and c.model is None
 
 
-def test_flags() -> None:
+def test_flags(model: Path) -> None:
     c = parse(
         [
-            "--port",
-            "9",
-            "--api-key",
-            "k1",
-            "--api-key",
-            "k2",
-            "--model-alias",
-            "gpt-x",
+            "--port", "9",
+            "--api-key", "k1",
+            "--api-key", "k2",
+            "--model-alias", "gpt-x",
             "--no-kv-reuse",
             "--no-websocket",
             "--no-batching",
-            "--model",
-            "/m.gguf",
+            "--no-self-test",
+            "--model", str(model),
+            "--kv-host-budget", "1000",
+            "--ws-max-in-flight", "3",
         ]
-    )
-    assert c.port == 9  # type: ignore[attr-defined]
-    assert c.api_keys == ("k1", "k2")  # type: ignore[attr-defined]
-    assert c.model_aliases == ("gpt-x",)  # type: ignore[attr-defined]
-    assert not c.kv_reuse and not c.websocket and not c.batching  # type: ignore[attr-defined]
-    assert c.model == Path("/m.gguf")  # type: ignore[attr-defined]
+    )  # fmt: skip
+    assert c.port == 9
+    assert c.api_key == ("k1", "k2")
+    assert c.model_alias == ("gpt-x",)
+    assert not c.kv_reuse and not c.websocket and not c.batching and not c.self_test
+    assert c.model == model and c.kv_host_budget == 1000 and c.ws_max_in_flight == 3
+
+
+def test_every_field_is_a_flag() -> None:
+    """Adding a field adds its flag: nothing is listed by hand."""
+    help_text = Parser("serve").parser._subparsers._group_actions[0].choices["serve"].format_help()  # type: ignore[union-attr]
+    for name, field in Config.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        assert flag in help_text, flag
+        if field.annotation is bool:
+            assert "--no-" + name.replace("_", "-") in help_text
 
 
 def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WARMLOOP_SLOTS", "7")
     monkeypatch.setenv("WARMLOOP_API_KEY", "a, b")
-    monkeypatch.setenv("WARMLOOP_NO_KV_REUSE", "true")
+    monkeypatch.setenv("WARMLOOP_KV_REUSE", "false")
     monkeypatch.setenv("WARMLOOP_WS_MAX_AGE", "12.5")
     c = parse([])
-    assert c.slots == 7 and c.api_keys == ("a", "b")  # type: ignore[attr-defined]
-    assert not c.kv_reuse and c.ws_max_age_s == 12.5  # type: ignore[attr-defined]
-    assert parse(["--slots", "3"]).slots == 3  # type: ignore[attr-defined]  # flags win
-
-
-def test_all_defaults_come_from_config() -> None:
-    c = parse([])
-    d = Config()
-    for name in (
-        "host",
-        "port",
-        "ctx",
-        "slots",
-        "batch_tokens",
-        "prefill_chunk",
-        "batching",
-        "log_level",
-        "kv_reuse",
-        "max_body_bytes",
-        "max_output_tokens",
-        "max_input_tokens",
-        "max_concurrent_per_key",
-        "max_connections_per_key",
-        "rate_limit_per_minute",
-        "default_temperature",
-        "store",
-        "store_ttl_s",
-        "store_max_responses",
-        "store_max_bytes",
-        "websocket",
-        "ws_max_frame_bytes",
-        "ws_max_age_s",
-        "ws_queue_size",
-        "ws_ping_interval_s",
-        "max_connections",
-        "kv_idle_snapshot_s",
-        "model_aliases",
-        "api_keys",
-        "api_keys_file",
-    ):
-        assert getattr(c, name) == getattr(d, name), name
-    assert isinstance(c, Config)
-
-
-def test_repeatable_flags_keep_order() -> None:
-    c = parse(
-        [
-            "--api-key",
-            "k1",
-            "--api-key",
-            "k2",
-            "--api-key",
-            "k3",
-            "--model-alias",
-            "a",
-            "--model-alias",
-            "b",
-        ]
-    )
-    assert c.api_keys == ("k1", "k2", "k3")  # type: ignore[attr-defined]
-    assert c.model_aliases == ("a", "b")  # type: ignore[attr-defined]
-
-
-def test_no_kv_reuse_and_no_websocket_are_independent() -> None:
-    only_kv = parse(["--no-kv-reuse"])
-    assert not only_kv.kv_reuse and only_kv.websocket  # type: ignore[attr-defined]
-    only_ws = parse(["--no-websocket"])
-    assert only_ws.kv_reuse and not only_ws.websocket  # type: ignore[attr-defined]
+    assert c.slots == 7 and c.api_key == ("a", "b")
+    assert not c.kv_reuse and c.ws_max_age == 12.5
+    assert parse(["--slots", "3"]).slots == 3  # flags win
+    assert Config().slots == 7  # a Config built in code reads the environment too
+    assert Config(slots=2).slots == 2  # ... and its arguments win
 
 
 @pytest.mark.parametrize(
@@ -136,21 +91,21 @@ def test_no_kv_reuse_and_no_websocket_are_independent() -> None:
         ("WARMLOOP_PORT", "9100", "port", 9100),
         ("WARMLOOP_HOST", "0.0.0.0", "host", "0.0.0.0"),
         ("WARMLOOP_CTX", "4096", "ctx", 4096),
-        ("WARMLOOP_MODEL", "/models/x.gguf", "model", Path("/models/x.gguf")),
-        ("WARMLOOP_MODEL_ALIAS", "gpt-a,gpt-b", "model_aliases", ("gpt-a", "gpt-b")),
-        ("WARMLOOP_API_KEYS_FILE", "/etc/keys", "api_keys_file", Path("/etc/keys")),
-        ("WARMLOOP_NO_WEBSOCKET", "1", "websocket", False),
-        ("WARMLOOP_NO_WEBSOCKET", "no", "websocket", True),
-        ("WARMLOOP_NO_KV_REUSE", "false", "kv_reuse", True),
-        ("WARMLOOP_NO_KV_REUSE", "ON", "kv_reuse", False),
-        ("WARMLOOP_NO_BATCHING", "yes", "batching", False),
+        ("WARMLOOP_MODEL_ALIAS", "gpt-a,gpt-b", "model_alias", ("gpt-a", "gpt-b")),
+        ("WARMLOOP_WEBSOCKET", "0", "websocket", False),
+        ("WARMLOOP_WEBSOCKET", "yes", "websocket", True),
+        ("WARMLOOP_KV_REUSE", "true", "kv_reuse", True),
+        ("WARMLOOP_KV_REUSE", "off", "kv_reuse", False),
+        ("WARMLOOP_BATCHING", "no", "batching", False),
         ("WARMLOOP_STORE", "memory", "store", "memory"),
-        ("WARMLOOP_STORE_TTL", "30", "store_ttl_s", 30.0),
-        ("WARMLOOP_MAX_BODY_BYTES", "1000", "max_body_bytes", 1000),
+        ("WARMLOOP_STORE_TTL", "30", "store_ttl", 30.0),
+        ("WARMLOOP_MAX_BODY_BYTES", "1000000", "max_body_bytes", 1000000),
         ("WARMLOOP_DEFAULT_TEMPERATURE", "0", "default_temperature", 0.0),
         ("WARMLOOP_LOG_LEVEL", "debug", "log_level", "debug"),
         ("WARMLOOP_KV_IDLE_SNAPSHOT_S", "2.5", "kv_idle_snapshot_s", 2.5),
         ("WARMLOOP_MAX_CONNECTIONS", "3", "max_connections", 3),
+        ("WARMLOOP_WS_RECENT_RESPONSES", "5", "ws_recent_responses", 5),
+        ("WARMLOOP_METRICS_KEY", "mk", "metrics_key", "mk"),
     ],
 )
 def test_each_environment_variable(
@@ -160,46 +115,78 @@ def test_each_environment_variable(
     assert getattr(parse([]), field) == expected
 
 
+def test_files_from_the_environment_must_exist(
+    monkeypatch: pytest.MonkeyPatch, model: Path
+) -> None:
+    monkeypatch.setenv("WARMLOOP_MODEL", str(model))
+    monkeypatch.setenv("WARMLOOP_API_KEYS_FILE", str(model))
+    c = parse([])
+    assert c.model == model and c.api_keys_file == model
+    monkeypatch.setenv("WARMLOOP_API_KEYS_FILE", "/etc/no-such-keys")
+    with pytest.raises(SystemExit, match="--api-keys-file: /etc/no-such-keys: no such file"):
+        parse([])
+
+
 def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WARMLOOP_PORT", "9100")
     monkeypatch.setenv("WARMLOOP_STORE", "memory")
     c = parse(["--port", "9200", "--store", "/tmp/x.db"])
-    assert c.port == 9200 and c.store == "/tmp/x.db"  # type: ignore[attr-defined]
+    assert c.port == 9200 and c.store == "/tmp/x.db"
 
 
-def test_environment_is_read_when_the_parser_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
-    parser = build_parser()
-    monkeypatch.setenv("WARMLOOP_SLOTS", "9")
-    assert config_from_args(parser.parse_args(["serve"])).slots == Config().slots
-    assert parse([]).slots == 9
-
-
-def test_validate_rejects_impossible_settings(tmp_path: Path) -> None:
-    validate(Config())  # the defaults are fine
-    with pytest.raises(SystemExit) as err:
-        validate(Config(slots=0, ctx=10, model=tmp_path / "missing.gguf"))
+def test_config_rejects_impossible_settings(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as err:
+        Config(slots=0, ctx=10, model=tmp_path / "missing.gguf")
     message = str(err.value)
-    assert "--slots must be at least 1" in message and "--ctx must be at least 64" in message
-    assert "missing.gguf: no such file" in message
+    assert "slots" in message and "ctx" in message and "missing.gguf: no such file" in message
+    with pytest.raises(ValueError, match="above 1"):
+        Config(prefill_stall_factor=1.0)
+    with pytest.raises(ValueError):
+        Config(log_level="verbose")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Config(no_such_setting=1)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--slots", "0"], "--slots: Input should be greater than or equal to 1"),
+        (["--ctx", "10"], "--ctx: Input should be greater than or equal to 64"),
+        (["--store-timeout-s", "0"], "--store-timeout-s: Input should be greater than 0"),
+        (["--prefill-stall-factor", "0.5"], "--prefill-stall-factor must be above 1"),
+        (["--model", "/no/such.gguf"], "--model: /no/such.gguf: no such file"),
+        (["--ws-max-lanes", "0"], "--ws-max-lanes"),
+        (["--max-json-depth", "2"], "--max-json-depth"),
+    ],
+)
+def test_bad_flags_exit_naming_the_flag(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as err:
+        parse(argv)
+    assert str(err.value).startswith("warmloop: ") and message in str(err.value)
+
+
+def test_bad_values_from_the_environment_exit_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WARMLOOP_LOG_LEVEL", "verbose")
+    with pytest.raises(SystemExit, match="--log-level"):
+        parse([])
 
 
 def test_serve_subcommand_is_required() -> None:
     with pytest.raises(SystemExit):
-        build_parser().parse_args([])
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["serve", "--log-level", "verbose"])
-
-
-def test_invalid_log_level_from_environment_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WARMLOOP_LOG_LEVEL", "verbose")
-    with pytest.raises(SystemExit):
-        validate(parse([]))  # type: ignore[arg-type]
+        Parser().parse([])
 
 
 def test_list_flags_replace_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WARMLOOP_API_KEY", "env-key")
     monkeypatch.setenv("WARMLOOP_MODEL_ALIAS", "env-alias")
     from_env = parse([])
-    assert from_env.api_keys == ("env-key",) and from_env.model_aliases == ("env-alias",)  # type: ignore[attr-defined]
+    assert from_env.api_key == ("env-key",) and from_env.model_alias == ("env-alias",)
     flags = parse(["--api-key", "k1", "--api-key", "k2", "--model-alias", "m"])
-    assert flags.api_keys == ("k1", "k2") and flags.model_aliases == ("m",)  # type: ignore[attr-defined]
+    assert flags.api_key == ("k1", "k2") and flags.model_alias == ("m",)
+
+
+def test_with_revalidates() -> None:
+    c = Config(slots=2)
+    assert c.with_(port=1234).port == 1234 and c.with_(port=1234).slots == 2
+    with pytest.raises(ValueError):
+        c.with_(slots=0)

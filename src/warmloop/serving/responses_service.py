@@ -133,7 +133,7 @@ class ResponsesService:
         self.store = store
         self.renderer = renderer
         self.model_id = model_id
-        self.model_names = {model_id, "default", *config.model_aliases}
+        self.model_names = {model_id, "default", *config.model_alias}
         # Admitted responses (event loop thread writes; GET/cancel/DELETE threads read).
         self._live: dict[str, _Live] = {}
         self._running: Counter[str] = Counter()  # admitted responses per tenant

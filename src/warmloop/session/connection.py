@@ -11,15 +11,18 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from warmloop.config import Config
 from warmloop.protocol.items import new_id
 from warmloop.session.response_store import StoredResponse
 
-RECENT_RESPONSES = 64  # enough for the latest responses of every lane (stream_id)
+RECENT_RESPONSES: int = Config.model_fields["ws_recent_responses"].default
 
 
 @dataclass(eq=False)  # identity: the service keeps open connections in a WeakSet
 class Connection:
     tenant: str
+    # How many latest responses it keeps: enough for the latest one of every lane.
+    max_recent: int = RECENT_RESPONSES
     id: str = field(default_factory=lambda: new_id("conn"))
     opened_at: float = field(default_factory=time.monotonic)
     recent: OrderedDict[str, StoredResponse] = field(default_factory=OrderedDict)
@@ -36,7 +39,7 @@ class Connection:
             self.stored_lanes[lease] = record.stored
         self.recent[record.id] = record
         self.recent.move_to_end(record.id)
-        while len(self.recent) > RECENT_RESPONSES:
+        while len(self.recent) > self.max_recent:
             self.recent.popitem(last=False)
 
     def lookup(self, response_id: str) -> StoredResponse | None:

@@ -91,8 +91,8 @@ def uvicorn_config(config: Config, app: Any, *, log_level: str | None = None) ->
         # uvicorn closes frames over ws_max_size with 1009; keep it above our own limit
         # so an oversize frame gets a clear error event instead.
         ws_max_size=config.ws_max_frame_bytes * 2 + 65536,
-        ws_ping_interval=config.ws_ping_interval_s,
-        ws_ping_timeout=config.ws_ping_interval_s,
+        ws_ping_interval=config.ws_ping_interval,
+        ws_ping_timeout=config.ws_ping_interval,
         timeout_graceful_shutdown=5,
         lifespan="on",
     )

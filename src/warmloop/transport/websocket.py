@@ -38,7 +38,6 @@ log = logging.getLogger("warmloop.websocket")
 router = APIRouter()
 
 IGNORED_CLIENT_EVENTS = frozenset({"response.processed"})
-MAX_IN_FLIGHT = 16  # responses running at once per connection, across its streams
 STREAM_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
 
@@ -73,7 +72,7 @@ class _Session:
         # Creates accepted and not finished, across lanes: each lane runs one and at most
         # --ws-queue-size more may wait on the whole connection.
         self.pending = 0
-        self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.in_flight = asyncio.Semaphore(self.rt.config.ws_max_in_flight)
         self.workers: set[asyncio.Task[None]] = set()
         self.expired = False
         self.closed = asyncio.Event()
@@ -273,14 +272,14 @@ class _Session:
                 await self.send(event, sid)
 
     async def watchdog(self) -> None:
-        await asyncio.sleep(self.rt.config.ws_max_age_s)
+        await asyncio.sleep(self.rt.config.ws_max_age)
         self.expired = True
         if not self.busy:
             await self._close_expired()
         # Otherwise the last lane to finish closes the socket.
 
     def _limit_reached(self) -> ConnectionLimitReached:
-        minutes = self.rt.config.ws_max_age_s / 60
+        minutes = self.rt.config.ws_max_age / 60
         return ConnectionLimitReached(
             f"Responses websocket connection limit reached ({minutes:g} minutes). "
             "Create a new websocket connection to continue."
@@ -321,7 +320,7 @@ async def responses_socket(ws: WebSocket) -> None:
         return
     rt.connections += 1
     rt.tenant_connections[tenant] += 1
-    conn = Connection(tenant=tenant)
+    conn = Connection(tenant=tenant, max_recent=rt.config.ws_recent_responses)
     session = _Session(ws, rt, conn)
     rt.service.connection_opened(conn)
     try:
