@@ -173,3 +173,50 @@ def test_ttl_expiry(store: str) -> None:
         assert cont.json()["error"]["code"] == "previous_response_not_found"
     finally:
         s.stop()
+
+
+def _connect(store: str) -> Any:
+    if store.startswith("postgresql://"):
+        import psycopg
+
+        return psycopg.connect(store, autocommit=True)
+    return sqlite3.connect(store, isolation_level=None)
+
+
+def test_schema_is_versioned_and_migrates_one_step_at_a_time(store: str) -> None:
+    """A fresh store is at the latest version; a new step runs once, on the next open,
+    and keeps the data; a store newer than this warmloop is refused."""
+    from warmloop.app import build_store
+    from warmloop.config import Config
+    from warmloop.session import store_sql
+
+    latest = len(store_sql.MIGRATIONS)
+    opened = build_store(Config(store=store))
+    opened.close()
+    with _connect(store) as db:
+        assert db.execute("SELECT version FROM warmloop_schema").fetchall() == [(latest,)]
+        db.execute(
+            "INSERT INTO responses (id, owner, created_at, status, response, input_items,"
+            " output_items, history) VALUES ('resp_x', 'o', 0, 'completed', '{}', '[]', '[]', '[]')"
+        )
+        step = ["ALTER TABLE responses ADD COLUMN note TEXT"]
+        assert store_sql.migrate(db, [*store_sql.MIGRATIONS, step]) == (latest, latest + 1)
+        assert store_sql.migrate(db, [*store_sql.MIGRATIONS, step]) == (latest + 1, latest + 1)
+        assert db.execute("SELECT id, note FROM responses").fetchall() == [("resp_x", None)]
+        with pytest.raises(store_sql.SchemaTooNew, match=f"version {latest + 1}"):
+            store_sql.migrate(db)
+
+
+def test_a_store_from_before_versions_is_adopted(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path, isolation_level=None) as db:
+        from warmloop.session import store_sql
+
+        for statement in store_sql.MIGRATIONS[0]:  # the tables as they were, no version
+            db.execute(statement)
+        db.execute(
+            "INSERT INTO responses (id, owner, created_at, status, response, input_items,"
+            " output_items, history) VALUES ('resp_o', 'o', 0, 'completed', '{}', '[]', '[]', '[]')"
+        )
+        assert store_sql.migrate(db) == (0, len(store_sql.MIGRATIONS))
+        assert db.execute("SELECT id FROM responses").fetchall() == [("resp_o",)]

@@ -30,8 +30,12 @@ from warmloop.session.response_store import InMemoryResponseStore, StoredRespons
 
 log = logging.getLogger("warmloop.store")
 
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS responses (
+# The schema, as migration steps: MIGRATIONS[k] takes a database from version k to k + 1
+# (version 0: empty, or a database from before versions were kept: its statements are
+# all IF NOT EXISTS). To change the schema, append a step; never edit a shipped one.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE IF NOT EXISTS responses (
     id           TEXT PRIMARY KEY,
     owner        TEXT NOT NULL,
     created_at   DOUBLE PRECISION NOT NULL,
@@ -42,8 +46,39 @@ SCHEMA = [
     output_items TEXT NOT NULL,
     history      TEXT NOT NULL   -- the whole conversation up to and including the output
 )""",
-    "CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at)",
+        "CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at)",
+    ],
 ]
+VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS warmloop_schema (id INTEGER PRIMARY KEY, version INTEGER NOT NULL)"
+)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer warmloop than this one."""
+
+
+def migrate(db: Any, migrations: list[list[str]] = MIGRATIONS) -> tuple[int, int]:
+    """Bring the database to the latest schema version; (version before, version now)."""
+    db.execute(VERSION_TABLE)
+    row = db.execute("SELECT version FROM warmloop_schema WHERE id = 1").fetchone()
+    before = int(row[0]) if row else 0
+    if before > len(migrations):
+        raise SchemaTooNew(
+            f"the store's schema is version {before}; this warmloop knows up to "
+            f"{len(migrations)}: upgrade warmloop or use another --store"
+        )
+    for version in range(before, len(migrations)):
+        for statement in migrations[version]:
+            db.execute(statement)
+        db.execute(
+            "INSERT INTO warmloop_schema (id, version) VALUES (1, "
+            f"{version + 1}) ON CONFLICT (id) DO UPDATE SET version = excluded.version"
+        )
+        log.info("store schema migrated to version %d", version + 1)
+    return before, len(migrations)
+
+
 COLUMNS = "id, owner, created_at, expires_at, status, response, input_items, output_items, history"
 
 
@@ -81,8 +116,7 @@ class SQLResponseStore:
         self._pending = 0  # submitted writes not yet finished (a leak gauge)
         self._pending_lock = threading.Lock()
         self._writer_db: Any = self._connect()  # fail at startup if the store is unusable
-        for statement in SCHEMA:
-            self._writer_db.execute(statement)
+        migrate(self._writer_db)
         self._reader: Any = self._connect()
         self._read_lock = threading.Lock()
         ph = ", ".join([self.placeholder] * 9)
