@@ -7,6 +7,7 @@ model (`service_tier`, `prompt_cache_key`, `user`, ...) are accepted and echoed.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -156,30 +157,34 @@ def _validation_to_api(exc: ValidationError) -> InvalidRequest:
 
 def _parse_tools(raw: list[dict[str, Any]] | None) -> tuple[FunctionTool, ...]:
     tools: list[FunctionTool] = []
-    for i, t in enumerate(raw or []):
-        param = f"tools[{i}]"
-        if not isinstance(t, dict):
-            raise InvalidRequest(f"'{param}' must be an object.", param=param)
-        kind = _tool_type(t, param)
-        if kind in SKIPPABLE_TOOL_TYPES:
-            continue
+    for t, kind, param in _tool_entries(raw or [], "tools", ("function", "namespace")):
         if kind == "namespace":
             tools.extend(_parse_namespace(t, param))
-        elif kind == "function":
-            tools.append(_parse_function(t, param))
         else:
-            raise InvalidRequest(f"Tool type '{kind}' is not supported.", param=f"{param}.type")
+            tools.append(_parse_function(t, param))
     names = [t.qualified for t in tools]
     if len(set(names)) != len(names):
         raise InvalidRequest("Tool names must be unique.", param="tools")
     return tuple(tools)
 
 
-def _tool_type(t: dict[str, Any], param: str) -> str:
-    kind = t.get("type")
-    if not isinstance(kind, str):
-        raise InvalidRequest(f"'{param}.type' must be a string.", param=f"{param}.type")
-    return kind
+def _tool_entries(
+    raw: list[Any], where: str, supported: tuple[str, ...]
+) -> Iterator[tuple[dict[str, Any], str, str]]:
+    """(tool, type, param) of each entry of a tools list whose type we serve; the
+    hosted types we cannot run are skipped, anything else is a 400."""
+    for i, t in enumerate(raw):
+        param = f"{where}[{i}]"
+        if not isinstance(t, dict):
+            raise InvalidRequest(f"'{param}' must be an object.", param=param)
+        kind = t.get("type")
+        if not isinstance(kind, str):
+            raise InvalidRequest(f"'{param}.type' must be a string.", param=f"{param}.type")
+        if kind in SKIPPABLE_TOOL_TYPES:
+            continue
+        if kind not in supported:
+            raise InvalidRequest(f"Tool type '{kind}' is not supported.", param=f"{param}.type")
+        yield t, kind, param
 
 
 def _parse_namespace(t: dict[str, Any], param: str) -> list[FunctionTool]:
@@ -190,15 +195,7 @@ def _parse_namespace(t: dict[str, Any], param: str) -> list[FunctionTool]:
     if not isinstance(inner, list):
         raise InvalidRequest(f"'{param}.tools' must be a list.", param=f"{param}.tools")
     out: list[FunctionTool] = []
-    for j, member in enumerate(inner):
-        where = f"{param}.tools[{j}]"
-        if not isinstance(member, dict):
-            raise InvalidRequest(f"'{where}' must be an object.", param=where)
-        kind = _tool_type(member, where)
-        if kind in SKIPPABLE_TOOL_TYPES:
-            continue
-        if kind != "function":
-            raise InvalidRequest(f"Tool type '{kind}' is not supported.", param=f"{where}.type")
+    for member, _kind, where in _tool_entries(inner, f"{param}.tools", ("function",)):
         tool = _parse_function(member, where)
         out.append(
             FunctionTool(tool.name, tool.description, tool.parameters, tool.strict, ns, tool.param)
