@@ -16,10 +16,13 @@ from starlette.responses import JSONResponse
 
 from warmloop.config import Config, default_store_path
 from warmloop.engine.engine import Engine, EngineConfig
+from warmloop.engine.sampling import json_schema_to_gbnf
 from warmloop.engine.slots import KVOps
 from warmloop.kvcache.manager import KVCacheManager
 from warmloop.metrics import Metrics
 from warmloop.protocol.errors import APIError, InvalidRequest, NotFound, ServerError
+from warmloop.serving.grammar import Grammars
+from warmloop.serving.prepare import Preparer
 from warmloop.serving.prompt import PromptRenderer
 from warmloop.serving.responses_service import ResponsesService
 from warmloop.session.response_store import InMemoryResponseStore, ResponseStore
@@ -92,7 +95,9 @@ def build_runtime(config: Config) -> tuple[Runtime, Engine]:
         eos_token=backend.special_text("eos"),
     )
     store = build_store(config)
-    service = ResponsesService(config, engine, store, renderer, model_path.stem, metrics)
+    grammars = Grammars(json_schema_to_gbnf, check=engine.check_grammar)
+    preparer = Preparer(config, store, renderer, backend.tokenize, grammars, model_path.stem)
+    service = ResponsesService(config, engine, store, preparer, metrics)
     runtime = Runtime(config=config, service=service, keys=keyring(config), metrics=metrics)
     slots = engine.slots
     metrics.bind_gauge(metrics.slots_in_use, lambda: slots.in_use())

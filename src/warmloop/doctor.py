@@ -162,6 +162,7 @@ def self_test(model: Path, *, threads: int) -> SelfTestResult:
 def _child(model: Path, threads: int) -> None:
     """The self-test itself: load, prefill, decode greedily, print one JSON line."""
     from warmloop.engine.backend import BatchRow, LlamaBackend
+    from warmloop.engine.sampling import SamplingParams, make_sampler
 
     backend = LlamaBackend(model, ctx_per_seq=256, n_seq=1, n_threads=threads, n_batch=128)
     try:
@@ -171,7 +172,7 @@ def _child(model: Path, threads: int) -> None:
         rows = [BatchRow(t, i, 0, i == len(tokens) - 1) for i, t in enumerate(tokens)]
         backend.decode(rows)
         t1 = time.perf_counter()
-        sampler = backend.make_sampler(temperature=0.0, top_p=1.0, seed=0)
+        sampler = make_sampler(backend.vocab, SamplingParams(max_tokens=DECODE_TOKENS))
         out: list[int] = []
         index = len(rows) - 1
         for k in range(DECODE_TOKENS):

@@ -9,18 +9,13 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from warmloop.config import Config
-from warmloop.engine.request import SamplingParams
+from warmloop.engine.sampling import SamplingParams
 from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.items import FunctionCallItem, MessageItem, item_to_wire
 from warmloop.protocol.requests import parse_create
 from warmloop.serving import event_builder as ev
-from warmloop.serving.responses_service import (
-    CallContext,
-    Prepared,
-    ResponsesService,
-    _OutputBuilder,
-)
+from warmloop.serving.output import OutputBuilder, response_object
+from warmloop.serving.prepare import CallContext, Prepared
 from warmloop.serving.tool_calls import OutputParser
 from warmloop.transport.errors import sse_error
 
@@ -52,23 +47,11 @@ def response(status: str = "completed", **kw: Any) -> dict[str, Any]:
         shared_prefix=0,
     )
 
-    class Stub:
-        model_id = "SmolLM2"
-        config = Config()
-
     out = [
         item_to_wire(MessageItem("msg_1", "assistant", "Hello")),
         item_to_wire(FunctionCallItem("fc_1", "call_1", "f", "{}", "ns")),
     ]
-    obj: dict[str, Any] = ResponsesService.response_object(
-        Stub(),
-        p,
-        status,
-        out,
-        ev.usage(3, 1, 2),
-        **kw,  # type: ignore[arg-type]
-    )
-    return obj
+    return response_object(p, "SmolLM2", status, out, usage=ev.usage(3, 1, 2), **kw)
 
 
 @pytest.mark.parametrize(
@@ -150,20 +133,9 @@ def prepared(body: dict[str, Any], *, temperature: float = 0.5) -> Prepared:
     )
 
 
-class ModelStub:
-    model_id = "SmolLM2-135M"
-
-
 def obj(p: Prepared, status: str = "completed", **kw: Any) -> dict[str, Any]:
-    result: dict[str, Any] = ResponsesService.response_object(
-        ModelStub(),  # type: ignore[arg-type]
-        p,
-        status,
-        [],
-        ev.usage(2, 0, 0) if status != "in_progress" else None,
-        **kw,
-    )
-    return result
+    usage = ev.usage(2, 0, 0) if status != "in_progress" else None
+    return response_object(p, "SmolLM2-135M", status, [], usage=usage, **kw)
 
 
 def test_response_object_echoes_the_request() -> None:
@@ -241,9 +213,9 @@ def stream_events(
     chunks: list[str],
     tools: tuple[str, ...] = ("f", "ns.g"),
     namespaced: frozenset[str] = frozenset({"ns.g"}),
-) -> tuple[list[dict[str, Any]], _OutputBuilder]:
+) -> tuple[list[dict[str, Any]], OutputBuilder]:
     seq = ev.Sequencer()
-    out = _OutputBuilder(seq, OutputParser(tools), set(namespaced))
+    out = OutputBuilder(seq, OutputParser(tools), set(namespaced))
     events: list[dict[str, Any]] = []
     for c in chunks:
         events += out.feed(c)

@@ -8,18 +8,16 @@ import re
 
 import pytest
 
+from warmloop.engine.sampling import json_schema_to_gbnf
 from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.requests import FunctionTool, TextFormat, parse_create
+from warmloop.serving.grammar import TOOL_CALL_TRIGGER, Grammars
 from warmloop.serving.prompt import tool_call_text
-from warmloop.serving.tool_calls import (
-    TOOL_CALL_TRIGGER,
-    OutputParser,
-    TextDelta,
-    ToolCall,
-    parse_call_body,
-    text_format_grammar,
-    tool_call_grammar,
-)
+from warmloop.serving.tool_calls import OutputParser, TextDelta, ToolCall, parse_call_body
+
+GRAMMARS = Grammars(json_schema_to_gbnf)
+tool_call_grammar = GRAMMARS.tool_calls
+text_format_grammar = GRAMMARS.text_format
 
 WEATHER = FunctionTool(
     "get_weather",
@@ -359,3 +357,35 @@ def test_parse_call_body_variants() -> None:
     assert parse_call_body('{"name": "sub", "arguments": {}}', names) is None
     assert parse_call_body('{"name": "add", "arguments": {}', names) is None
     assert parse_call_body("", names) is None
+
+
+def test_for_request_picks_grammar_and_trigger_from_tool_choice() -> None:
+    def body(choice: object = None, **kw: object) -> dict[str, object]:
+        tools = [{"type": "function", "name": "add", "parameters": ADD.parameters}]
+        return {"input": "x", "tools": tools, **({"tool_choice": choice} if choice else {}), **kw}
+
+    auto = GRAMMARS.for_request(parse_create(body()))
+    assert auto[0] is not None and auto[1] == TOOL_CALL_TRIGGER  # lazy: text or a call
+    required = GRAMMARS.for_request(parse_create(body("required")))
+    assert required[0] == auto[0] and required[1] is None
+    assert GRAMMARS.for_request(parse_create(body("none"))) == (None, None)
+    fmt = {"format": {"type": "json_object"}}
+    assert GRAMMARS.for_request(parse_create(body(text=fmt)))[1] is None  # the format wins
+
+
+def test_for_request_names_the_schema_the_checker_refuses() -> None:
+    """The checker is injected (llama.cpp in the server): whatever it refuses is a 400
+    naming the one schema it refused."""
+
+    def check(grammar: str, trigger: str | None) -> None:
+        if "bad" in grammar:
+            raise ValueError("repetition too large")
+
+    grammars = Grammars(json_schema_to_gbnf, check=check)
+    ok = {"type": "function", "name": "ok", "parameters": {"type": "object"}}
+    bad = {"type": "function", "name": "f", "parameters": {"enum": ["bad"]}}
+    with pytest.raises(InvalidRequest) as err:
+        grammars.for_request(parse_create({"input": "x", "tools": [ok, bad]}))
+    assert err.value.param == "tools[1].parameters" and err.value.code == "invalid_json_schema"
+    assert "repetition too large" in err.value.message
+    assert grammars.for_request(parse_create({"input": "x", "tools": [ok]}))[0] is not None

@@ -1,11 +1,11 @@
-"""The only module that imports the llama.cpp binding.
+"""The llama.cpp model and context (with `sampling.py`, the only importer of the binding).
 
 `LlamaBackend` owns one model, one context with `n_seq_max = slots` and one reusable
 `llama_batch`. It exposes exactly what the engine loop needs: tokenize/detokenize,
-decode a batch of (token, pos, seq, wants_logits) rows, per-sequence KV operations,
-sequence state save/restore, and sampler chains. It is not thread-safe except for the
-tokenizer calls, which only read the vocabulary (llama-server tokenizes on HTTP
-threads the same way).
+decode a batch of (token, pos, seq, wants_logits) rows, per-sequence KV operations and
+sequence state save/restore; sampler chains are `sampling.py`'s. It is not thread-safe
+except for the tokenizer calls, which only read the vocabulary (llama-server tokenizes
+on HTTP threads the same way).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
-from llama_cpp.llama_grammar import SchemaConverter
 
 log = logging.getLogger("warmloop.llama")
 
@@ -72,34 +71,6 @@ def _map_large_buffers() -> None:
         pass
 
 
-class _SchemaConverter(SchemaConverter):
-    """llama.cpp's maintained JSON-schema → GBNF converter, with string literals escaped
-    fully: 0.3.36 leaves `\\` unescaped, so a `"` inside an enum value, a const or a
-    property name produced a grammar llama.cpp rejects."""
-
-    def _format_literal(self, literal: str) -> str:
-        escaped = (
-            literal.replace("\\", "\\\\")
-            .replace('"', '\\"')
-            .replace("\r", "\\r")
-            .replace("\n", "\\n")
-        )
-        return f'"{escaped}"'
-
-
-def json_schema_to_gbnf(schema: dict[str, Any]) -> str:
-    """A GBNF grammar (root rule `root`) for JSON values that follow `schema`.
-
-    Pure Python (no model needed); raises on schemas the converter cannot handle.
-    """
-    converter: Any = _SchemaConverter(  # type: ignore[no-untyped-call]
-        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
-    )
-    converter.visit(converter.resolve_refs(schema, "request"), "")
-    grammar: str = converter.format_grammar()
-    return grammar
-
-
 class BackendError(RuntimeError):
     """llama.cpp refused an operation (load, decode, state restore)."""
 
@@ -110,22 +81,6 @@ class BatchRow:
     pos: int
     seq: int
     logits: bool
-
-
-class Sampler:
-    """A llama.cpp sampler chain; owned by one request, freed when it ends."""
-
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
-
-    def sample(self, ctx: Any, batch_index: int) -> int:
-        # llama_sampler_sample also accepts the token into the chain (grammar state).
-        return int(llama_cpp.llama_sampler_sample(self._handle, ctx, batch_index))
-
-    def free(self) -> None:
-        if self._handle is not None:
-            llama_cpp.llama_sampler_free(self._handle)
-            self._handle = None
 
 
 class LlamaBackend:
@@ -279,58 +234,3 @@ class LlamaBackend:
             src = ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8))
         if llama_cpp.llama_state_seq_set_data(self.ctx, src, len(data), seq) == 0:
             raise BackendError(f"could not restore state into sequence {seq}")
-
-    # ----- sampling --------------------------------------------------------------------
-    def _grammar_sampler(self, grammar: str, lazy_trigger: str | None) -> Any:
-        try:
-            text = grammar.encode("utf-8")
-            trigger = lazy_trigger.encode("utf-8") if lazy_trigger is not None else None
-        except UnicodeEncodeError as exc:
-            raise BackendError(f"the grammar is not valid UTF-8 text: {exc.reason}") from None
-        if trigger is not None:
-            # The grammar applies from the first match of the trigger pattern on.
-            patterns = (ctypes.c_char_p * 1)(trigger)
-            no_tokens = (llama_cpp.llama_token * 1)()
-            g = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
-                self.vocab, text, b"root", patterns, 1, no_tokens, 0
-            )
-        else:
-            g = llama_cpp.llama_sampler_init_grammar(self.vocab, text, b"root")
-        if not g:
-            raise BackendError("llama.cpp rejected the grammar")
-        return g
-
-    def check_grammar(self, grammar: str, lazy_trigger: str | None) -> None:
-        """Raise BackendError if llama.cpp would refuse `grammar`. It only reads the
-        vocabulary, so it may run on any thread (like tokenizing)."""
-        llama_cpp.llama_sampler_free(self._grammar_sampler(grammar, lazy_trigger))
-
-    def make_sampler(
-        self,
-        *,
-        temperature: float,
-        top_p: float,
-        seed: int,
-        grammar: str | None = None,
-        lazy_trigger: str | None = None,
-    ) -> Sampler:
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        if grammar is not None:
-            try:
-                g = self._grammar_sampler(grammar, lazy_trigger)
-            except BackendError:
-                llama_cpp.llama_sampler_free(chain)
-                raise
-            llama_cpp.llama_sampler_chain_add(chain, g)
-        if temperature <= 0.0:
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-        else:
-            if top_p < 1.0:
-                llama_cpp.llama_sampler_chain_add(
-                    chain, llama_cpp.llama_sampler_init_top_p(top_p, 1)
-                )
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(temperature))
-            llama_cpp.llama_sampler_chain_add(
-                chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF)
-            )
-        return Sampler(chain)

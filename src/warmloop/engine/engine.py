@@ -29,6 +29,7 @@ from warmloop.engine.request import (
     Job,
     TokenOut,
 )
+from warmloop.engine.sampling import GrammarRejected, check_grammar, make_sampler
 from warmloop.engine.scheduler import Scheduler, Sequence, StepPlan
 from warmloop.engine.slots import Placement, Placer, PlacerFactory
 
@@ -129,6 +130,10 @@ class Engine:
             if not done:
                 self.cancel(job)
 
+    def check_grammar(self, grammar: str, lazy_trigger: str | None) -> None:
+        """GrammarRejected if llama.cpp would refuse `grammar` (any thread)."""
+        check_grammar(self.backend.vocab, grammar, lazy_trigger)
+
     def cancel(self, job: Job) -> None:
         job.cancelled = True
         self._inbox.put(lambda: None)  # wake the loop if it is idle
@@ -209,19 +214,12 @@ class Engine:
         slot = placement.slot
         sampler = None
         if not job.prefill_only:
-            p = job.params
             try:
-                sampler = self.backend.make_sampler(
-                    temperature=p.temperature,
-                    top_p=p.top_p,
-                    seed=p.seed,
-                    grammar=p.grammar,
-                    lazy_trigger=p.grammar_trigger,
-                )
+                sampler = make_sampler(self.backend.vocab, job.params)
             except Exception as exc:  # whatever failed, the claimed slot goes back
                 self.slots.finish(slot)
                 log.warning("job %s: sampler refused: %s", job.id, exc)
-                message = str(exc) if isinstance(exc, BackendError) else "sampler setup failed"
+                message = str(exc) if isinstance(exc, GrammarRejected) else "sampler setup failed"
                 job.post(Failed(message))
                 return
         self.scheduler.running.append(Sequence(job, slot, sampler, placement.reuse))

@@ -8,18 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from warmloop.engine.sampling import SamplingParams
+
 FinishReason = Literal["stop", "length", "cancelled", "prefilled"]
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    grammar: str | None = None
-    # With a trigger the grammar is lazy: it constrains output from the trigger's match on.
-    grammar_trigger: str | None = None
 
 
 @dataclass(frozen=True)

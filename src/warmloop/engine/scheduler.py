@@ -18,8 +18,9 @@ import codecs
 from collections import deque
 from dataclasses import dataclass, field
 
-from warmloop.engine.backend import BatchRow, Sampler
+from warmloop.engine.backend import BatchRow
 from warmloop.engine.request import Job
+from warmloop.engine.sampling import Sampler
 from warmloop.engine.slots import Placement, Placer, Slot
 
 STALL_MARGIN = 0.75  # of the extra time a prefilling step may take

@@ -83,6 +83,32 @@ class TooManyRequests(APIError):
     code = "rate_limit_exceeded"
 
 
+class QueueFull(TooManyRequests):
+    code = "queue_full"
+
+
+class MessageTooLarge(InvalidRequest):
+    code = "message_too_large"
+
+
+class ConnectionLimitReached(InvalidRequest):
+    """A WebSocket connection reached its age limit (OpenAI closes them after 60 min)."""
+
+    code = "websocket_connection_limit_reached"
+
+
+class StreamLimitReached(InvalidRequest):
+    code = "websocket_stream_limit_reached"
+
+
+class UpgradeRefused(APIError):
+    """A WebSocket upgrade this server will not take (disabled, or at capacity)."""
+
+    status = 426
+    type = "invalid_request_error"
+    code = "websocket_capacity"
+
+
 class StoreUnavailable(APIError):
     """The response store (SQLite file, PostgreSQL) cannot be read or written right now."""
 

@@ -1,102 +1,15 @@
-"""Constrained output: GBNF grammars for tool calls and JSON formats, and the parser that
-splits generated text into message text and tool calls.
-
-Schemas become GBNF through llama.cpp's maintained converter
-(`engine.backend.json_schema_to_gbnf`); this module only namespaces each
-tool's rules and wraps them in the fixed `<tool_call>` frame that `prompt.py` renders.
-"""
+"""The parser that splits generated text into message text and tool calls (the
+`<tool_call>` frame that `prompt.py` renders and `grammar.py` constrains)."""
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from warmloop.engine.backend import json_schema_to_gbnf
-from warmloop.protocol.errors import InvalidRequest
-from warmloop.protocol.requests import FunctionTool, TextFormat
 from warmloop.serving.prompt import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
-MAX_PARALLEL_CALLS = 8
-# llama.cpp lazy grammars fire on a full-match regex over the generated text; group 1
-# marks where the constrained part starts.
-TOOL_CALL_TRIGGER = r"[\s\S]*?(" + re.escape(TOOL_CALL_OPEN) + r")[\s\S]*"
 
-_RULE_DEF = re.compile(r"^([a-zA-Z0-9-]+)\s*::=", re.MULTILINE)
-
-
-def _gbnf_literal(text: str) -> str:
-    return json.dumps(text)  # GBNF string literals use JSON escapes
-
-
-def schema_grammar(schema: dict[str, object], param: str) -> str:
-    try:
-        return json_schema_to_gbnf(schema)
-    except Exception as exc:  # the converter raises plain exceptions on bad schemas
-        raise InvalidRequest(f"Unsupported JSON schema: {exc}", param=param) from exc
-
-
-def _prefix_rules(grammar: str, prefix: str) -> str:
-    """Rename every rule defined in `grammar` to `prefix-<name>`, outside literals."""
-    names = set(_RULE_DEF.findall(grammar))
-    out: list[str] = []
-    i, n = 0, len(grammar)
-    while i < n:
-        c = grammar[i]
-        if c in '"[':
-            close = '"' if c == '"' else "]"
-            j = i + 1
-            while j < n and grammar[j] != close:
-                j += 2 if grammar[j] == "\\" else 1
-            out.append(grammar[i : j + 1])
-            i = j + 1
-        elif c == "#":  # comment to end of line
-            j = grammar.find("\n", i)
-            j = n if j < 0 else j
-            out.append(grammar[i:j])
-            i = j
-        elif c.isalnum() or c == "-":
-            j = i
-            while j < n and (grammar[j].isalnum() or grammar[j] == "-"):
-                j += 1
-            word = grammar[i:j]
-            out.append(f"{prefix}-{word}" if word in names else word)
-            i = j
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
-
-
-def tool_call_grammar(tools: Sequence[FunctionTool], *, parallel: bool) -> str:
-    """One or more `<tool_call>` blocks whose arguments follow each tool's schema."""
-    rules: list[str] = []
-    alternatives: list[str] = []
-    for k, tool in enumerate(tools):
-        prefix = f"t{k}"
-        rules.append(_prefix_rules(schema_grammar(tool.parameters, tool.param), prefix))
-        head = '{"name": ' + json.dumps(tool.qualified) + ', "arguments": '
-        alternatives.append(f"{_gbnf_literal(head)} {prefix}-root {_gbnf_literal('}')}")
-    call = (
-        f"call ::= {_gbnf_literal(TOOL_CALL_OPEN + chr(10))} ( "
-        + " | ".join(alternatives)
-        + f" ) {_gbnf_literal(chr(10) + TOOL_CALL_CLOSE)}"
-    )
-    more = f' ( "\\n" call ){{0,{MAX_PARALLEL_CALLS - 1}}}' if parallel else ""
-    return "\n".join([f"root ::= call{more}", call, *rules])
-
-
-def text_format_grammar(fmt: TextFormat) -> str | None:
-    if fmt.kind == "json_schema":
-        assert fmt.schema is not None
-        return schema_grammar(fmt.schema, "text.format.schema")
-    if fmt.kind == "json_object":
-        return schema_grammar({"type": "object"}, "text.format")
-    return None
-
-
-# ----- parsing generated text ----------------------------------------------------------
 @dataclass(frozen=True)
 class TextDelta:
     text: str

@@ -1,13 +1,14 @@
-"""Per-tenant rate limit on creates: a sliding one-minute window, shared by HTTP and WS."""
+"""Admission checks, shared by HTTP and WebSocket: per-tenant rate (a sliding one-minute
+window) and concurrency, and the context budget of one response."""
 
 from __future__ import annotations
 
 import math
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 
-from warmloop.protocol.errors import TooManyRequests
+from warmloop.protocol.errors import ContextLengthExceeded, InvalidRequest, TooManyRequests
 
 WINDOW_S = 60.0
 
@@ -46,3 +47,89 @@ class RateLimiter:
                 hits.append(now)
             elif not hits:
                 del self._hits[tenant]  # a check alone leaves no entry behind
+
+
+class Admission:
+    """Who may start a response now: each tenant's rate and its responses running at once.
+
+    `check` (any thread) raises 429 without changing anything; `admit` (the event loop)
+    checks and counts in one step, so parallel creates cannot both pass the last free
+    place; `release` ends what `admit` counted.
+    """
+
+    def __init__(self, *, rate_per_minute: int, max_concurrent: int) -> None:
+        self.rate = RateLimiter(rate_per_minute)
+        self.max_concurrent = max_concurrent
+        self._running: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def check(self, tenant: str) -> None:
+        self._check_running(tenant)
+        self.rate.check(tenant)
+
+    def admit(self, tenant: str) -> None:
+        with self._lock:
+            self._check_running(tenant)
+            self.rate.hit(tenant)  # only admitted creates count against the rate
+            self._running[tenant] += 1
+
+    def release(self, tenant: str) -> None:
+        with self._lock:
+            self._running[tenant] -= 1
+            if self._running[tenant] <= 0:
+                del self._running[tenant]
+
+    def reserved(self) -> int:
+        """Admissions not yet released, over all tenants (a leak check reads it)."""
+        with self._lock:
+            return sum(self._running.values())
+
+    def _check_running(self, tenant: str) -> None:
+        running = self._running[tenant]
+        if running >= self.max_concurrent:
+            raise TooManyRequests(
+                f"This key already has {running} responses running "
+                f"(limit {self.max_concurrent}); wait for one to finish.",
+                code="concurrency_limit_exceeded",
+            )
+
+
+def output_budget(
+    prompt_tokens: int,
+    requested: int | None,
+    *,
+    ctx: int,
+    max_output: int,
+    max_input: int,
+    generate: bool = True,
+) -> int:
+    """How many tokens the response may generate: what it asked for, else what fits in
+    the context up to `max_output`. 400 when the input or the request cannot fit."""
+    if max_input and prompt_tokens > max_input:
+        raise InvalidRequest(
+            f"The input has {prompt_tokens} tokens; this server accepts at most {max_input}.",
+            param="input",
+            code="input_too_long",
+        )
+    room = ctx - prompt_tokens
+    if requested is not None:
+        if requested > max_output:
+            raise InvalidRequest(
+                f"max_output_tokens is too large: {requested}. This server allows at most "
+                f"{max_output} output tokens per response.",
+                param="max_output_tokens",
+                code="integer_above_max_value",
+            )
+        if requested > room:
+            raise ContextLengthExceeded(
+                f"This model's context is {ctx} tokens; the input has {prompt_tokens} "
+                f"tokens and max_output_tokens asks for {requested}.",
+                param="input",
+            )
+        return requested
+    if room < (1 if generate else 0):
+        raise ContextLengthExceeded(
+            f"This model's context is {ctx} tokens; the input has {prompt_tokens} tokens.",
+            param="input",
+        )
+    return min(max_output, room)

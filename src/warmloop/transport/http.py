@@ -17,7 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 from warmloop.protocol import wire_json
 from warmloop.protocol.errors import APIError, InvalidRequest, PayloadTooLarge
 from warmloop.protocol.requests import parse_create
-from warmloop.serving.responses_service import CallContext
+from warmloop.serving.prepare import CallContext
 from warmloop.transport import server
 from warmloop.transport.errors import sse_error
 from warmloop.transport.runtime import Runtime
@@ -108,12 +108,9 @@ async def create_response(request: Request) -> Response:
     tenant = tenant_of(request)
     raw = await read_json(request, rt.config.max_body_bytes, rt.config.max_json_depth)
     create = parse_create(raw)
-    service = rt.service
-    # Store reads and tokenizing happen off the event loop.
-    prepared = await asyncio.to_thread(service.prepare, create, CallContext(tenant=tenant))
+    events = await rt.service.open(create, CallContext(tenant=tenant))
     if not create.body.stream:
-        return await _until_done_or_gone(request, service.create(prepared))
-    events = service.start(prepared)
+        return await _until_done_or_gone(request, rt.service.collect(events))
     first = await anext(events)  # started: from here its `finally` always runs
     return TimedStreamingResponse(sse_stream(first, events), rt.config.write_timeout_s)
 
@@ -147,20 +144,20 @@ async def _until_done_or_gone(
 @router.get("/v1/responses/{response_id}")
 async def get_response(request: Request, response_id: str) -> Response:
     # store reads and writes may touch the disk: never on the event loop
-    service = runtime(request).service
-    return JSONResponse(await asyncio.to_thread(service.get, response_id, tenant_of(request)))
+    retrieval = runtime(request).service.retrieval
+    return JSONResponse(await asyncio.to_thread(retrieval.get, response_id, tenant_of(request)))
 
 
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(request: Request, response_id: str) -> Response:
-    service = runtime(request).service
-    return JSONResponse(await asyncio.to_thread(service.delete, response_id, tenant_of(request)))
+    retrieval = runtime(request).service.retrieval
+    return JSONResponse(await asyncio.to_thread(retrieval.delete, response_id, tenant_of(request)))
 
 
 @router.post("/v1/responses/{response_id}/cancel")
 async def cancel_response(request: Request, response_id: str) -> Response:
-    service = runtime(request).service
-    return JSONResponse(await asyncio.to_thread(service.cancel, response_id, tenant_of(request)))
+    retrieval = runtime(request).service.retrieval
+    return JSONResponse(await asyncio.to_thread(retrieval.cancel, response_id, tenant_of(request)))
 
 
 @router.get("/v1/responses/{response_id}/input_items")
@@ -176,7 +173,7 @@ async def list_input_items(
     if order not in ("asc", "desc"):
         raise InvalidRequest("'order' must be 'asc' or 'desc'.", param="order")
     page = await asyncio.to_thread(
-        runtime(request).service.input_items,
+        runtime(request).service.retrieval.input_items,
         response_id,
         tenant_of(request),
         after=after,

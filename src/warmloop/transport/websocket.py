@@ -1,9 +1,10 @@
-"""WebSocket mode on `/v1/responses`: one socket per agent session.
+"""WebSocket mode on `/v1/responses`: one socket per agent session. The socket, its
+lanes and tasks only: what a frame means is `protocol/frames.py`'s.
 
-The reader task parses frames and queues `response.create` events (bounded); one worker
-runs them in order and writes their events, one JSON text frame each. Every client
-mistake gets a nested error event and the socket lives on. Closing the socket cancels
-the running response and releases the connection's engine slot.
+The reader task parses frames and queues `response.create` events on their lane
+(bounded); each lane runs its creates in order and writes their events, one JSON text
+frame each. Every client mistake gets a nested error event and the socket lives on.
+Closing the socket cancels the running responses and releases the connection's slots.
 """
 
 from __future__ import annotations
@@ -12,46 +13,31 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 from typing import Any
 
 from fastapi import APIRouter
-from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from warmloop.protocol import wire_json
 from warmloop.protocol.errors import (
     APIError,
-    InvalidRequest,
+    ConnectionLimitReached,
+    QueueFull,
     ServerError,
+    StreamLimitReached,
     TooManyRequests,
     Unauthorized,
+    UpgradeRefused,
 )
-from warmloop.protocol.requests import CreateRequest, parse_create
-from warmloop.serving.responses_service import CallContext, ResponsesService
+from warmloop.protocol.frames import ClientFrame, CreateFrame, FrameError, parse_frame
+from warmloop.protocol.requests import CreateRequest
+from warmloop.serving.prepare import CallContext
 from warmloop.session.connection import Connection
 from warmloop.transport import server
-from warmloop.transport.errors import ws_error
+from warmloop.transport.errors import http_error, ws_error
 from warmloop.transport.runtime import Runtime
 
 log = logging.getLogger("warmloop.websocket")
 router = APIRouter()
-
-IGNORED_CLIENT_EVENTS = frozenset({"response.processed"})
-STREAM_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
-
-
-class ConnectionLimitReached(APIError):
-    status = 400
-    type = "invalid_request_error"
-    code = "websocket_connection_limit_reached"
-
-
-def _refuse(status: int, message: str, code: str) -> JSONResponse:
-    body = {
-        "error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}
-    }
-    return JSONResponse(body, status_code=status)
 
 
 class _Lane:
@@ -67,12 +53,13 @@ class _Session:
     def __init__(self, ws: WebSocket, rt: Runtime, conn: Connection) -> None:
         self.ws = ws
         self.rt = rt
+        self.config = rt.config
         self.conn = conn
         self.lanes: dict[str | None, _Lane] = {}
         # Creates accepted and not finished, across lanes: each lane runs one and at most
         # --ws-queue-size more may wait on the whole connection.
         self.pending = 0
-        self.in_flight = asyncio.Semaphore(self.rt.config.ws_max_in_flight)
+        self.in_flight = asyncio.Semaphore(self.config.ws_max_in_flight)
         self.workers: set[asyncio.Task[None]] = set()
         self.expired = False
         self.closed = asyncio.Event()
@@ -88,7 +75,7 @@ class _Session:
         if stream_id is not None:
             event["stream_id"] = stream_id
         text = json.dumps(event, ensure_ascii=False)
-        timeout = self.rt.config.write_timeout_s
+        timeout = self.config.write_timeout_s
         async with self._send_lock:
             try:
                 await asyncio.wait_for(self.ws.send_text(text), timeout)
@@ -104,6 +91,9 @@ class _Session:
                 self._drop()
                 raise server.ClientGone() from None
 
+    async def send_error(self, error: APIError, stream_id: str | None = None) -> None:
+        await self.send(ws_error(error), stream_id)
+
     def _drop(self) -> None:
         """Cut the TCP connection (a polite close would wait for a client that does not
         read) and end the session: its tasks stop and everything it held is freed."""
@@ -111,116 +101,58 @@ class _Session:
         self.closed.set()
 
     async def reader(self) -> None:
-        limit = self.rt.config.ws_max_frame_bytes
         while True:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
             text = message.get("text")
-            if text is None:
-                data = message.get("bytes") or b""
-                if len(data) > limit:
-                    await self._frame_too_large(len(data))
-                    continue
-                try:
-                    text = data.decode("utf-8")
-                except UnicodeDecodeError:
-                    err = InvalidRequest("Frames must be UTF-8 JSON text.", code="invalid_json")
-                    await self.send(ws_error(err))
-                    continue
-            if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
-                await self._frame_too_large(len(text.encode("utf-8", "surrogatepass")))
-                continue
+            data = text if text is not None else message.get("bytes") or b""
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("frame on %s (%d bytes): %.4000r", self.conn.id, len(data), data)
+            frame = parse_frame(
+                data, max_bytes=self.config.ws_max_frame_bytes, max_depth=self.config.max_json_depth
+            )
             try:
-                await self.handle_frame(text)
+                await self.handle(frame)
             except (server.ClientGone, WebSocketDisconnect):
                 raise
             except Exception:  # a bug in one frame must not take the socket down
                 log.exception("connection %s: frame failed", self.conn.id)
-                failure = ServerError("The server failed to handle this event.")
-                await self.send(ws_error(failure))
+                await self.send_error(ServerError("The server failed to handle this event."))
 
-    async def _frame_too_large(self, size: int) -> None:
-        limit = self.rt.config.ws_max_frame_bytes
-        err = InvalidRequest(
-            f"Frame of {size} bytes is over the limit of {limit} bytes.", code="message_too_large"
-        )
-        await self.send(ws_error(err))
+    async def handle(self, frame: ClientFrame) -> None:
+        if isinstance(frame, FrameError):
+            await self.send_error(frame.error, frame.stream_id)
+        elif isinstance(frame, CreateFrame):
+            if self.expired:  # past --ws-max-age: finish what runs, start nothing new
+                await self.send_error(self._limit_reached())
+                return
+            try:
+                self._queue(frame)
+            except APIError as exc:
+                await self.send_error(exc, frame.stream_id)
 
-    async def handle_frame(self, text: str) -> None:
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("frame on %s (%d bytes): %s", self.conn.id, len(text), text[:4000])
-        try:
-            event = wire_json.loads(text, what="The frame", max_depth=self.rt.config.max_json_depth)
-        except APIError as exc:
-            await self.send(ws_error(exc))
-            return
-        if not isinstance(event, dict):
-            await self.send(
-                ws_error(InvalidRequest("Frame must be a JSON object.", code="invalid_json"))
+    def _queue(self, frame: CreateFrame) -> None:
+        lane = self._lane(frame.stream_id)
+        config = self.config
+        if self.pending >= config.ws_max_lanes + config.ws_queue_size or lane.queue.full():
+            raise QueueFull(
+                f"Too many queued response.create events (at most {config.ws_queue_size} "
+                "may wait); wait for a response to finish."
             )
-            return
-        kind = event.get("type")
-        if not isinstance(kind, str):
-            err = InvalidRequest(
-                "'type' must be a string naming the event, e.g. 'response.create'.",
-                param="type",
-                code="unknown_event_type",
-            )
-            await self.send(ws_error(err))
-            return
-        if kind in IGNORED_CLIENT_EVENTS:
-            return
-        if kind != "response.create":
-            err = InvalidRequest(
-                f"Unknown event type '{kind}'. Supported: 'response.create'.",
-                param="type",
-                code="unknown_event_type",
-            )
-            await self.send(ws_error(err))
-            return
-        if self.expired:  # past --ws-max-age: finish what runs, start nothing new
-            await self.send(ws_error(self._limit_reached()))
-            return
-        body = {k: v for k, v in event.items() if k not in ("type", "stream_id")}
-        body.pop("stream", None)  # implied on a socket
-        stream_id = event.get("stream_id")
-        echo = stream_id if isinstance(stream_id, str) and STREAM_ID.fullmatch(stream_id) else None
-        config = self.rt.config
-        try:
-            create = parse_create(body, websocket=True)
-            lane = self._lane(stream_id)
-            if self.pending >= config.ws_max_lanes + config.ws_queue_size or lane.queue.full():
-                raise TooManyRequests(
-                    f"Too many queued response.create events (at most {config.ws_queue_size} "
-                    "may wait); wait for a response to finish.",
-                    code="queue_full",
-                )
-            lane.queue.put_nowait(create)
-            self.pending += 1
-        except APIError as exc:
-            await self.send(ws_error(exc), echo)
+        lane.queue.put_nowait(frame.request)
+        self.pending += 1
 
-    def _lane(self, stream_id: object) -> _Lane:
-        if stream_id is not None and (
-            not isinstance(stream_id, str) or not STREAM_ID.fullmatch(stream_id)
-        ):
-            raise InvalidRequest(
-                "'stream_id' must be 1-64 characters of letters, digits, '_', '-', '.', ':'.",
-                param="stream_id",
-                code="invalid_stream_id",
-            )
+    def _lane(self, stream_id: str | None) -> _Lane:
         lane = self.lanes.get(stream_id)
         if lane is None:
-            max_lanes = self.rt.config.ws_max_lanes
+            max_lanes = self.config.ws_max_lanes
             if len(self.lanes) >= max_lanes:
-                raise InvalidRequest(
-                    f"This connection already has {max_lanes} streams.",
-                    param="stream_id",
-                    code="websocket_stream_limit_reached",
+                raise StreamLimitReached(
+                    f"This connection already has {max_lanes} streams.", param="stream_id"
                 )
             # The connection-wide bound on queued creates is what limits memory.
-            lane = self.lanes[stream_id] = _Lane(stream_id, self.rt.config.ws_queue_size)
+            lane = self.lanes[stream_id] = _Lane(stream_id, self.config.ws_queue_size)
             self.rt.lanes += 1
             task = asyncio.create_task(self.run_lane(lane), name=f"{self.conn.id}-{stream_id}")
             self.workers.add(task)
@@ -231,55 +163,44 @@ class _Session:
         self.lanes.clear()
 
     async def run_lane(self, lane: _Lane) -> None:
-        service = self.rt.service
         ctx = CallContext(tenant=self.conn.tenant, connection=self.conn, lane=lane.stream_id)
         while True:
             create = await lane.queue.get()
             async with self.in_flight:
                 lane.busy = True
                 try:
-                    await self._respond(service, ctx, create, lane.stream_id)
+                    await self._respond(ctx, create, lane.stream_id)
                 except server.ClientGone:
                     return
                 except Exception:  # one failed create must not kill the lane
                     log.exception("connection %s: response failed", self.conn.id)
                     err = ServerError("The server failed while handling this response.")
-                    await self.send(ws_error(err), lane.stream_id)
+                    await self.send_error(err, lane.stream_id)
                 finally:
                     lane.busy = False
                     self.pending -= 1
             if self.expired and not self.busy:
                 await self._close_expired()
 
-    async def _respond(
-        self, service: ResponsesService, ctx: CallContext, create: CreateRequest, sid: str | None
-    ) -> None:
-        previous_id = create.body.previous_response_id
+    async def _respond(self, ctx: CallContext, create: CreateRequest, sid: str | None) -> None:
         try:
-            # Store reads and tokenizing happen off the event loop.
-            prepared = await asyncio.to_thread(service.prepare, create, ctx)
-            events = service.start(prepared)
+            events = await self.rt.service.open(create, ctx)
         except APIError as exc:
-            # A continuation that fails evicts its parent, so a retry cannot build on a
-            # broken state; a limit (429) or an outage (503) is transient and leaves the
-            # chain alone.
-            if exc.status < 500 and exc.status != 429:
-                service.forget_parent(self.conn, previous_id)
-            await self.send(ws_error(exc), sid)
+            await self.send_error(exc, sid)
             return
         async with contextlib.aclosing(events) as stream:
             async for event in stream:
                 await self.send(event, sid)
 
     async def watchdog(self) -> None:
-        await asyncio.sleep(self.rt.config.ws_max_age)
+        await asyncio.sleep(self.config.ws_max_age)
         self.expired = True
         if not self.busy:
             await self._close_expired()
         # Otherwise the last lane to finish closes the socket.
 
     def _limit_reached(self) -> ConnectionLimitReached:
-        minutes = self.rt.config.ws_max_age / 60
+        minutes = self.config.ws_max_age / 60
         return ConnectionLimitReached(
             f"Responses websocket connection limit reached ({minutes:g} minutes). "
             "Create a new websocket connection to continue."
@@ -287,36 +208,32 @@ class _Session:
 
     async def _close_expired(self) -> None:
         with contextlib.suppress(Exception):
-            await self.send(ws_error(self._limit_reached()))
+            await self.send_error(self._limit_reached())
             await self.ws.close(code=1000)
         self.closed.set()
+
+
+def _admit(ws: WebSocket, rt: Runtime) -> str:
+    """The tenant of an upgrade this server takes, or the APIError it is refused with."""
+    if not rt.config.websocket:
+        raise UpgradeRefused(
+            "WebSocket mode is disabled on this server; use HTTP.", code="websocket_disabled"
+        )
+    tenant = rt.keys.tenant(ws.headers.get("authorization"))
+    if rt.connections >= rt.config.max_connections:
+        raise UpgradeRefused("Too many WebSocket connections; use HTTP.")
+    if rt.tenant_connections[tenant] >= rt.config.max_connections_per_key:
+        raise TooManyRequests("Too many WebSocket connections for this key.")
+    return tenant
 
 
 @router.websocket("/v1/responses")
 async def responses_socket(ws: WebSocket) -> None:
     rt: Runtime = ws.app.state.runtime
-    if not rt.config.websocket:
-        await ws.send_denial_response(
-            _refuse(
-                426, "WebSocket mode is disabled on this server; use HTTP.", "websocket_disabled"
-            )
-        )
-        return
     try:
-        tenant = rt.keys.tenant(ws.headers.get("authorization"))
-    except Unauthorized as exc:
-        await ws.send_denial_response(JSONResponse({"error": exc.body()}, status_code=401))
-        return
-    if rt.connections >= rt.config.max_connections:
-        await ws.send_denial_response(
-            _refuse(426, "Too many WebSocket connections; use HTTP.", "websocket_capacity")
-        )
-        return
-    if rt.tenant_connections[tenant] >= rt.config.max_connections_per_key:
-        refusal = _refuse(
-            429, "Too many WebSocket connections for this key.", "rate_limit_exceeded"
-        )
-        await ws.send_denial_response(refusal)
+        tenant = _admit(ws, rt)
+    except (UpgradeRefused, Unauthorized, TooManyRequests) as exc:
+        await ws.send_denial_response(http_error(exc))
         return
     rt.connections += 1
     rt.tenant_connections[tenant] += 1

@@ -1,0 +1,158 @@
+"""Constrained output: which grammar a request samples under, built and checked before
+the response starts.
+
+Tool schemas and `text.format` JSON schemas become GBNF through an injected converter
+(llama.cpp's maintained one, `engine.sampling.json_schema_to_gbnf`); this module
+namespaces each tool's rules, wraps them in the fixed `<tool_call>` frame that
+`prompt.py` renders, picks the grammar and its lazy trigger from `tool_choice`, and
+asks the injected checker whether llama.cpp accepts the result: a schema llama.cpp
+refuses is the client's 400 naming that schema, not a failed response.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from warmloop.protocol.errors import InvalidRequest
+from warmloop.protocol.requests import CreateRequest, FunctionTool, TextFormat
+from warmloop.serving.prompt import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+
+MAX_PARALLEL_CALLS = 8
+# llama.cpp lazy grammars fire on a full-match regex over the generated text; group 1
+# marks where the constrained part starts.
+TOOL_CALL_TRIGGER = r"[\s\S]*?(" + re.escape(TOOL_CALL_OPEN) + r")[\s\S]*"
+
+_RULE_DEF = re.compile(r"^([a-zA-Z0-9-]+)\s*::=", re.MULTILINE)
+
+SchemaToGBNF = Callable[[dict[str, Any]], str]  # raises on schemas it cannot convert
+# Raises ValueError (with llama.cpp's reason) when a grammar + lazy trigger is refused.
+GrammarCheck = Callable[[str, str | None], None]
+
+
+class Grammars:
+    def __init__(self, to_gbnf: SchemaToGBNF, check: GrammarCheck | None = None) -> None:
+        self.to_gbnf = to_gbnf
+        self.check = check
+
+    def for_request(self, request: CreateRequest) -> tuple[str | None, str | None]:
+        """The request's grammar and lazy trigger (None, None: unconstrained), checked."""
+        grammar, trigger = self._choose(request)
+        if grammar is None or self.check is None:
+            return grammar, trigger
+        try:
+            self.check(grammar, trigger)
+        except ValueError as exc:
+            raise self._refused(request, str(exc)) from None
+        return grammar, trigger
+
+    def schema(self, schema: dict[str, Any], param: str) -> str:
+        try:
+            return self.to_gbnf(schema)
+        except Exception as exc:  # the converter raises plain exceptions on bad schemas
+            raise InvalidRequest(f"Unsupported JSON schema: {exc}", param=param) from exc
+
+    def tool_calls(self, tools: Sequence[FunctionTool], *, parallel: bool) -> str:
+        """One or more `<tool_call>` blocks whose arguments follow each tool's schema."""
+        rules: list[str] = []
+        alternatives: list[str] = []
+        for k, tool in enumerate(tools):
+            prefix = f"t{k}"
+            rules.append(_prefix_rules(self.schema(tool.parameters, tool.param), prefix))
+            head = '{"name": ' + json.dumps(tool.qualified) + ', "arguments": '
+            alternatives.append(f"{_gbnf_literal(head)} {prefix}-root {_gbnf_literal('}')}")
+        call = (
+            f"call ::= {_gbnf_literal(TOOL_CALL_OPEN + chr(10))} ( "
+            + " | ".join(alternatives)
+            + f" ) {_gbnf_literal(chr(10) + TOOL_CALL_CLOSE)}"
+        )
+        more = f' ( "\\n" call ){{0,{MAX_PARALLEL_CALLS - 1}}}' if parallel else ""
+        return "\n".join([f"root ::= call{more}", call, *rules])
+
+    def text_format(self, fmt: TextFormat) -> str | None:
+        if fmt.kind == "json_schema":
+            assert fmt.schema is not None
+            return self.schema(fmt.schema, "text.format.schema")
+        if fmt.kind == "json_object":
+            return self.schema({"type": "object"}, "text.format")
+        return None
+
+    def _choose(self, request: CreateRequest) -> tuple[str | None, str | None]:
+        fmt_grammar = self.text_format(request.text_format)
+        tools = request.tools
+        choice = request.tool_choice
+        if tools and choice != "none":
+            if choice.startswith("function:"):
+                name = choice.split(":", 1)[1]
+                chosen = tuple(t for t in tools if t.qualified == name)
+                return self.tool_calls(chosen, parallel=False), None
+            parallel = request.body.parallel_tool_calls is not False
+            grammar = self.tool_calls(tools, parallel=parallel)
+            if choice == "required":
+                return grammar, None
+            if fmt_grammar is None:
+                return grammar, TOOL_CALL_TRIGGER
+        return fmt_grammar, None
+
+    def _refused(self, request: CreateRequest, reason: str) -> InvalidRequest:
+        """Name the schema llama.cpp refused: each one is checked on its own."""
+        assert self.check is not None
+        candidates: list[tuple[str, dict[str, Any]]] = []
+        fmt = request.text_format
+        if fmt.kind == "json_schema" and fmt.schema is not None:
+            candidates.append(("text.format.schema", fmt.schema))
+        candidates.extend((tool.param, tool.parameters) for tool in request.tools)
+        for param, schema in candidates:
+            try:
+                self.check(self.schema(schema, param), None)
+            except ValueError:
+                return InvalidRequest(
+                    f"This JSON schema cannot be enforced by the model's grammar engine "
+                    f"({reason}). Bounds such as maxLength, minItems and maxItems must be at "
+                    "most 2000.",
+                    param=param,
+                    code="invalid_json_schema",
+                )
+        return InvalidRequest(
+            f"The tools and text format cannot be enforced together ({reason}).",
+            param="tools",
+            code="invalid_json_schema",
+        )
+
+
+def _gbnf_literal(text: str) -> str:
+    return json.dumps(text)  # GBNF string literals use JSON escapes
+
+
+def _prefix_rules(grammar: str, prefix: str) -> str:
+    """Rename every rule defined in `grammar` to `prefix-<name>`, outside literals."""
+    names = set(_RULE_DEF.findall(grammar))
+    out: list[str] = []
+    i, n = 0, len(grammar)
+    while i < n:
+        c = grammar[i]
+        if c in '"[':
+            close = '"' if c == '"' else "]"
+            j = i + 1
+            while j < n and grammar[j] != close:
+                j += 2 if grammar[j] == "\\" else 1
+            out.append(grammar[i : j + 1])
+            i = j + 1
+        elif c == "#":  # comment to end of line
+            j = grammar.find("\n", i)
+            j = n if j < 0 else j
+            out.append(grammar[i:j])
+            i = j
+        elif c.isalnum() or c == "-":
+            j = i
+            while j < n and (grammar[j].isalnum() or grammar[j] == "-"):
+                j += 1
+            word = grammar[i:j]
+            out.append(f"{prefix}-{word}" if word in names else word)
+            i = j
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)

@@ -1,0 +1,129 @@
+"""What a response looks like on the wire: the `response` object, and the builder that
+turns the parser's text and tool-call segments into output items and their stream
+events (numbered by the caller's `Sequencer`). The event shapes are event_builder.py's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from warmloop.protocol.items import FunctionCallItem, Item, MessageItem, item_to_wire, new_id
+from warmloop.serving import event_builder as ev
+from warmloop.serving.prepare import Prepared
+from warmloop.serving.tool_calls import OutputParser, TextDelta, ToolCall
+
+
+def response_object(
+    p: Prepared,
+    model_id: str,
+    status: str,
+    output: list[dict[str, Any]],
+    *,
+    usage: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+    incomplete_reason: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The Responses API `response` object of `p` in `status`, as the client sees it."""
+    body = p.request.body
+    obj: dict[str, Any] = {
+        "id": p.id,
+        "object": "response",
+        "created_at": int(p.created_at),
+        "status": status,
+        "background": False,
+        "error": error,
+        "incomplete_details": {"reason": incomplete_reason} if incomplete_reason else None,
+        "instructions": body.instructions,
+        "max_output_tokens": body.max_output_tokens,
+        "max_tool_calls": body.max_tool_calls,
+        "model": model_id,
+        "output": output,
+        "parallel_tool_calls": body.parallel_tool_calls is not False,
+        "previous_response_id": body.previous_response_id,
+        "prompt_cache_key": body.prompt_cache_key,
+        "reasoning": {"effort": None, "summary": None},
+        "safety_identifier": body.safety_identifier,
+        "service_tier": "default",
+        "store": p.request.store,
+        "temperature": p.params.temperature,
+        "text": {"format": (body.text or {}).get("format") or {"type": "text"}},
+        "tool_choice": body.tool_choice if body.tool_choice is not None else "auto",
+        "tools": [t for t in (body.tools or []) if t.get("type") in ("function", "namespace")],
+        "top_p": p.params.top_p,
+        "truncation": body.truncation or "disabled",
+        "usage": usage,
+        "user": body.user,
+        "metadata": body.metadata or {},
+    }
+    if status in ("completed", "incomplete", "failed", "cancelled"):
+        obj["completed_at"] = int(time.time())
+    if extra:
+        obj["warmloop"] = extra
+    return obj
+
+
+class OutputBuilder:
+    """Turns parser segments into output items and their stream events."""
+
+    def __init__(self, seq: ev.Sequencer, parser: OutputParser, namespaced: set[str]) -> None:
+        self.seq = seq
+        self.parser = parser
+        self.namespaced = namespaced  # qualified names of tools that live in a namespace
+        self.items: list[Item] = []
+        self._msg_id: str | None = None
+        self._msg_text: list[str] = []
+
+    def feed(self, text: str) -> list[ev.Event]:
+        return self._segments(self.parser.feed(text))
+
+    def finish(self) -> list[ev.Event]:
+        return self._segments(self.parser.finish()) + self._close_message()
+
+    def items_wire(self) -> list[dict[str, Any]]:
+        return [item_to_wire(i) for i in self.items]
+
+    def _segments(self, segments: list[TextDelta | ToolCall]) -> list[ev.Event]:
+        events: list[ev.Event] = []
+        for s in segments:
+            if isinstance(s, TextDelta):
+                if self._msg_id is None:
+                    self._msg_id = new_id("msg")
+                    index = len(self.items)
+                    events.append(self.seq(ev.message_added(index, self._msg_id)))
+                    events.append(self.seq(ev.content_part_added(index, self._msg_id)))
+                self._msg_text.append(s.text)
+                events.append(self.seq(ev.text_delta(len(self.items), self._msg_id, s.text)))
+            else:
+                events.extend(self._close_message())
+                index = len(self.items)
+                ns, _, name = (
+                    s.name.rpartition(".") if s.name in self.namespaced else ("", "", s.name)
+                )
+                item = FunctionCallItem(new_id("fc"), new_id("call"), name, s.arguments, ns or None)
+                events.append(
+                    self.seq(ev.function_call_added(index, item.id, item.call_id, item.name))
+                )
+                events.append(self.seq(ev.function_args_delta(index, item.id, item.arguments)))
+                events.append(
+                    self.seq(ev.function_args_done(index, item.id, item.name, item.arguments))
+                )
+                self.items.append(item)
+                events.append(self.seq(ev.output_item_done(index, item_to_wire(item))))
+        return events
+
+    def _close_message(self) -> list[ev.Event]:
+        if self._msg_id is None:
+            return []
+        index = len(self.items)
+        text = "".join(self._msg_text)
+        item = MessageItem(self._msg_id, "assistant", text)
+        self.items.append(item)
+        self._msg_id = None
+        self._msg_text = []
+        return [
+            self.seq(ev.text_done(index, item.id, text)),
+            self.seq(ev.content_part_done(index, item.id, text)),
+            self.seq(ev.output_item_done(index, item_to_wire(item))),
+        ]

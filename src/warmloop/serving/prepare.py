@@ -1,0 +1,191 @@
+"""Preparing a create: every check that can fail before the first event, and the prompt.
+
+`Preparer.prepare` resolves the chain (`previous_response_id` on the socket or in the
+store), the input items and item references, renders the prompt, tokenizes it (for a
+continuation whose rendered history is unchanged: only the new text, appended to the
+exact tokens the chain's KV holds), picks the grammar and the output budget, and
+builds the sampling parameters. It runs in a worker thread and changes no state, so a
+prepared request that never starts costs nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from warmloop.config import Config
+from warmloop.engine.sampling import SamplingParams
+from warmloop.protocol.errors import InvalidRequest, ModelNotFound, PreviousResponseNotFound
+from warmloop.protocol.items import Item, ItemReference, MessageItem, new_id
+from warmloop.protocol.requests import CreateRequest
+from warmloop.serving.grammar import Grammars
+from warmloop.serving.prompt import PromptRenderer, system_text
+from warmloop.session.connection import Connection
+from warmloop.session.limits import output_budget
+from warmloop.session.response_store import ResponseStore, StoredResponse
+
+Tokenize = Callable[[str], list[int]]  # the model's tokenizer (safe on any thread)
+
+
+@dataclass
+class CallContext:
+    tenant: str = ""
+    connection: Connection | None = None
+    lane: str | None = None  # WebSocket stream_id: each lane has its own chain and slot
+
+    @property
+    def lease(self) -> str | None:
+        """Engine lease key: one per connection lane, so a lane's slot stays pinned."""
+        if self.connection is None:
+            return None
+        return self.connection.id if self.lane is None else f"{self.connection.id}#{self.lane}"
+
+
+@dataclass
+class Prepared:
+    id: str
+    request: CreateRequest
+    ctx: CallContext
+    previous: StoredResponse | None
+    new_items: tuple[Item, ...]
+    history_in: tuple[Item, ...]
+    prompt_text: str
+    tokens: list[int]
+    delta_only: bool  # the prompt reused the chain's tokens and tokenized only new text
+    params: SamplingParams
+    tool_names: tuple[str, ...]
+    shared_prefix: int  # tokens of the rendered instructions/tools message
+    created_at: float = field(default_factory=time.time)
+
+
+class Preparer:
+    def __init__(
+        self,
+        config: Config,
+        store: ResponseStore,
+        renderer: PromptRenderer,
+        tokenize: Tokenize,
+        grammars: Grammars,
+        model_id: str,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.renderer = renderer
+        self.tokenize = tokenize
+        self.grammars = grammars
+        self.model_id = model_id
+        self.model_names = {model_id, "default", *config.model_alias}
+        self._head_tokens: dict[str, int] = {}
+
+    def prepare(self, request: CreateRequest, ctx: CallContext) -> Prepared:
+        body = request.body
+        self._check_model(body.model)
+        previous = self._previous(body.previous_response_id, ctx)
+        base_history = previous.history if previous else ()
+        new_items = tuple(self._resolve(request.items, base_history))
+        history_in = base_history + new_items
+        if not history_in and request.generate:
+            raise InvalidRequest("'input' must contain at least one item.", param="input")
+        system = system_text(body.instructions, request.tools)
+        # A warm-up (generate:false) stops before the assistant header so the next turn's
+        # rendering extends it token for token.
+        text = self.renderer.render(system, history_in, add_generation_prompt=request.generate)
+        tokens, delta_only = self._tokens(text, previous)
+        max_out = output_budget(
+            len(tokens),
+            body.max_output_tokens,
+            ctx=self.config.ctx,
+            max_output=self.config.max_output_tokens,
+            max_input=self.config.max_input_tokens,
+            generate=request.generate,
+        )
+        grammar, trigger = self.grammars.for_request(request)
+        params = SamplingParams.of(
+            max_tokens=max_out,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            default_temperature=self.config.default_temperature,
+            grammar=grammar,
+            grammar_trigger=trigger,
+        )
+        names = () if request.tool_choice == "none" else tuple(t.qualified for t in request.tools)
+        return Prepared(
+            id=new_id("resp"),
+            request=request,
+            ctx=ctx,
+            previous=previous,
+            new_items=new_items,
+            history_in=history_in,
+            prompt_text=text,
+            tokens=tokens,
+            delta_only=delta_only,
+            params=params,
+            tool_names=names,
+            shared_prefix=self._shared_prefix(system, history_in, text),
+        )
+
+    def _check_model(self, model: str | None) -> None:
+        if model is not None and model not in self.model_names:
+            aliases = ", ".join(sorted(self.model_names - {self.model_id}))
+            raise ModelNotFound(
+                f"The model '{model}' does not exist. This server serves "
+                f"'{self.model_id}' (aliases: {aliases}).",
+                param="model",
+            )
+
+    def _previous(self, response_id: str | None, ctx: CallContext) -> StoredResponse | None:
+        if response_id is None:
+            return None
+        record = ctx.connection.lookup(response_id) if ctx.connection else None
+        if record is None:
+            record = self.store.get(response_id, ctx.tenant)
+        if record is None:
+            raise PreviousResponseNotFound(response_id)
+        return record
+
+    def _resolve(self, items: list[Item | ItemReference], history: tuple[Item, ...]) -> list[Item]:
+        out: list[Item] = []
+        known = {i.id: i for i in history}
+        for n, item in enumerate(items):
+            if isinstance(item, ItemReference):
+                found = known.get(item.id)
+                if found is None:
+                    raise InvalidRequest(
+                        f"Item with id '{item.id}' not found.", param=f"input[{n}].id"
+                    )
+                out.append(found)
+            else:
+                out.append(item)
+        return out
+
+    def _tokens(self, text: str, previous: StoredResponse | None) -> tuple[list[int], bool]:
+        chain = previous.chain if previous else None
+        if chain is not None and text.startswith(chain.text):
+            # The earlier turns render exactly as before: keep the chain's own tokens
+            # (including the model's sampled ones) and tokenize only the new text.
+            return list(chain.tokens) + self.tokenize(text[len(chain.text) :]), True
+        return self.tokenize(text), False
+
+    def _shared_prefix(self, system: str | None, history: tuple[Item, ...], text: str) -> int:
+        """How many leading tokens are the conversation's fixed head: instructions, tools
+        and leading system/developer messages (what sessions of one tenant share)."""
+        lead: list[Item] = []
+        for item in history:
+            if not (isinstance(item, MessageItem) and item.role in ("system", "developer")):
+                break
+            lead.append(item)
+        if not system and not lead:
+            return 0
+        head = self.renderer.render(system, lead, add_generation_prompt=False)
+        if not text.startswith(head):
+            return 0
+        n = self._head_tokens.get(head)
+        if n is None:
+            n = len(self.tokenize(head))
+            if len(self._head_tokens) > 256:
+                self._head_tokens.clear()
+            self._head_tokens[head] = n
+        # The head ends at a special token, so its tokens are a prefix of the prompt's.
+        return n

@@ -1,0 +1,124 @@
+"""Responses after `create`: the registry of running ones, and GET, DELETE, cancel and
+input_items over it and the store.
+
+A running response is answered from its live snapshot, a finished one from the store;
+DELETE cancels a running one (it is then never saved) and makes every open connection
+of the tenant forget it, so no socket can continue a deleted id.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from warmloop.engine.request import Job
+from warmloop.protocol.errors import InvalidRequest, NotFound
+from warmloop.protocol.items import item_to_wire
+from warmloop.session.connection import Connection
+from warmloop.session.response_store import ResponseStore, StoredResponse
+
+
+@dataclass
+class Live:
+    """A response that was admitted and has not ended: enough to answer GET, cancel and
+    DELETE."""
+
+    job: Job
+    snapshot: dict[str, Any]
+    deleted: bool = False  # DELETE arrived while it ran: it is cancelled and never saved
+
+
+class LiveResponses:
+    """Running responses by id (the event loop adds and removes; GET, cancel and DELETE
+    read from worker threads)."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, Live] = {}
+        self._lock = threading.Lock()
+
+    def add(self, response_id: str, live: Live) -> None:
+        with self._lock:
+            self._live[response_id] = live
+
+    def pop(self, response_id: str) -> Live | None:
+        with self._lock:
+            return self._live.pop(response_id, None)
+
+    def of(self, response_id: str, tenant: str) -> Live | None:
+        live = self._live.get(response_id)
+        return live if live is not None and live.job.tenant == tenant else None
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+
+class Retrieval:
+    def __init__(
+        self, store: ResponseStore, live: LiveResponses, cancel: Callable[[Job], None]
+    ) -> None:
+        self.store = store
+        self.live = live
+        self.cancel_job = cancel
+        # Open WebSocket connections, so a DELETE can drop a response from their caches.
+        self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+    def get(self, response_id: str, tenant: str) -> dict[str, Any]:
+        live = self.live.of(response_id, tenant)
+        if live is not None and not live.deleted:
+            return live.snapshot
+        return self._record(response_id, tenant).response
+
+    def delete(self, response_id: str, tenant: str) -> dict[str, Any]:
+        """Delete a stored response. A running one is cancelled and will not be saved;
+        no connection can continue a deleted id afterwards."""
+        live = self.live.of(response_id, tenant)
+        if live is not None:
+            live.deleted = True
+            self.cancel_job(live.job)
+        for connection in list(self.connections):
+            if connection.tenant == tenant:
+                connection.forget(response_id)
+        if not self.store.delete(response_id, tenant) and live is None:
+            raise _not_found(response_id)
+        return {"id": response_id, "object": "response.deleted", "deleted": True}
+
+    def cancel(self, response_id: str, tenant: str) -> dict[str, Any]:
+        live = self.live.of(response_id, tenant)
+        if live is not None:
+            self.cancel_job(live.job)
+            return {**live.snapshot, "status": "cancelled"}
+        # Already finished: answer with the response as it is (the SDK retries cancels).
+        return self.get(response_id, tenant)
+
+    def input_items(
+        self, response_id: str, tenant: str, *, after: str | None, limit: int, order: str
+    ) -> dict[str, Any]:
+        items = [item_to_wire(i) for i in self._record(response_id, tenant).input_items]
+        if order == "desc":
+            items.reverse()
+        if after is not None:
+            ids = [i["id"] for i in items]
+            if after not in ids:
+                raise InvalidRequest(f"Item '{after}' is not in this list.", param="after")
+            items = items[ids.index(after) + 1 :]
+        page = items[:limit]
+        return {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }
+
+    def _record(self, response_id: str, tenant: str) -> StoredResponse:
+        record = self.store.get(response_id, tenant)
+        if record is None:
+            raise _not_found(response_id)
+        return record
+
+
+def _not_found(response_id: str) -> NotFound:
+    return NotFound(f"No response found with id '{response_id}'.", param="response_id")

@@ -1,0 +1,108 @@
+"""One response while it runs: its output builder and event numbering, what the engine
+said about it (cached tokens, tier, timings), and how it ends: the final event, the
+record to keep, its metrics and its one log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from warmloop.engine.request import Admitted, Finished, TokenOut
+from warmloop.metrics import Metrics
+from warmloop.serving import event_builder as ev
+from warmloop.serving.output import OutputBuilder, response_object
+from warmloop.serving.prepare import Prepared
+from warmloop.serving.tool_calls import OutputParser
+from warmloop.session.response_store import ChainState, StoredResponse
+
+log = logging.getLogger("warmloop.responses")
+
+
+class ResponseRun:
+    def __init__(self, p: Prepared, model_id: str, metrics: Metrics | None) -> None:
+        self.p = p
+        self.model_id = model_id
+        self.metrics = metrics
+        self.seq = ev.Sequencer()
+        namespaced = {t.qualified for t in p.request.tools if t.namespace}
+        self.out = OutputBuilder(self.seq, OutputParser(p.tool_names), namespaced)
+        self.t0 = time.perf_counter()
+        self.cached = 0
+        self.tier = "none"
+        self.t_first: float | None = None
+        self.t_last: float | None = None
+        self.generated: list[str] = []
+
+    def response(self, status: str, **extra: Any) -> dict[str, Any]:
+        return response_object(self.p, self.model_id, status, self.out.items_wire(), **extra)
+
+    def admitted(self, e: Admitted) -> None:
+        self.cached, self.tier = e.cached_tokens, e.tier
+
+    def token(self, e: TokenOut) -> list[ev.Event]:
+        now = time.perf_counter()
+        if self.metrics:
+            if self.t_last is None:
+                self.metrics.ttft_seconds.observe(now - self.t0)
+            else:
+                self.metrics.token_seconds.observe(now - self.t_last)
+        if self.t_first is None:
+            self.t_first = now
+        self.t_last = now
+        self.generated.append(e.text)
+        return self.out.feed(e.text)
+
+    def finished(self, fin: Finished, *, cancelled: bool) -> tuple[ev.Event, StoredResponse]:
+        """The final event (not yet numbered: it is sent only once the record is safe)
+        and the record to keep."""
+        p = self.p
+        computed = len(p.tokens) - self.cached
+        now = time.perf_counter()
+        timings = {
+            "ttft_ms": round(((self.t_first or now) - self.t0) * 1000.0, 2),
+            "duration_ms": round((now - self.t0) * 1000.0, 2),
+            "prefill_ms": round(fin.prefill_ms, 2),
+            "decode_ms": round(fin.decode_ms, 2),
+            "delta_only": p.delta_only,
+            "cache_tier": self.tier,
+        }
+        if cancelled or fin.reason == "cancelled":
+            status, kind, reason = "cancelled", "incomplete", None
+        elif fin.reason == "length":
+            status, kind, reason = "incomplete", "incomplete", "max_output_tokens"
+        else:
+            status, kind, reason = "completed", "completed", None
+        usage = ev.usage(len(p.tokens), self.cached, fin.output_tokens)
+        final = self.response(status, usage=usage, incomplete_reason=reason, extra=timings)
+        output_items = tuple(self.out.items)
+        record = StoredResponse(
+            id=p.id,
+            owner=p.ctx.tenant,
+            response=final,
+            input_items=p.new_items,
+            output_items=output_items,
+            history=p.history_in + output_items,
+            chain=ChainState.of(p.prompt_text + "".join(self.generated), fin.chain_tokens),
+            stored=p.request.store,
+        )
+        if self.metrics:
+            self.metrics.prompt_tokens_computed.inc(computed)
+            self.metrics.output_tokens.inc(fin.output_tokens)
+            self.metrics.responses.labels(status).inc()
+        log.info(
+            "response id=%s conn=%s status=%s input=%d cached=%d computed=%d output=%d "
+            "tier=%s delta_only=%s ttft_ms=%.1f duration_ms=%.1f",
+            p.id, p.ctx.connection.id if p.ctx.connection else "-", status, len(p.tokens),
+            self.cached, computed, fin.output_tokens, self.tier, p.delta_only,
+            timings["ttft_ms"], timings["duration_ms"],
+        )  # fmt: skip
+        return ev.response_lifecycle(kind, final), record
+
+    def failed(self, error: dict[str, Any]) -> ev.Event:
+        """The numbered `response.failed` event."""
+        log.warning("response %s failed: %s", self.p.id, error.get("message"))
+        if self.metrics:
+            self.metrics.responses.labels("failed").inc()
+        return self.seq(ev.response_lifecycle("failed", self.response("failed", error=error)))
