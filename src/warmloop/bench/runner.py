@@ -24,9 +24,10 @@ import httpx
 import websockets
 
 from warmloop.bench.workload import SessionScript
+from warmloop.protocol.events import TERMINAL_EVENTS
 
 PROTOCOLS = ("ws", "http-prev", "http-full", "chat")
-TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+TERMINAL = TERMINAL_EVENTS
 
 
 class BenchError(RuntimeError):

@@ -23,7 +23,9 @@ import openai
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter, ValidationError
 
-TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+from warmloop.protocol.events import TERMINAL_EVENTS
+
+TERMINAL = TERMINAL_EVENTS
 _EVENTS: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
 
 

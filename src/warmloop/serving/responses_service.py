@@ -81,7 +81,6 @@ class ResponsesService:
         step. The reservation ends when the stream ends, is closed, or is dropped
         unstarted (the finalizer), whichever comes first.
         """
-        self.admission.admit(p.ctx.tenant)
         job = Job(
             id=p.id,
             tokens=p.tokens,
@@ -92,6 +91,7 @@ class ResponsesService:
             shared_prefix=p.shared_prefix,
         )
         live = Live(job, response_object(p, self.model_id, "in_progress", []))
+        self.admission.admit(p.ctx.tenant)  # nothing after this can fail before the finalizer
         self.live.add(p.id, live)
         events = self._stream(p, live)
         weakref.finalize(events, self._release, p.id)
