@@ -4,7 +4,7 @@ Jobs arrive through a thread-safe inbox. Each step the `Scheduler` admits waitin
 and plans one batch (a decode token for every running sequence plus prefill chunks);
 the engine decodes it, samples each sequence with its own sampler chain, and posts
 tokens back to the job's asyncio queue. Which slot a job runs on, and what KV it
-reuses, is the injected `Placer`'s decision (the KV cache manager).
+reuses, is the decision of the injected `KVCache` (the KV cache manager).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from warmloop.engine.request import (
     TokenOut,
 )
 from warmloop.engine.scheduler import Scheduler, Sequence, StepPlan
-from warmloop.engine.slots import Placement, Placer, PlacerFactory
+from warmloop.kvcache.base import KVCache, KVCacheFactory, Placement
 
 log = logging.getLogger("warmloop.engine")
 
@@ -54,7 +55,7 @@ class EngineConfig:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, placer: PlacerFactory) -> None:
+    def __init__(self, config: EngineConfig, kv_cache: KVCacheFactory) -> None:
         self.config = config
         self.backend = LlamaBackend(
             config.model_path,
@@ -63,7 +64,7 @@ class Engine:
             n_threads=config.threads,
             n_batch=config.batch_tokens,
         )
-        self.slots: Placer = placer(self.backend)
+        self.slots: KVCache = kv_cache(self.backend)
         self.scheduler = Scheduler(
             self.slots,
             batch_tokens=config.batch_tokens,
@@ -136,6 +137,24 @@ class Engine:
     def release_lease(self, lease: str, *, drop_kv: bool = True) -> None:
         """The connection is gone: unpin its slot and (by default) forget its KV."""
         self._inbox.put(lambda: self.slots.release(lease, drop_kv=drop_kv))
+
+    def check_integrity(self, timeout_s: float = 30.0) -> None:
+        """Run the KV cache's `check_integrity` on the engine thread (the only one that may
+        touch it) and raise its error here. Blocks until the engine gets to it."""
+        if not self.alive():
+            raise RuntimeError("the engine is not running")
+        done: Future[None] = Future()
+
+        def _check() -> None:
+            try:
+                self.slots.check_integrity()
+            except BaseException as exc:
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+        self._inbox.put(_check)
+        done.result(timeout=timeout_s)
 
     # ----- engine thread -------------------------------------------------------------
     def _submit(self, job: Job) -> None:
