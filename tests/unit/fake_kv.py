@@ -6,9 +6,10 @@ from __future__ import annotations
 import itertools
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 
 from warmloop.engine.request import Job, SamplingParams
-from warmloop.kvcache.base import Placement, Slot
+from warmloop.kvcache.base import KVRequest, Placement, Slot
 from warmloop.kvcache.manager import KVCacheManager
 from warmloop.kvcache.policy import EvictionPolicy
 
@@ -65,7 +66,7 @@ def make(
     return mgr, kv
 
 
-def compute(kv: FakeKV, slot: Slot, tokens: list[int] | range, tenant: str = "A") -> None:
+def compute(kv: FakeKV, slot: Slot, tokens: Sequence[int], tenant: str = "A") -> None:
     """Append `tokens` to the slot as a decode would: its record and its KV."""
     for n in tokens:
         slot.tokens.append(n)
@@ -91,11 +92,11 @@ def job(
     )
 
 
-def start(mgr: KVCacheManager, kv: FakeKV, j: Job) -> Placement:
+def start(mgr: KVCacheManager, kv: FakeKV, j: KVRequest) -> Placement:
     """Place `j` and compute the rest of its prompt, as the engine would."""
     p = mgr.lease(j)
     assert p is not None
-    assert p.slot.tokens == j.tokens[: p.reuse]
+    assert p.slot.tokens == list(j.tokens[: p.reuse])
     assert kv.tokens(p.slot.id) == p.slot.tokens
     assert all(t == j.tenant for t, _ in kv.seqs[p.slot.id])  # never another tenant's KV
     compute(kv, p.slot, j.tokens[p.reuse :], j.tenant)
