@@ -9,14 +9,14 @@ it: which slot is busy or leased, and which idle slots are in the index.
 
 Invariants: those of `kvcache.base`, plus every idle slot with tokens and every host
 snapshot is in the prefix index under its tenant with exactly its tokens (with
-kv_reuse; without it nothing is indexed or snapshotted). `check_integrity` checks them.
+kv_reuse; without it nothing is indexed or snapshotted). `check_integrity` checks them
+(integrity.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Hashable, Sequence
 
 from warmloop.kvcache.base import (
@@ -30,6 +30,7 @@ from warmloop.kvcache.base import (
     common_prefix,
 )
 from warmloop.kvcache.host_store import HostStore, Snapshot
+from warmloop.kvcache.integrity import problems
 from warmloop.kvcache.mover import KVMover, KVStats
 from warmloop.kvcache.policy import EvictionPolicy, LeasePlan, LRUPolicy
 from warmloop.kvcache.prefix_index import PrefixIndex
@@ -261,71 +262,6 @@ class KVCacheManager(KVCache):
 
     # ----- integrity ---------------------------------------------------------------------
     def check_integrity(self) -> None:
-        problems: list[str] = []
-        for slot in self.slots:
-            held = self.ops.seq_len(slot.id)
-            if held != len(slot.tokens):
-                problems.append(
-                    f"slot {slot.id} records {len(slot.tokens)} tokens but its sequence "
-                    f"holds {held}"
-                )
-            entry = self.index.entry(slot)
-            if slot.busy:
-                if entry is not None:
-                    problems.append(f"slot {slot.id} is busy but in the prefix index")
-                continue
-            want = (slot.tenant, tuple(slot.tokens)) if self.kv_reuse and slot.tokens else None
-            if entry != want:
-                problems.append(f"idle slot {slot.id}: {_disagreement(want, entry)}")
-        pinned = Counter(s.lease for s in self.slots if s.lease is not None)
-        for lease, n in pinned.items():
-            if n > 1:
-                problems.append(f"lease {lease!r} pins {n} slots")
-        charged = sum(self.host.charged(s) for s in self.host)
-        if self.host.bytes_used != charged:
-            problems.append(
-                f"host store counts {self.host.bytes_used} bytes but its snapshots were "
-                f"charged {charged}"
-            )
-        if self.host.bytes_used > self.host.budget:
-            problems.append(
-                f"host store holds {self.host.bytes_used} bytes over its budget of "
-                f"{self.host.budget}"
-            )
-        for snap in self.host:
-            entry = self.index.entry(snap)
-            if entry != (snap.tenant, snap.tokens):
-                problems.append(
-                    f"snapshot {snap.id}: {_disagreement((snap.tenant, snap.tokens), entry)}"
-                )
-        slots = set(self.slots)
-        for holder in self.index:
-            if holder not in slots and holder not in self.host:
-                problems.append(f"prefix index holds {_holder(holder)}: neither a slot nor in host")
-        problems += [f"prefix index: {p}" for p in self.index.verify()]
-        if problems:
-            raise KVIntegrityError("KV cache integrity: " + "; ".join(problems))
-
-
-_Entry = tuple[str, tuple[int, ...]] | None  # (tenant, tokens) in the prefix index
-
-
-def _disagreement(want: _Entry, got: _Entry) -> str:
-    def show(e: _Entry) -> str:
-        if e is None:
-            return "nothing"
-        head = ", ".join(map(str, e[1][:8])) + (", ..." if len(e[1]) > 8 else "")
-        return f"{len(e[1])} tokens [{head}] of tenant {e[0]!r}"
-
-    where = ""
-    if want is not None and got is not None and want[0] == got[0]:
-        where = f" (tokens differ from position {common_prefix(want[1], got[1])})"
-    return f"should be indexed as {show(want)} but the prefix index has {show(got)}{where}"
-
-
-def _holder(holder: Hashable) -> str:
-    if isinstance(holder, Slot):
-        return f"a foreign slot {holder.id}"
-    if isinstance(holder, Snapshot):
-        return f"snapshot {holder.id}"
-    return repr(holder)[:80]
+        found = problems(self.slots, self.ops, self.host, self.index, kv_reuse=self.kv_reuse)
+        if found:
+            raise KVIntegrityError("KV cache integrity: " + "; ".join(found))
