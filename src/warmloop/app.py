@@ -17,8 +17,9 @@ from starlette.responses import JSONResponse
 from warmloop.config import Config, default_store_path
 from warmloop.engine.engine import Engine, EngineConfig
 from warmloop.engine.sampling import json_schema_to_gbnf
-from warmloop.engine.slots import KVOps
+from warmloop.kvcache.base import KVOps
 from warmloop.kvcache.manager import KVCacheManager
+from warmloop.kvcache.policy import LRUPolicy
 from warmloop.metrics import Metrics
 from warmloop.protocol.errors import APIError, InvalidRequest, NotFound, ServerError
 from warmloop.serving.grammar import Grammars
@@ -49,6 +50,7 @@ def build_engine(config: Config, metrics: Metrics | None = None) -> Engine:
             kv_reuse=config.kv_reuse,
             host_budget_bytes=config.kv_host_budget,
             metrics=metrics,
+            policy=LRUPolicy(),
         )
 
     return Engine(
@@ -99,7 +101,7 @@ def build_runtime(config: Config) -> tuple[Runtime, Engine]:
     preparer = Preparer(config, store, renderer, backend.tokenize, grammars, model_path.stem)
     service = ResponsesService(config, engine, store, preparer, metrics)
     runtime = Runtime(config=config, service=service, keys=keyring(config), metrics=metrics)
-    slots = engine.slots
+    slots = engine.kv
     metrics.bind_gauge(metrics.slots_in_use, lambda: slots.in_use())
     metrics.bind_gauge(metrics.slots_leased, lambda: slots.leased())
     metrics.bind_gauge(metrics.connections, lambda: runtime.connections)
@@ -115,10 +117,8 @@ def build_runtime(config: Config) -> tuple[Runtime, Engine]:
     metrics.bind_gauge(metrics.engine_waiting, lambda: len(engine.scheduler.waiting))
     metrics.bind_gauge(metrics.engine_running, lambda: len(engine.scheduler.running))
     metrics.bind_gauge(metrics.engine_alive, lambda: float(engine.alive()))
-    if isinstance(slots, KVCacheManager):
-        host = slots.host
-        metrics.bind_gauge(metrics.host_bytes, lambda: host.bytes_used)
-        metrics.bind_gauge(metrics.host_snapshots, lambda: len(host))
+    metrics.bind_gauge(metrics.host_bytes, lambda: slots.host_bytes())
+    metrics.bind_gauge(metrics.host_snapshots, lambda: slots.host_snapshots())
     return runtime, engine
 
 

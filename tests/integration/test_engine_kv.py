@@ -4,7 +4,9 @@ A prefix copy between slots followed, before any decode, by a state save or rest
 the source or the destination must leave every sequence's KV equal to its tokens. With
 llama.cpp's `llama_memory_seq_cp` (per-sequence KV streams) the copy was only queued
 until the next decode, so a restore into the source was copied into the destination
-afterwards, and a save of the destination read stale data.
+afterwards, and a save of the destination read stale data. `seq_len` (what the KV
+cache's `check_integrity` compares each slot with) is checked after every operation, and
+every test that runs an engine ends with `Engine.check_integrity()`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ def backend() -> Iterator[LlamaBackend]:
 
 def prefill(b: LlamaBackend, seq: int, tokens: list[int]) -> None:
     b.seq_truncate(seq, 0)
+    assert b.seq_len(seq) == 0
     b.decode([BatchRow(t, i, seq, False) for i, t in enumerate(tokens)])
+    assert b.seq_len(seq) == len(tokens)
 
 
 def next_logits(b: LlamaBackend, seq: int, token: int, pos: int) -> np.ndarray:
@@ -67,6 +71,7 @@ def test_restore_into_the_source_after_a_copy_leaves_the_copy_intact(
     backend.seq_copy(0, 2)
     backend.seq_truncate(2, KEEP)
     backend.seq_state_set(0, snap_b)
+    assert [backend.seq_len(s) for s in (0, 1, 2)] == [len(b), len(b), KEEP]
     warm = next_logits(backend, 2, a[KEEP], KEEP)
     assert_same(warm, cold_logits(backend, 1, a[: KEEP + 1]))
 
@@ -82,6 +87,7 @@ def test_a_save_of_the_destination_right_after_a_copy_holds_the_copy(
     backend.seq_truncate(2, KEEP)
     saved = backend.seq_state_get(2)  # same round: no decode in between
     backend.seq_state_set(1, saved)
+    assert [backend.seq_len(s) for s in (0, 1, 2)] == [len(a), KEEP, KEEP]
     warm = next_logits(backend, 1, a[KEEP], KEEP)
     assert_same(warm, cold_logits(backend, 0, a[: KEEP + 1]))
 
@@ -121,9 +127,41 @@ async def test_a_sampler_that_fails_in_any_way_gives_its_slot_back() -> None:
         async with asyncio.timeout(30):  # it used to hang: the job never got an event
             events = [e async for e in engine.run(Job("j1", tokens, bad))]
         assert isinstance(events[-1], Failed)
-        assert engine.slots.in_use() == 0
+        assert engine.kv.in_use() == 0
         ok = SamplingParams(max_tokens=2)
         events = [e async for e in engine.run(Job("j2", tokens, ok))]
         assert not isinstance(events[-1], Failed)
+        engine.check_integrity()
+    finally:
+        engine.stop()
+
+
+async def test_engine_integrity_check_sees_the_real_sequences() -> None:
+    """Chains through the engine leave every slot's tokens equal to what llama.cpp holds
+    (a host snapshot and a restore included); KV removed behind the cache's back is
+    reported, on the caller's thread."""
+    from warmloop.app import build_engine
+    from warmloop.config import Config
+    from warmloop.engine.request import Admitted, Finished, Job, SamplingParams
+    from warmloop.kvcache.base import KVIntegrityError
+
+    engine = build_engine(Config(ctx=256, slots=1, threads=1, kv_host_budget=10**8))
+    engine.start()
+    try:
+        params = SamplingParams(max_tokens=3)
+        a, b = engine.backend.tokenize(TEXT_A)[:40], engine.backend.tokenize(TEXT_B)[:40]
+        async with asyncio.timeout(120):
+            for i, (tokens, lease) in enumerate([(a, "c1"), (b, "c2"), (a + b[:5], "c1")]):
+                events = [e async for e in engine.run(Job(f"j{i}", tokens, params, lease=lease))]
+                assert isinstance(events[-1], Finished)
+                engine.check_integrity()
+        assert isinstance(events[0], Admitted) and events[0].tier == "host"  # c1's is back
+        slot = engine.kv.slots[0]
+        assert len(slot.tokens) > len(a)  # the prompt and what was generated
+        engine._inbox.put(lambda: engine.backend.seq_truncate(0, 10))
+        with pytest.raises(
+            KVIntegrityError, match=r"slot 0 records \d+ tokens but its sequence holds 10"
+        ):
+            engine.check_integrity()
     finally:
         engine.stop()

@@ -1,9 +1,11 @@
-"""The batch planner: decode rows, chunked prefill within the stall bound, admission."""
+"""The batch planner: decode rows, chunked prefill within the stall bound, admission.
+Each scheduler's KV cache passes `check_integrity()` when its test ends (conftest.py)."""
 
 from __future__ import annotations
 
-from tests.unit.test_slots import job, make
+from tests.unit.fake_kv import FakeKV, compute, job, make
 from warmloop.engine.scheduler import Scheduler, Sequence, StepPlan
+from warmloop.kvcache.manager import KVCacheManager
 
 
 def scheduler(
@@ -20,6 +22,11 @@ def scheduler(
     )
 
 
+def fake(s: Scheduler) -> FakeKV:
+    assert isinstance(s.kv, KVCacheManager) and isinstance(s.kv.ops, FakeKV)
+    return s.kv.ops
+
+
 def admit_all(s: Scheduler) -> list[Sequence]:
     for j, placement in s.admissions():
         s.running.append(Sequence(j, placement.slot, None, placement.reuse))
@@ -30,7 +37,7 @@ def decoding(s: Scheduler, tokens: list[int]) -> Sequence:
     """A running sequence whose prompt is computed and whose next token is sampled."""
     s.waiting.append(job(tokens))
     seq = admit_all(s)[-1]
-    seq.slot.tokens = list(tokens)
+    compute(fake(s), seq.slot, tokens[len(seq.slot.tokens) :])
     seq.next_token = 7
     return seq
 
@@ -83,7 +90,7 @@ def test_admission_is_oldest_first_and_a_blocked_job_does_not_block_others() -> 
     first = job([1, 2, 3], lease="c1")
     s.waiting.append(first)
     admit_all(s)
-    s.running[0].slot.tokens = [1, 2, 3]
+    compute(fake(s), s.running[0].slot, [1, 2, 3])
     # c1's slot is busy: its next job waits; a younger job of another connection runs
     blocked, other = job([1, 2, 3, 4], lease="c1"), job([9, 9], lease="c2")
     s.waiting.extend([blocked, other])

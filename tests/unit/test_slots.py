@@ -1,118 +1,14 @@
-"""Slot placement (`KVCacheManager`, the engine's `Placer`) and `common_prefix`, against a
-fake KV backend that records which tenant computed every cached token."""
+"""Slot placement (`KVCacheManager`, the engine's `KVCache`) and `common_prefix`, against a
+fake KV backend that records which tenant computed every cached token. Every manager
+made here passes `check_integrity()` when its test ends (tests/unit/conftest.py)."""
 
 from __future__ import annotations
-
-import itertools
-import json
-from collections import defaultdict
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from warmloop.engine.request import Job, SamplingParams
-from warmloop.engine.slots import Placement, Slot, common_prefix
-from warmloop.kvcache.manager import KVCacheManager
-
-_ids = itertools.count()
-
-
-class FakeKV:
-    """`KVOps` over plain lists: each sequence holds (tenant, token) pairs, so a test can
-    tell whose computation any reused KV came from."""
-
-    def __init__(self) -> None:
-        self.seqs: defaultdict[int, list[tuple[str, int]]] = defaultdict(list)
-        self.calls: list[tuple[str, int, int]] = []
-
-    def seq_truncate(self, seq: int, keep: int) -> None:
-        self.calls.append(("truncate", seq, keep))
-        del self.seqs[seq][keep:]
-
-    def seq_copy(self, src: int, dst: int) -> None:
-        self.calls.append(("copy", src, dst))
-        self.seqs[dst] = list(self.seqs[src])
-
-    def seq_state_get(self, seq: int) -> bytearray:
-        self.calls.append(("get", seq, len(self.seqs[seq])))
-        return bytearray(json.dumps(self.seqs[seq]).encode())
-
-    def seq_state_set(self, seq: int, data: bytes | bytearray) -> None:
-        self.calls.append(("set", seq, 0))
-        self.seqs[seq] = [(t, n) for t, n in json.loads(bytes(data))]
-
-    def tokens(self, seq: int) -> list[int]:
-        return [n for _, n in self.seqs[seq]]
-
-
-def make(
-    n_slots: int, *, kv_reuse: bool = True, host: int = 10**6
-) -> tuple[KVCacheManager, FakeKV]:
-    kv = FakeKV()
-    return KVCacheManager(n_slots, kv, kv_reuse=kv_reuse, host_budget_bytes=host), kv
-
-
-def job(
-    tokens: list[int] | range,
-    tenant: str = "A",
-    lease: str | None = None,
-    *,
-    prefill_only: bool = False,
-    shared_prefix: int = 0,
-) -> Job:
-    return Job(
-        f"j{next(_ids)}",
-        list(tokens),
-        SamplingParams(max_tokens=1),
-        tenant=tenant,
-        lease=lease,
-        prefill_only=prefill_only,
-        shared_prefix=shared_prefix,
-    )
-
-
-def start(mgr: KVCacheManager, kv: FakeKV, j: Job) -> Placement:
-    """Place `j` and compute the rest of its prompt, as the engine would."""
-    p = mgr.lease(j)
-    assert p is not None
-    assert p.slot.tokens == j.tokens[: p.reuse]
-    assert kv.tokens(p.slot.id) == p.slot.tokens
-    assert all(t == j.tenant for t, _ in kv.seqs[p.slot.id])  # never another tenant's KV
-    for n in j.tokens[p.reuse :]:
-        p.slot.tokens.append(n)
-        kv.seqs[p.slot.id].append((j.tenant, n))
-    return p
-
-
-def run(
-    mgr: KVCacheManager,
-    kv: FakeKV,
-    j: Job,
-    generated: tuple[int, ...] = (),
-    *,
-    at: float | None = None,
-) -> Placement:
-    """Place, compute, generate `generated` and finish; `at` overrides the slot's last use."""
-    p = start(mgr, kv, j)
-    for n in generated:
-        p.slot.tokens.append(n)
-        kv.seqs[p.slot.id].append((j.tenant, n))
-    mgr.finish(p.slot)
-    if at is not None:
-        p.slot.last_used = at
-    return p
-
-
-def hold(
-    mgr: KVCacheManager, kv: FakeKV, i: int, tokens: list[int] | range, tenant: str, *, at: float
-) -> Slot:
-    """Make idle slot `i` hold `tokens` computed by `tenant`, last used at `at`."""
-    slot = mgr.slots[i]
-    slot.tokens, slot.tenant = list(tokens), tenant
-    kv.seqs[i] = [(tenant, n) for n in tokens]
-    mgr.finish(slot)
-    slot.last_used = at
-    return slot
+from tests.unit.fake_kv import compute, hold, job, make, run, start
+from warmloop.kvcache.base import Slot, common_prefix
 
 
 def test_common_prefix() -> None:
@@ -123,18 +19,20 @@ def test_common_prefix() -> None:
     assert common_prefix([1, 2, 3, 4], (1, 9, 3, 4)) == 1  # stops at the first difference
 
 
-def test_slot_is_busy_only_with_a_job() -> None:
-    s = Slot(0)
-    assert not s.busy
-    s.job = job([1])
-    assert s.busy
+def test_slot_is_busy_from_lease_to_finish() -> None:
+    mgr, kv = make(1)
+    assert not Slot(0).busy
+    p = start(mgr, kv, job([1, 2]))
+    assert p.slot.busy and mgr.in_use() == 1
+    mgr.finish(p.slot)
+    assert not p.slot.busy and mgr.in_use() == 0
 
 
 def test_first_placement_reuses_nothing() -> None:
     mgr, _ = make(2)
     p = mgr.lease(job(range(10)))
     assert p is not None and p.reuse == 0 and p.tier == "none"
-    assert p.slot.job is not None and mgr.in_use() == 1
+    assert p.slot.busy and mgr.in_use() == 1
 
 
 def test_leased_slot_is_chosen_and_continues_delta_only() -> None:
@@ -214,8 +112,7 @@ def test_reuse_is_capped_below_the_prompt_unless_prefill_only() -> None:
     p = mgr.lease(job([1, 2, 3, 4]))
     assert p is not None and p.reuse == 3  # one token is left to compute the first logits
     assert kv.tokens(p.slot.id) == [1, 2, 3]
-    p.slot.tokens.append(4)
-    kv.seqs[p.slot.id].append(("A", 4))
+    compute(kv, p.slot, [4])
     mgr.finish(p.slot)
     warm = mgr.lease(job([1, 2, 3, 4], prefill_only=True))
     assert warm is not None and warm.reuse == 4
@@ -329,9 +226,7 @@ def test_invariants_under_random_traffic(steps: list[tuple], reuse: bool, budget
             assert p.slot not in running and p.slot.lease == lease
             assert {r.id: kv.seqs[r.id] for r in running} == before  # busy slots untouched
             if not prefill_only:
-                for n in range(generated):
-                    p.slot.tokens.append(n)
-                    kv.seqs[p.slot.id].append((tenant, n))
+                compute(kv, p.slot, range(generated), tenant)
             running.append(p.slot)
         elif s[0] == "finish" and running:
             mgr.finish(running.pop(s[1] % len(running)))
@@ -346,6 +241,7 @@ def test_invariants_under_random_traffic(steps: list[tuple], reuse: bool, budget
         assert len(leases) == len(set(leases))  # a connection pins at most one slot
         assert mgr.host.bytes_used <= max(budget, 0) if reuse else len(mgr.host) == 0
         assert all(not x.busy for x in mgr.slots if x in mgr.index)  # busy slots unindexed
+        mgr.check_integrity()
 
 
 def test_release_of_a_busy_slot_is_not_undone_by_finish() -> None:

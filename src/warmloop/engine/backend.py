@@ -202,6 +202,10 @@ class LlamaBackend:
         if not llama_cpp.llama_memory_seq_rm(self.memory, seq, keep, -1):
             raise BackendError(f"could not truncate sequence {seq} at {keep}")
 
+    def seq_len(self, seq: int) -> int:
+        """Tokens the sequence holds (positions 0..n-1; 0 when empty)."""
+        return max(int(llama_cpp.llama_memory_seq_pos_max(self.memory, seq)) + 1, 0)
+
     def seq_copy(self, src: int, dst: int) -> None:
         """Copy all of `src`'s KV into `dst` (truncate afterwards to keep a prefix).
 

@@ -4,7 +4,7 @@ Jobs arrive through a thread-safe inbox. Each step the `Scheduler` admits waitin
 and plans one batch (a decode token for every running sequence plus prefill chunks);
 the engine decodes it, samples each sequence with its own sampler chain, and posts
 tokens back to the job's asyncio queue. Which slot a job runs on, and what KV it
-reuses, is the injected `Placer`'s decision (the KV cache manager).
+reuses, is the decision of the injected `KVCache` (the KV cache manager).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from warmloop.engine.request import (
 )
 from warmloop.engine.sampling import GrammarRejected, check_grammar, make_sampler
 from warmloop.engine.scheduler import Scheduler, Sequence, StepPlan
-from warmloop.engine.slots import Placement, Placer, PlacerFactory
+from warmloop.kvcache.base import KVCache, KVCacheFactory, Placement
 
 log = logging.getLogger("warmloop.engine")
 
@@ -55,7 +56,7 @@ class EngineConfig:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, placer: PlacerFactory) -> None:
+    def __init__(self, config: EngineConfig, kv_cache: KVCacheFactory) -> None:
         self.config = config
         self.backend = LlamaBackend(
             config.model_path,
@@ -64,9 +65,9 @@ class Engine:
             n_threads=config.threads,
             n_batch=config.batch_tokens,
         )
-        self.slots: Placer = placer(self.backend)
+        self.kv: KVCache = kv_cache(self.backend)
         self.scheduler = Scheduler(
-            self.slots,
+            self.kv,
             batch_tokens=config.batch_tokens,
             prefill_chunk=config.prefill_chunk,
             max_running=config.max_running or config.slots,
@@ -140,7 +141,25 @@ class Engine:
 
     def release_lease(self, lease: str, *, drop_kv: bool = True) -> None:
         """The connection is gone: unpin its slot and (by default) forget its KV."""
-        self._inbox.put(lambda: self.slots.release(lease, drop_kv=drop_kv))
+        self._inbox.put(lambda: self.kv.release(lease, drop_kv=drop_kv))
+
+    def check_integrity(self, timeout_s: float = 30.0) -> None:
+        """Run the KV cache's `check_integrity` on the engine thread (the only one that may
+        touch it) and raise its error here. Blocks until the engine gets to it."""
+        if not self.alive():
+            raise RuntimeError("the engine is not running")
+        done: Future[None] = Future()
+
+        def _check() -> None:
+            try:
+                self.kv.check_integrity()
+            except BaseException as exc:
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+        self._inbox.put(_check)
+        done.result(timeout=timeout_s)
 
     # ----- engine thread -------------------------------------------------------------
     def _submit(self, job: Job) -> None:
@@ -170,7 +189,7 @@ class Engine:
             cmd = self._inbox.get(timeout=1.0) if idle else self._inbox.get_nowait()
         except queue.Empty:
             if idle and self.config.idle_snapshot_s > 0:
-                self.slots.snapshot_idle(self.config.idle_snapshot_s)
+                self.kv.snapshot_idle(self.config.idle_snapshot_s)
             return
         while True:
             try:
@@ -217,7 +236,7 @@ class Engine:
             try:
                 sampler = make_sampler(self.backend.vocab, job.params)
             except Exception as exc:  # whatever failed, the claimed slot goes back
-                self.slots.finish(slot)
+                self.kv.finish(slot)
                 log.warning("job %s: sampler refused: %s", job.id, exc)
                 message = str(exc) if isinstance(exc, GrammarRejected) else "sampler setup failed"
                 job.post(Failed(message))
@@ -260,7 +279,7 @@ class Engine:
         # The batch's KV is in an unknown state: fail its sequences and forget their KV.
         for seq in {id(s): s for s in plan.decodes + [c[0] for c in plan.chunks]}.values():
             self._fail(seq, message)
-            self.slots.clear(seq.slot)
+            self.kv.clear(seq.slot)
 
     def _on_sample(self, r: Sequence, token: int) -> None:
         if self.backend.is_eog(token):
@@ -283,7 +302,7 @@ class Engine:
             r.job.post(TokenOut(-1, tail))
         if r.sampler is not None:
             r.sampler.free()
-        self.slots.finish(r.slot)
+        self.kv.finish(r.slot)
         r.job.post(
             Finished(
                 reason=reason,
@@ -299,5 +318,5 @@ class Engine:
             self.scheduler.running.remove(r)
         if r.sampler is not None:
             r.sampler.free()
-        self.slots.finish(r.slot)
+        self.kv.finish(r.slot)
         r.job.post(Failed(message))

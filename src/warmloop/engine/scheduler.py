@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from warmloop.engine.backend import BatchRow
 from warmloop.engine.request import Job
 from warmloop.engine.sampling import Sampler
-from warmloop.engine.slots import Placement, Placer, Slot
+from warmloop.kvcache.base import KVCache, Placement, Slot
 
 STALL_MARGIN = 0.75  # of the extra time a prefilling step may take
 
@@ -58,7 +58,7 @@ class StepPlan:
 class Scheduler:
     def __init__(
         self,
-        placer: Placer,
+        kv: KVCache,
         *,
         batch_tokens: int,
         prefill_chunk: int,
@@ -66,7 +66,7 @@ class Scheduler:
         ctx_per_seq: int,
         stall_factor: float = 2.0,
     ) -> None:
-        self.placer = placer
+        self.kv = kv
         self.batch_tokens = batch_tokens
         self.prefill_chunk = max(1, min(prefill_chunk, batch_tokens))
         self.stall_factor = stall_factor  # 0: fixed chunks of prefill_chunk tokens
@@ -91,10 +91,10 @@ class Scheduler:
         return None
 
     def can_admit(self, job: Job) -> bool:
-        return len(self.running) < self.max_running and self.placer.can_lease(job)
+        return len(self.running) < self.max_running and self.kv.can_lease(job)
 
     def admit(self, job: Job) -> Placement | None:
-        return self.placer.lease(job)
+        return self.kv.lease(job)
 
     def admissions(self) -> list[tuple[Job, Placement]]:
         """Admit waiting jobs, oldest first. A job that must wait (say, its connection's

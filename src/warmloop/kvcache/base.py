@@ -1,49 +1,137 @@
-"""The KV cache interface: what the engine's sequences hold, and who may reuse it.
+"""The KV cache interface the engine uses, and the types it speaks in.
 
-One implementation, `KVCacheManager` (manager.py), owns every placement decision; the
-engine only executes them through its backend's sequence operations (`KVOps`).
-Invariants every implementation keeps: a slot whose job is running is never evicted,
-copied from through the index, or matched; what it evicts from host RAM is recomputed
-later, never served wrong; nothing is matched across tenants.
+A `Slot` is one engine sequence; `slot.tokens` is the exact token list whose KV the
+sequence holds. The engine asks a `KVCache` to `lease` a slot for a request (a
+`KVRequest`: the engine's job satisfies it as is) and runs the job on it; the cache
+decides which slot, and moves KV into it first through the backend's `KVOps`. This
+package imports nothing from the engine: the engine imports it.
+
+Invariants every implementation keeps (engine thread only, so no locks):
+- `slot.tokens` is exactly what the backend's sequence `slot.id` holds.
+- A busy slot (its job is running) is never evicted, copied from through the index, or
+  matched; its token list grows every step.
+- A connection (`lease`) pins at most one slot.
+- What leaves host RAM is recomputed later, never served wrong; nothing is matched
+  across tenants.
+`check_integrity()` verifies these against the backend and raises `KVIntegrityError`.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
-from warmloop.engine.request import Job
-from warmloop.engine.slots import Placement, Slot
-from warmloop.kvcache.host_store import Snapshot
+Tier = Literal["slot", "host", "prefix", "none"]
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass(eq=False)
+class Slot:
+    id: int
+    tokens: list[int] = field(default_factory=list)
+    tenant: str = ""
+    lease: str | None = None  # connection that keeps this slot pinned across tool pauses
+    busy: bool = False  # a job runs on it (the engine knows which)
+    last_used: float = 0.0
+    shared_prefix: int = 0  # leading tokens that are instructions/tools, not conversation
+    # The owner left while a job ran: forget the conversation when that job finishes.
+    forget_after_job: bool = False
+
+
+@dataclass(frozen=True)
+class Placement:
+    slot: Slot
+    reuse: int  # prompt tokens whose KV the job keeps
+    tier: Tier  # where those tokens came from
+
+
+class KVRequest(Protocol):
+    """What the cache needs to know about a job to place it."""
+
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def tokens(self) -> Sequence[int]: ...  # the whole prompt
+    @property
+    def lease(self) -> str | None: ...  # connection that keeps the slot pinned after the job
+    @property
+    def prefill_only(self) -> bool: ...  # no token is sampled: the whole prompt may be reused
+    @property
+    def shared_prefix(self) -> int: ...  # leading tokens that are instructions/tools
+
+
+class KVOps(Protocol):
+    """Sequence operations the backend provides to the cache."""
+
+    def seq_truncate(self, seq: int, keep: int) -> None: ...
+    def seq_copy(self, src: int, dst: int) -> None: ...
+    def seq_state_get(self, seq: int) -> bytearray: ...
+    def seq_state_set(self, seq: int, data: bytes | bytearray) -> None: ...
+    def seq_len(self, seq: int) -> int: ...  # tokens the sequence holds (0 when empty)
+
+
+class KVIntegrityError(RuntimeError):
+    """The cache's bookkeeping disagrees with itself or with the backend (a bug)."""
 
 
 class KVCache(Protocol):
-    def match_prefix(
-        self, tenant: str, tokens: list[int], *, exclude: Slot | None = None
-    ) -> tuple[int, Slot | Snapshot | None]:
-        """Longest reusable prefix of `tokens` for `tenant`, and where it is held."""
+    slots: list[Slot]
+
+    def can_lease(self, req: KVRequest) -> bool:
+        """True when `lease(req)` would place it now (no side effects)."""
         ...
 
-    def lease(self, job: Job) -> Placement | None:
-        """Pin a slot to the job (and its connection lane), moving KV into it as needed;
-        None when the job must wait."""
+    def lease(self, req: KVRequest) -> Placement | None:
+        """Mark a slot busy for `req`, holding the longest reusable prefix of its prompt,
+        or None when it must wait. The slot stays pinned to `req.lease` after the job."""
         ...
 
     def finish(self, slot: Slot) -> None:
-        """The slot's job ended: its tokens become matchable; the pin stays."""
+        """The slot's job ended (the engine appended what it computed to `slot.tokens`):
+        it is idle and matchable again; the pin stays."""
+        ...
+
+    def clear(self, slot: Slot) -> None:
+        """Forget the slot's KV (its content is unknown after a failed decode)."""
         ...
 
     def release(self, lease: str, *, drop_kv: bool) -> None:
-        """The connection lane is gone: unpin its slot (and forget its conversation)."""
+        """The connection is gone: unpin its slot; with `drop_kv` forget its conversation
+        (slot and host RAM) except the shared instructions/tools prefix."""
         ...
 
-    def snapshot(self, slot: Slot, *, keep: int = 0) -> bool:
-        """Save the slot's chain to host RAM; True when it is held there afterwards."""
+    def snapshot_idle(self, idle_s: float) -> int:
+        """Move chains idle for longer than `idle_s` to host RAM; how many moved."""
         ...
 
-    def restore(self, snap: Snapshot, dst: Slot, n: int, *, own_chain: bool) -> None:
-        """Load the first `n` tokens of a snapshot into a slot."""
+    def in_use(self) -> int:
+        """Busy slots."""
         ...
 
-    def evict(self, slot: Slot) -> bool:
-        """Move an idle chain from its slot to host RAM and free the slot."""
+    def leased(self) -> int:
+        """Slots pinned to a connection."""
         ...
+
+    def host_bytes(self) -> int:
+        """Bytes of KV held in host RAM."""
+        ...
+
+    def host_snapshots(self) -> int:
+        """Chains held in host RAM."""
+        ...
+
+    def check_integrity(self) -> None:
+        """Raise `KVIntegrityError` naming every invariant that does not hold."""
+        ...
+
+
+KVCacheFactory = Callable[[KVOps], KVCache]
+"""Builds the cache once the engine has its backend (the engine is built first)."""

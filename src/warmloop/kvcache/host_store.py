@@ -1,9 +1,10 @@
 """Host-RAM tier: sequence snapshots (`llama_state_seq_get_data`) under a byte budget.
 
 A snapshot is the KV of one sequence plus the exact tokens it holds; restoring it into
-any free slot resumes that chain delta-only. When the budget is exceeded the least
-recently used snapshots go; a chain whose snapshot went is recomputed from its items
-on its next turn (slower, never wrong).
+any free slot resumes that chain delta-only. The store keeps the bytes within its
+budget; which snapshots go to make room is the eviction policy's choice (least
+recently used first). A chain whose snapshot went is recomputed from its items on its
+next turn (slower, never wrong).
 """
 
 from __future__ import annotations
@@ -45,23 +46,27 @@ class HostStore:
         return len(self._snaps)
 
     def __iter__(self) -> Iterator[Snapshot]:
+        """Least recently used first."""
         return iter(list(self._snaps.values()))
 
     def fits(self, nbytes: int) -> bool:
         return nbytes <= self.budget
 
-    def put(self, snap: Snapshot) -> list[Snapshot]:
-        """Add `snap`; returns the snapshots evicted to stay within the budget."""
+    def charged(self, snap: Snapshot) -> int:
+        """What `snap` counts against the budget (0 when it is not here)."""
+        return self._charged.get(snap.id, 0)
+
+    def put(self, snap: Snapshot) -> None:
+        """Add `snap` as the most recently used; the caller made room first."""
         self.drop(snap)
+        if self.bytes_used + snap.nbytes > self.budget:
+            raise ValueError(
+                f"snapshot of {snap.nbytes} bytes does not fit: {self.bytes_used} of "
+                f"{self.budget} used (drop the policy's victims first)"
+            )
         self._snaps[snap.id] = snap
         self._charged[snap.id] = snap.nbytes
         self.bytes_used += snap.nbytes
-        evicted: list[Snapshot] = []
-        while self.bytes_used > self.budget and self._snaps:
-            old_id, old = self._snaps.popitem(last=False)
-            self.bytes_used -= self._charged.pop(old_id)
-            evicted.append(old)
-        return evicted
 
     def touch(self, snap: Snapshot) -> None:
         if snap.id in self._snaps:

@@ -9,7 +9,7 @@ exact token list its KV holds.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 
@@ -30,6 +30,13 @@ class PrefixIndex:
 
     def __len__(self) -> int:
         return len(self._paths)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(list(self._paths))
+
+    def entry(self, holder: Hashable) -> tuple[str, tuple[int, ...]] | None:
+        """(tenant, tokens) that `holder` is indexed with, or None."""
+        return self._paths.get(holder)
 
     def insert(self, tenant: str, tokens: Sequence[int], holder: Hashable) -> None:
         """Record that `holder` holds KV for exactly `tokens` (replacing what it held)."""
@@ -98,6 +105,21 @@ class PrefixIndex:
     def tokens_of(self, holder: Hashable) -> tuple[int, ...]:
         entry = self._paths.get(holder)
         return entry[1] if entry else ()
+
+    def verify(self) -> list[str]:
+        """Where the tree and the holders' recorded paths disagree (empty when they agree)."""
+        problems: list[str] = []
+        for holder, (tenant, tokens) in self._paths.items():
+            n, holders = self.match(tenant, tokens)
+            if n != len(tokens) or holder not in holders:
+                problems.append(f"{holder!r:.60} is recorded with {len(tokens)} tokens; tree: {n}")
+        stack = list(self._roots.values())
+        while stack:
+            node = stack.pop()
+            stack.extend(node.children.values())
+            for holder in node.holders - self._paths.keys():
+                problems.append(f"the tree still holds {holder!r:.60}, which has no path")
+        return problems
 
 
 def _common(edge: list[int], tokens: Sequence[int], start: int) -> int:

@@ -198,7 +198,7 @@ class ResponsesService:
         }
 
     def engine_status(self) -> dict[str, int]:
-        slots = self.engine.slots
+        slots = self.engine.kv
         return {
             "slots": len(slots.slots),
             "slots_busy": slots.in_use(),

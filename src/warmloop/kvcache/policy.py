@@ -1,0 +1,74 @@
+"""Eviction policy: which slot a request gets, and which host snapshots make room.
+
+A policy is pure: it reads the slots and the host store and returns a plan; it never
+moves KV or changes a record (the mover carries plans out). `can_lease` is "the policy
+returns a plan", so a plan must be what `lease` then does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from warmloop.kvcache.base import KVRequest, Slot, common_prefix
+from warmloop.kvcache.host_store import HostStore, Snapshot
+
+
+@dataclass(frozen=True)
+class LeasePlan:
+    slot: Slot
+    # The slot holds another connection's idle chain: it loses its pin (the chain goes
+    # to host RAM before the slot is overwritten).
+    evicts: bool
+
+
+class EvictionPolicy(Protocol):
+    def plan_lease(
+        self, slots: Sequence[Slot], req: KVRequest, *, kv_reuse: bool
+    ) -> LeasePlan | None:
+        """The slot `req` gets, or None when it must wait."""
+        ...
+
+    def plan_host(self, host: HostStore, nbytes: int) -> list[Snapshot]:
+        """Snapshots to drop so that `nbytes` more fit in the budget (`nbytes` itself
+        fits: the caller checked `host.fits`)."""
+        ...
+
+
+class LRUPolicy:
+    """Prefer the connection's own slot, then a free slot with the most reusable KV,
+    then the least recently used idle chain; host RAM drops least recently used first."""
+
+    def plan_lease(
+        self, slots: Sequence[Slot], req: KVRequest, *, kv_reuse: bool
+    ) -> LeasePlan | None:
+        """Order: the slot the request's connection leases (wait while it is busy); else
+        the free unleased slot with the longest common prefix (least recently used on
+        ties); else the least recently used idle leased slot (an eviction)."""
+        if req.lease is not None:
+            own = next((s for s in slots if s.lease == req.lease), None)
+            if own is not None:
+                return None if own.busy else LeasePlan(own, evicts=False)
+        free = [s for s in slots if not s.busy and s.lease is None]
+        if free:
+
+            def score(s: Slot) -> tuple[int, float]:
+                same = kv_reuse and s.tenant == req.tenant
+                return (common_prefix(s.tokens, req.tokens) if same else 0, -s.last_used)
+
+            return LeasePlan(max(free, key=score), evicts=False)
+        idle = [s for s in slots if not s.busy]
+        if not idle:
+            return None
+        return LeasePlan(min(idle, key=lambda s: s.last_used), evicts=True)
+
+    def plan_host(self, host: HostStore, nbytes: int) -> list[Snapshot]:
+        over = host.bytes_used + nbytes - host.budget
+        victims: list[Snapshot] = []
+        for snap in host:  # least recently used first
+            if over <= 0:
+                break
+            victims.append(snap)
+            over -= host.charged(snap)
+        return victims
