@@ -25,7 +25,7 @@ ENGINE_TAG := $(shell printf '%s %s' '$(ENGINE_VERSION)' '$(ENGINE_CMAKE_ARGS)' 
 WHEELHOUSE ?= $(HOME)/.cache/pip/warmloop-engine/$(ENGINE_TAG)
 export ENGINE_CMAKE_ARGS
 
-.PHONY: setup serve test lint bench clean
+.PHONY: setup serve test lint bench peers clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,11 @@ bench: setup
 	$(BIN)/python benchmarks/engine.py --llama-bench "$$(bash benchmarks/build_llama_bench.sh)"
 	$(BIN)/python benchmarks/kv_snapshot.py
 	$(BIN)/python benchmarks/agent_loop.py
+
+# warmloop against llama.cpp's llama-server (same flags, model, slots, threads), interleaved
+peers: setup
+	bash benchmarks/build_llama_bench.sh >/dev/null
+	$(BIN)/python benchmarks/peers.py --llama-server "$$(dirname "$$(bash benchmarks/build_llama_bench.sh)")/llama-server" $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

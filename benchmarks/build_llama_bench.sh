@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Build llama.cpp's own `llama-bench` and `llama-batched-bench` from the exact llama.cpp
-# that llama-cpp-python 0.3.36 vendors, with the engine's own CPU flags (the Makefile
-# exports them as ENGINE_CMAKE_ARGS), so benchmarks/engine.py compares like with like.
-# Idempotent; prints the llama-bench path (llama-batched-bench sits beside it).
+# Build llama.cpp's own `llama-bench`, `llama-batched-bench` and `llama-server` from the
+# exact llama.cpp that llama-cpp-python 0.3.36 vendors, with the engine's own CPU flags
+# (the Makefile exports them as ENGINE_CMAKE_ARGS), so benchmarks/engine.py and
+# benchmarks/peers.py compare like with like.
+# Idempotent; prints the llama-bench path (the other two sit beside it).
 #   make bench, or: ENGINE_CMAKE_ARGS="..." benchmarks/build_llama_bench.sh [OUT_DIR]
 set -euo pipefail
 : "${ENGINE_CMAKE_ARGS:?run it through make (make bench), which sets the engine flags}"
 tag="$(printf '%s' "$ENGINE_CMAKE_ARGS" | sha256sum | cut -c1-16)"
 out="${1:-$HOME/.cache/warmloop/llama-bench-$tag}"
-if [ -x "$out/llama-bench" ] && [ -x "$out/llama-batched-bench" ]; then
+if [ -x "$out/llama-bench" ] && [ -x "$out/llama-batched-bench" ] && [ -x "$out/llama-server" ]; then
   echo "$out/llama-bench"
   exit 0
 fi
@@ -18,9 +19,9 @@ python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python llama-cpp
 tar -xzf "$work"/llama_cpp_python-0.3.36.tar.gz -C "$work"
 src="$work/llama_cpp_python-0.3.36/vendor/llama.cpp"
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF \
   $ENGINE_CMAKE_ARGS >/dev/null 2>&1
-cmake --build "$work/build" --target llama-bench llama-batched-bench -j "$(nproc)" >/dev/null
+cmake --build "$work/build" --target llama-bench llama-batched-bench llama-server -j "$(nproc)" >/dev/null
 mkdir -p "$out"
-cp "$work/build/bin/llama-bench" "$work/build/bin/llama-batched-bench" "$out/"
+cp "$work/build/bin/llama-bench" "$work/build/bin/llama-batched-bench" "$work/build/bin/llama-server" "$out/"
 echo "$out/llama-bench"

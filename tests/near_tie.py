@@ -15,14 +15,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from warmloop.config import embedded_model_path
+from warmloop.config import Config, embedded_model_path
 from warmloop.engine.backend import BatchRow, LlamaBackend
 from warmloop.protocol.items import Item, MessageItem
 from warmloop.protocol.requests import FunctionTool
 from warmloop.serving.prompt import PromptRenderer, system_text
 
 NEAR_TIE = 1e-3
-PREFILL_CHUNK = 64  # the server's default --prefill-chunk
+# Batch shapes a warm run may have used: the default --prefill-chunk (prefill beside
+# decodes) and --batch-tokens (prefill alone).
+PREFILL_CHUNKS = sorted(
+    {Config.model_fields["prefill_chunk"].default, Config.model_fields["batch_tokens"].default, 64}
+)
 
 
 @functools.cache
@@ -81,7 +85,9 @@ def assert_same_or_near_tie(
     gap = float(top[0] - top[1])
     if gap < NEAR_TIE:
         return
-    shapes = [[cached], list(range(cached or PREFILL_CHUNK, len(prompt), PREFILL_CHUNK))]
+    shapes = [[cached]] + [
+        list(range(cached or chunk, len(prompt), chunk)) for chunk in PREFILL_CHUNKS
+    ]
     noise = max(
         float(np.abs(logits_after(prompt, cuts, a[:k]) - cold_logits).max()) for cuts in shapes
     )

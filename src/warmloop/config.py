@@ -90,13 +90,14 @@ class Config(BaseSettings):
         512, ge=16, description="tokens per engine step (prefill chunk + decode tokens)"
     )
     prefill_chunk: int = Field(
-        64, ge=1, description="prefill tokens per step while other sequences decode (at most)"
+        512, ge=1, description="prefill tokens per step while other sequences decode (at most)"
     )
     prefill_stall_factor: float = Field(
-        2.0,
+        0.0,
         ge=0,
-        description="a step that prefills while others decode takes at most this many times "
-        "a decode-only step (0 = fixed --prefill-chunk)",
+        description="opt-in bound on the inter-token gap of streams while prompts prefill: a "
+        "step that prefills takes at most this many times a decode-only step (e.g. 2; "
+        "0 = off: prefill gets --prefill-chunk tokens per step, fastest turns)",
     )
     batching: bool = Field(
         True, description="decode all sequences in one batch (--no-batching: one at a time)"

@@ -107,3 +107,17 @@ def test_never_fits_and_cancelled_waiting_jobs() -> None:
     j.cancelled = True
     s.waiting.extend([j, job([2])])
     assert s.drop_cancelled_waiting() == [j] and len(s.waiting) == 1
+
+
+def test_the_shortest_remaining_prompt_prefills_first() -> None:
+    """A continuation's short delta is not queued behind a long cold prompt admitted
+    before it: it finishes in this step, the long one takes what is left."""
+    s = scheduler(chunk=128, factor=0)
+    a = decoding(s, [1, 2, 3])
+    s.waiting.append(job(range(1000, 1400)))  # cold: 400 tokens
+    s.waiting.append(job(range(2000, 2030)))  # a delta: 30 tokens
+    long, short = admit_all(s)[1:]
+    plan = s.plan()
+    assert plan.decodes == [a]
+    assert [(seq, len(c)) for seq, c in plan.chunks] == [(short, 30), (long, 98)]
+    assert (short, 1 + 29) in plan.samples  # the delta's last row has logits: it samples now

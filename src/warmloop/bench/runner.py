@@ -17,7 +17,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -49,6 +49,9 @@ class TurnRecord:
     # The server's own compute for this turn (prefill + decode), when it reports it.
     server_compute_ms: float | None
     server_prefill_ms: float | None = None
+    # Milliseconds between consecutive streamed text deltas (what a reader of the stream
+    # waits between tokens).
+    gaps_ms: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,16 @@ class _Timer:
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
         self.first: float | None = None
+        self.last: float | None = None
+        self.gaps_ms: list[float] = []
 
     def token(self) -> None:
+        now = time.perf_counter()
         if self.first is None:
-            self.first = time.perf_counter()
+            self.first = now
+        if self.last is not None:
+            self.gaps_ms.append((now - self.last) * 1000.0)
+        self.last = now
 
     def done(self) -> tuple[float, float]:
         now = time.perf_counter()
@@ -113,6 +122,7 @@ def _record(
         int(usage.get("output_tokens", 0)),
         compute,
         prefill,
+        timer.gaps_ms,
     )
 
 
@@ -145,6 +155,7 @@ async def ws_session(
     ) as ws:
         previous: str | None = None
         for n, turn in enumerate(script.turns):
+            await asyncio.sleep(turn.pause_s)  # the agent runs its tool
             body: dict[str, Any] = {
                 "type": "response.create",
                 "model": ep.model,
@@ -214,6 +225,7 @@ async def http_session(
     previous: str | None = None
     async with httpx.AsyncClient(timeout=httpx.Timeout(900.0)) as client:
         for n, turn in enumerate(script.turns):
+            await asyncio.sleep(turn.pause_s)
             user = _message("user", turn.text)
             body: dict[str, Any] = {
                 "model": ep.model,
@@ -251,8 +263,12 @@ async def chat_session(
     messages: list[dict[str, str]] = []
     if script.instructions:
         messages.append({"role": "system", "content": script.instructions})
-    async with httpx.AsyncClient(timeout=httpx.Timeout(900.0)) as client:
+    # A new connection per request: llama-server may close a kept-alive connection just as
+    # the next request goes out on it (httpx: "Server disconnected without a response").
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(900.0), limits=no_reuse) as client:
         for n, turn in enumerate(script.turns):
+            await asyncio.sleep(turn.pause_s)
             messages.append({"role": "user", "content": turn.text})
             body = {
                 "model": ep.model,

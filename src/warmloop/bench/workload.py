@@ -30,6 +30,7 @@ WORDS = (
 class Turn:
     text: str
     max_output_tokens: int
+    pause_s: float = 0.0  # the client waits this long before sending it (a tool running)
 
 
 @dataclass(frozen=True)

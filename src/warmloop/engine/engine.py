@@ -39,20 +39,17 @@ log = logging.getLogger("warmloop.engine")
 
 @dataclass(frozen=True)
 class EngineConfig:
+    """The engine's share of `Config` (app.build_engine fills it; the defaults are there)."""
+
     model_path: Path
     ctx_per_seq: int
     slots: int
     threads: int
     batch_tokens: int
-    # Prefill tokens per step while other sequences decode: bounds their stall.
-    prefill_chunk: int = 64
-    # A step that prefills while others decode takes at most this many times a
-    # decode-only step (0: fixed prefill_chunk).
-    prefill_stall_factor: float = 2.0
-    # Sequences decoding at once (1 = no batching across requests, the baseline).
-    max_running: int = 0  # 0: one per slot
-    # Chains idle this long move to host RAM (0 = only when a slot is needed).
-    idle_snapshot_s: float = 0.0
+    prefill_chunk: int  # prefill tokens per step while other sequences decode
+    prefill_stall_factor: float  # opt-in bound on decode stalls (0: off)
+    max_running: int  # sequences decoding at once (1: no batching, the baseline)
+    idle_snapshot_s: float  # chains idle this long move to host RAM (0: only when needed)
 
 
 class Engine:
