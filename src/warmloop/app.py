@@ -64,6 +64,7 @@ def build_engine(config: Config, metrics: Metrics | None = None) -> Engine:
             prefill_stall_factor=config.prefill_stall_factor,
             max_running=0 if config.batching else 1,
             idle_snapshot_s=config.kv_idle_snapshot_s,
+            max_draft=config.speculative_draft,
         ),
         manager,
     )

@@ -99,6 +99,13 @@ class Config(BaseSettings):
         "step that prefills takes at most this many times a decode-only step (e.g. 2; "
         "0 = off: prefill gets --prefill-chunk tokens per step, fastest turns)",
     )
+    speculative_draft: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="prompt-lookup speculative decoding: at most this many tokens drafted "
+        "from the context per step of a greedy response, verified in one batch (0 = off)",
+    )
     batching: bool = Field(
         True, description="decode all sequences in one batch (--no-batching: one at a time)"
     )

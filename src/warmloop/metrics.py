@@ -92,6 +92,16 @@ class Metrics:
             registry=r,
         )
         self.output_tokens = Counter("warmloop_output_tokens", "Tokens generated", registry=r)
+        self.draft_tokens = Counter(
+            "warmloop_speculative_draft_tokens",
+            "Tokens drafted from the context (prompt lookup) and verified",
+            registry=r,
+        )
+        self.accepted_tokens = Counter(
+            "warmloop_speculative_accepted_tokens",
+            "Drafted tokens that verification accepted (acceptance rate: this / drafted)",
+            registry=r,
+        )
         self.responses = Counter("warmloop_responses", "Responses finished", ["status"], registry=r)
         self.slots_in_use = Gauge("warmloop_slots_in_use", "Slots running a job", registry=r)
         self.slots_leased = Gauge(

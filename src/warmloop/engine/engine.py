@@ -32,6 +32,7 @@ from warmloop.engine.request import (
 )
 from warmloop.engine.sampling import GrammarRejected, check_grammar, make_sampler
 from warmloop.engine.scheduler import Scheduler, Sequence, StepPlan
+from warmloop.engine.speculative import Drafter
 from warmloop.kvcache.base import KVCache, KVCacheFactory, Placement
 
 log = logging.getLogger("warmloop.engine")
@@ -50,6 +51,7 @@ class EngineConfig:
     prefill_stall_factor: float  # opt-in bound on decode stalls (0: off)
     max_running: int  # sequences decoding at once (1: no batching, the baseline)
     idle_snapshot_s: float  # chains idle this long move to host RAM (0: only when needed)
+    max_draft: int  # prompt-lookup draft tokens per step for greedy sequences (0: off)
 
 
 class Engine:
@@ -238,7 +240,16 @@ class Engine:
                 message = str(exc) if isinstance(exc, GrammarRejected) else "sampler setup failed"
                 job.post(Failed(message))
                 return
-        self.scheduler.running.append(Sequence(job, slot, sampler, placement.reuse))
+        seq = Sequence(job, slot, sampler, placement.reuse)
+        p = job.params
+        if (
+            self.config.max_draft > 0
+            and sampler is not None
+            and p.temperature <= 0
+            and (p.grammar is None)
+        ):
+            seq.drafter = Drafter(job.tokens, self.config.max_draft)
+        self.scheduler.running.append(seq)
         job.post(Admitted(slot.id, len(job.tokens), placement.reuse, placement.tier))
 
     def _step(self) -> None:
@@ -258,14 +269,18 @@ class Engine:
         for seq in plan.decodes:
             assert seq.next_token is not None
             seq.slot.tokens.append(seq.next_token)
+            seq.slot.tokens.extend(seq.draft)  # verified (and trimmed) below
             seq.next_token = None
             seq.decode_ms += elapsed_ms
         for seq, chunk in plan.chunks:
             seq.slot.tokens.extend(chunk)
             seq.prefill_ms += elapsed_ms
         for seq, idx in plan.samples:
-            assert seq.sampler is not None
-            self._on_sample(seq, seq.sampler.sample(self.backend.ctx, idx))
+            if seq.draft:
+                self._verify(seq, idx)
+            else:
+                assert seq.sampler is not None
+                self._on_sample(seq, seq.sampler.sample(self.backend.ctx, idx))
         self._finish_prefilled()
 
     def _finish_prefilled(self) -> None:
@@ -279,18 +294,45 @@ class Engine:
             self.kv.clear(seq.slot)
 
     def _on_sample(self, r: Sequence, token: int) -> None:
+        if self._emit(r, token):
+            r.next_token = token
+
+    def _verify(self, r: Sequence, idx: int) -> None:
+        """Greedy verification of `r.draft`, decoded at rows idx+1.. after its token at
+        row idx: sample row by row while the sampled token is the draft's next one."""
+        assert r.sampler is not None and r.drafter is not None
+        draft, r.draft = r.draft, []
+        sampled = []
+        for i in range(len(draft) + 1):
+            token = r.sampler.sample(self.backend.ctx, idx + i)
+            sampled.append(token)
+            if i == len(draft) or token != draft[i]:
+                break
+        accepted = len(sampled) - 1
+        # The KV keeps the accepted drafts (they are the sampled tokens before the last).
+        self.kv.trim(r.slot, len(r.slot.tokens) - len(draft) + accepted)
+        r.drafter.verified(len(draft), accepted)
+        for token in sampled:
+            if not self._emit(r, token):
+                return
+        r.next_token = sampled[-1]
+
+    def _emit(self, r: Sequence, token: int) -> bool:
+        """Hand one sampled token to the job; False when that ended the sequence."""
         if self.backend.is_eog(token):
             self._finish(r, "stop")
-            return
+            return False
         r.generated.append(token)
+        if r.drafter is not None:
+            r.drafter.append(token)
         text = r.utf8.decode(self.backend.token_bytes(token))
         r.job.post(TokenOut(token, text))
         at_limit = len(r.generated) >= r.job.params.max_tokens
         ctx_full = len(r.slot.tokens) + 1 >= self.config.ctx_per_seq
         if at_limit or ctx_full:
             self._finish(r, "length")
-        else:
-            r.next_token = token
+            return False
+        return True
 
     def _finish(self, r: Sequence, reason: FinishReason) -> None:
         self.scheduler.running.remove(r)
@@ -307,6 +349,8 @@ class Engine:
                 chain_tokens=tuple(r.job.tokens) + tuple(r.generated),
                 prefill_ms=r.prefill_ms,
                 decode_ms=r.decode_ms,
+                drafted=r.drafter.drafted if r.drafter else 0,
+                accepted=r.drafter.accepted if r.drafter else 0,
             )
         )
 

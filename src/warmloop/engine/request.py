@@ -38,6 +38,8 @@ class Finished:
     chain_tokens: tuple[int, ...]
     prefill_ms: float
     decode_ms: float
+    drafted: int = 0  # speculative draft tokens verified (prompt lookup)
+    accepted: int = 0  # ... and accepted: output tokens that cost no decode step of their own
 
 
 @dataclass(frozen=True)

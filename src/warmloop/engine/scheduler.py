@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from warmloop.engine.backend import BatchRow
 from warmloop.engine.request import Job
 from warmloop.engine.sampling import Sampler
+from warmloop.engine.speculative import Drafter
 from warmloop.kvcache.base import KVCache, Placement, Slot
 
 STALL_MARGIN = 0.75  # of the extra time a prefilling step may take
@@ -42,6 +43,8 @@ class Sequence:
     )
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
+    drafter: Drafter | None = None  # greedy sequences draft from their own context
+    draft: list[int] = field(default_factory=list)  # in this step's batch after next_token
 
     @property
     def prefilling(self) -> bool:
@@ -126,11 +129,18 @@ class Scheduler:
     # ----- one step ----------------------------------------------------------------------
     def plan(self) -> StepPlan:
         plan = StepPlan()
-        for seq in self.running:
-            if seq.next_token is not None:
-                plan.rows.append(BatchRow(seq.next_token, len(seq.slot.tokens), seq.slot.id, True))
-                plan.samples.append((seq, len(plan.rows) - 1))
-                plan.decodes.append(seq)
+        decoding = [s for s in self.running if s.next_token is not None]
+        room = self.batch_tokens - len(decoding)
+        for seq in decoding:
+            assert seq.next_token is not None
+            pos = len(seq.slot.tokens)
+            plan.rows.append(BatchRow(seq.next_token, pos, seq.slot.id, True))
+            plan.samples.append((seq, len(plan.rows) - 1))
+            plan.decodes.append(seq)
+            seq.draft = self._draft(seq, pos, room)
+            room -= len(seq.draft)
+            for i, token in enumerate(seq.draft, 1):
+                plan.rows.append(BatchRow(token, pos + i, seq.slot.id, True))
         budget = self.batch_tokens - len(plan.rows)
         if plan.decodes:
             budget = min(budget, self.prefill_budget())
@@ -154,6 +164,14 @@ class Scheduler:
             plan.chunks.append((seq, chunk))
             budget -= len(chunk)
         return plan
+
+    def _draft(self, seq: Sequence, pos: int, room: int) -> list[int]:
+        """Draft tokens to verify after `seq`'s next token (at `pos`), within the batch's
+        `room`, the context, and the tokens the response may still produce."""
+        if seq.drafter is None:
+            return []
+        left = seq.job.params.max_tokens - len(seq.generated) - 1
+        return seq.drafter.propose(min(room, self.ctx_per_seq - pos - 2, left))
 
     # ----- stall control -----------------------------------------------------------------
     def prefill_budget(self) -> int:

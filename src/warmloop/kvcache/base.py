@@ -103,6 +103,11 @@ class KVCache(Protocol):
         """Forget the slot's KV (its content is unknown after a failed decode)."""
         ...
 
+    def trim(self, slot: Slot, keep: int) -> None:
+        """Drop a busy slot's KV beyond its first `keep` tokens (draft tokens that
+        verification rejected)."""
+        ...
+
     def release(self, lease: str, *, drop_kv: bool) -> None:
         """The connection is gone: unpin its slot; with `drop_kv` forget its conversation
         (slot and host RAM) except the shared instructions/tools prefix."""

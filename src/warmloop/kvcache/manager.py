@@ -225,6 +225,10 @@ class KVCacheManager(KVCache):
         self.index.remove(slot)
         self.mover.truncate(slot, 0)
 
+    def trim(self, slot: Slot, keep: int) -> None:
+        assert slot.busy and 0 < keep <= len(slot.tokens)  # busy: not in the index
+        self.mover.truncate(slot, keep)
+
     def release(self, lease: str, *, drop_kv: bool) -> None:
         slot = self.leased_to(lease)
         if slot is not None:

@@ -67,6 +67,8 @@ class ResponseRun:
             "decode_ms": round(fin.decode_ms, 2),
             "delta_only": p.delta_only,
             "cache_tier": self.tier,
+            "draft_tokens": fin.drafted,
+            "accepted_tokens": fin.accepted,
         }
         if cancelled or fin.reason == "cancelled":
             status, kind, reason = "cancelled", "incomplete", None
@@ -90,13 +92,15 @@ class ResponseRun:
         if self.metrics:
             self.metrics.prompt_tokens_computed.inc(computed)
             self.metrics.output_tokens.inc(fin.output_tokens)
+            self.metrics.draft_tokens.inc(fin.drafted)
+            self.metrics.accepted_tokens.inc(fin.accepted)
             self.metrics.responses.labels(status).inc()
         log.info(
             "response id=%s conn=%s status=%s input=%d cached=%d computed=%d output=%d "
-            "tier=%s delta_only=%s ttft_ms=%.1f duration_ms=%.1f",
+            "tier=%s delta_only=%s drafted=%d accepted=%d ttft_ms=%.1f duration_ms=%.1f",
             p.id, p.ctx.connection.id if p.ctx.connection else "-", status, len(p.tokens),
-            self.cached, computed, fin.output_tokens, self.tier, p.delta_only,
-            timings["ttft_ms"], timings["duration_ms"],
+            self.cached, computed, fin.output_tokens, self.tier, p.delta_only, fin.drafted,
+            fin.accepted, timings["ttft_ms"], timings["duration_ms"],
         )  # fmt: skip
         return ev.response_lifecycle(kind, final), record
 
