@@ -102,3 +102,14 @@ def test_drafts_stop_at_the_output_limit_the_context_and_the_batch() -> None:
     seq = decoding(s, prompt, 12)
     s.plan()
     assert seq.draft == [13, 14, 15]
+
+
+def test_the_prompt_indexed_in_one_pass_is_the_prompt_appended_token_by_token() -> None:
+    import random
+
+    rng = random.Random(3)
+    tokens = [rng.randrange(12) for _ in range(2000)]
+    bulk, one_by_one = Drafter(tokens, 8), Drafter([], 8)
+    for t in tokens:
+        one_by_one.append(t)
+    assert bulk.tokens == one_by_one.tokens and bulk._after == one_by_one._after

@@ -241,13 +241,8 @@ class Engine:
                 job.post(Failed(message))
                 return
         seq = Sequence(job, slot, sampler, placement.reuse)
-        p = job.params
-        if (
-            self.config.max_draft > 0
-            and sampler is not None
-            and p.temperature <= 0
-            and (p.grammar is None)
-        ):
+        greedy = job.params.temperature <= 0 and job.params.grammar is None
+        if self.config.max_draft > 0 and sampler is not None and greedy:
             seq.drafter = Drafter(job.tokens, self.config.max_draft)
         self.scheduler.running.append(seq)
         job.post(Admitted(slot.id, len(job.tokens), placement.reuse, placement.tier))

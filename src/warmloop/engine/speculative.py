@@ -34,7 +34,7 @@ REST_STEPS = 16  # steps between one-token probes of a drafter whose drafts stop
 
 class Drafter:
     def __init__(self, tokens: Iterable[int], max_draft: int) -> None:
-        self.tokens: list[int] = []
+        self.tokens: list[int] = list(tokens)
         # n-gram → the position right after its latest occurrence that has a follower
         self._after: dict[tuple[int, ...], int] = {}
         self.max_draft = max_draft
@@ -42,8 +42,10 @@ class Drafter:
         self._idle = 0  # steps since it last drafted
         self.drafted = 0
         self.accepted = 0
-        for token in tokens:
-            self.append(token)
+        # The prompt in one pass (it runs on the engine thread at every admission): each
+        # n-gram maps to where its latest occurrence ends, as `append` would leave it.
+        grams = zip(*(self.tokens[k:] for k in range(NGRAM)), strict=False)
+        self._after.update(zip(grams, range(NGRAM, len(self.tokens)), strict=False))
 
     @property
     def length(self) -> int:
