@@ -27,7 +27,6 @@ from warmloop.bench.workload import SessionScript
 from warmloop.protocol.events import TERMINAL_EVENTS
 
 PROTOCOLS = ("ws", "http-prev", "http-full", "chat")
-TERMINAL = TERMINAL_EVENTS
 
 
 class BenchError(RuntimeError):
@@ -179,7 +178,7 @@ async def ws_session(
                     timer.token()
                 elif event["type"] == "error":
                     raise BenchError(f"server error: {event.get('error', event)}")
-                elif event["type"] in TERMINAL:
+                elif event["type"] in TERMINAL_EVENTS:
                     response = _final(event)
                     break
             previous = response["id"]
@@ -245,7 +244,7 @@ async def http_session(
             events, received = await _sse(
                 client, f"{ep.base_url}/responses", payload, ep.headers, timer
             )
-            final = next((e for e in events if e.get("type") in TERMINAL), None)
+            final = next((e for e in events if e.get("type") in TERMINAL_EVENTS), None)
             if final is None:
                 raise BenchError("the stream ended without a final event")
             response = _final(final)

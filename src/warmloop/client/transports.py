@@ -25,7 +25,6 @@ from pydantic import TypeAdapter, ValidationError
 
 from warmloop.protocol.events import TERMINAL_EVENTS
 
-TERMINAL = TERMINAL_EVENTS
 _EVENTS: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
 
 
@@ -116,13 +115,13 @@ class WebSocketTransport:
                 try:
                     event = _EVENTS.validate_python(raw)
                 except ValidationError as exc:  # an event type this SDK does not know: skip it
-                    if raw.get("type") in TERMINAL:
+                    if raw.get("type") in TERMINAL_EVENTS:
                         raise ResponseError(
                             f"malformed {raw['type']} event: {exc}", code="invalid_response"
                         ) from exc
                     continue
                 yield event
-                if event.type in TERMINAL:
+                if event.type in TERMINAL_EVENTS:
                     return
         except (ResponseError, ConnectionLost):
             raise
@@ -158,7 +157,7 @@ class HTTPTransport:
             async with events:
                 async for event in events:
                     yield event
-                    if event.type in TERMINAL:
+                    if event.type in TERMINAL_EVENTS:
                         return
         except openai.APIStatusError as exc:
             raise _status_error(exc) from exc

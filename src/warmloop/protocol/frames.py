@@ -81,8 +81,7 @@ def parse_frame(data: str | bytes, *, max_bytes: int, max_depth: int) -> ClientF
             )
         )
     stream_id = event.get("stream_id")
-    valid_id = isinstance(stream_id, str) and STREAM_ID.fullmatch(stream_id) is not None
-    echo = stream_id if valid_id and isinstance(stream_id, str) else None
+    echo = stream_id if isinstance(stream_id, str) and STREAM_ID.fullmatch(stream_id) else None
     body = {k: v for k, v in event.items() if k not in ("type", "stream_id", "stream")}
     try:
         request = parse_create(body, websocket=True)  # `stream` is implied on a socket
