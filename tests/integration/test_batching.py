@@ -280,3 +280,37 @@ async def test_stream_id_errors(batch_server: LiveServer) -> None:
         await asyncio.sleep(0.1)
         health = batch_server.health()
     assert health["slots_busy"] == 0 and health["slots_leased"] == 0
+
+
+async def test_sessions_that_start_together_compute_their_instructions_once(
+    batch_server: LiveServer,
+) -> None:
+    """Three cold requests with the same long instructions at once: one computes them,
+    the others fork its KV (cached_tokens says so) and answer as they would alone."""
+    instructions = "You are a careful agent. " + " ".join(
+        f"Rule {k}: check file f{k}.py twice." for k in range(60)
+    )
+    bodies = [
+        {
+            "model": "default",
+            "temperature": 0,
+            "max_output_tokens": 12,
+            "instructions": instructions,
+            "input": text,
+            "store": False,
+        }
+        for text in ("Fix the parser.", "Rename a variable.", "Write a test.")
+    ]
+    url = f"{batch_server.base_url}/responses"
+    async with httpx.AsyncClient(timeout=300) as client:
+        together = await asyncio.gather(*(client.post(url, json=body) for body in bodies))
+        alone = [(await client.post(url, json=body)).json() for body in bodies]
+    usage = sorted(
+        (r.json()["usage"] for r in together),
+        key=lambda u: u["input_tokens_details"]["cached_tokens"],
+    )
+    assert usage[0]["input_tokens_details"]["cached_tokens"] == 0
+    for u in usage[1:]:  # the instructions (all but the last few tokens) came from the first
+        assert u["input_tokens_details"]["cached_tokens"] >= u["input_tokens"] - 24
+    for body, t, a in zip(bodies, together, alone, strict=True):
+        check_same(body, a, t.json())

@@ -121,3 +121,43 @@ def test_the_shortest_remaining_prompt_prefills_first() -> None:
     assert plan.decodes == [a]
     assert [(seq, len(c)) for seq, c in plan.chunks] == [(short, 30), (long, 98)]
     assert (short, 1 + 29) in plan.samples  # the delta's last row has logits: it samples now
+
+
+def test_sessions_that_start_together_compute_a_shared_head_once() -> None:
+    """Four cold prompts with the same 300-token head: one computes it, the others wait
+    and then fork its KV (and a prompt of another tenant never waits for it)."""
+    s = scheduler(chunk=512, factor=0)
+    head = list(range(1000, 1300))
+    first = job([*head, 1, 2, 3])
+    same = [job([*head, 10 * k, 5]) for k in range(1, 3)]
+    other_tenant = job([*head, 7], tenant="B")
+    s.waiting.extend([first, *same, other_tenant])
+    admit_all(s)
+    assert [q.job for q in s.running] == [first, other_tenant]
+    assert list(s.waiting) == same
+    lead = s.running[0]
+    compute(fake(s), lead.slot, head[:200])  # partway: they still wait
+    admit_all(s)
+    assert list(s.waiting) == same
+    compute(fake(s), lead.slot, [*head[200:], 1])  # the head is computed
+    forks = admit_all(s)[2:]
+    assert [q.job for q in forks] == same and not s.waiting
+    assert all(q.reused == len(head) for q in forks)
+    assert all(fake(s).tokens(q.slot.id) == head for q in forks)
+
+
+def test_a_job_with_its_own_warm_chain_does_not_wait_for_a_shared_head() -> None:
+    s = scheduler(chunk=512, factor=0)
+    head = list(range(1000, 1300))
+    mine = job([*head, 1], lease="c1")
+    s.waiting.append(mine)
+    (warm,) = admit_all(s)
+    compute(fake(s), warm.slot, [*head, 1])
+    s.kv.finish(warm.slot)
+    s.running.clear()
+    s.waiting.append(job([*range(1000, 1400), 9]))  # cold: 400 tokens share the 300
+    (lead,) = admit_all(s)
+    # c1's next turn shares 300 tokens with the prefilling job but its own slot holds
+    # them already: it runs now instead of waiting.
+    s.waiting.append(job([*head, 1, 2, 3], lease="c1"))
+    assert len(admit_all(s)) == 2 and not s.waiting and lead.prefilling

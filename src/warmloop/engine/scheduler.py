@@ -10,22 +10,29 @@ decode-only step: the scheduler learns what a decode-only step and a prefill tok
 (a token deep in a long prompt costs more, its attention spans everything before it)
 and sizes each chunk to fit.
 Admission is `can_admit(job)` then `admit(job)`, oldest job first, and a job that can
-never fit is refused with a clear reason instead of waiting forever.
+never fit is refused with a clear reason instead of waiting forever. A job that shares a
+long prefix with a sequence of its tenant that is still prefilling it (sessions that
+start together with the same instructions) waits until that prefix is computed and then
+forks its KV: the shared head is computed once, not once per session.
 """
 
 from __future__ import annotations
 
 import codecs
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from warmloop.engine.backend import BatchRow
 from warmloop.engine.request import Job
 from warmloop.engine.sampling import Sampler
 from warmloop.engine.speculative import Drafter
-from warmloop.kvcache.base import KVCache, Placement, Slot
+from warmloop.kvcache.base import KVCache, Placement, Slot, common_prefix
 
 STALL_MARGIN = 0.75  # of the extra time a prefilling step may take
+# A job waits for a prefilling sequence that will give it at least this many more tokens
+# of KV than it can reuse now (below it, computing them again costs about one step).
+SHARE_MIN_TOKENS = 64
 
 
 @dataclass
@@ -94,11 +101,39 @@ class Scheduler:
             )
         return None
 
-    def can_admit(self, job: Job) -> bool:
-        return len(self.running) < self.max_running and self.kv.can_lease(job)
+    def can_admit(self, job: Job, admitted: Collection[tuple[Job, Placement]] = ()) -> bool:
+        return (
+            len(self.running) + len(admitted) < self.max_running
+            and self.kv.can_lease(job)
+            and self.leader(job, admitted) is None
+        )
 
     def admit(self, job: Job) -> Placement | None:
         return self.kv.lease(job)
+
+    def leader(self, job: Job, admitted: Collection[tuple[Job, Placement]] = ()) -> Slot | None:
+        """The slot of a job of `job`'s tenant (running, or `admitted` this round) that is
+        still prefilling a prefix `job` shares, at least SHARE_MIN_TOKENS beyond what `job`
+        could reuse now: `job` waits for it, then forks its KV (a busy slot's computed
+        prefix is final)."""
+        cap = len(job.tokens) - (0 if job.prefill_only else 1)
+        best: tuple[Slot | None, int] = (None, 0)
+        pairs = [(q.job, q.slot) for q in self.running] + [(j, p.slot) for j, p in admitted]
+        for other, holder in pairs:
+            done = len(holder.tokens)
+            if other.tenant != job.tenant or done >= len(other.tokens):
+                continue
+            # Cheap test first: the job must agree with it just past what it computed.
+            probe = done + SHARE_MIN_TOKENS
+            if probe > cap or job.tokens[done:probe] != other.tokens[done:probe]:
+                continue
+            shared = min(common_prefix(other.tokens, job.tokens), cap)
+            if shared > best[1]:
+                best = (holder, shared)
+        slot, shared = best
+        if slot is None or shared - self.kv.reusable(job) < SHARE_MIN_TOKENS:
+            return None
+        return slot
 
     def admissions(self) -> list[tuple[Job, Placement]]:
         """Admit waiting jobs, oldest first. A job that must wait (say, its connection's
@@ -109,7 +144,7 @@ class Scheduler:
         while self.waiting:
             job = self.waiting.popleft()
             try:
-                placement = self.admit(job) if self.can_admit(job) else None
+                placement = self.admit(job) if self.can_admit(job, admitted) else None
             except Exception as exc:
                 self.refused.append((job, exc))
                 continue

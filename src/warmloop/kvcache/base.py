@@ -89,6 +89,11 @@ class KVCache(Protocol):
         """True when `lease(req)` would place it now (no side effects)."""
         ...
 
+    def reusable(self, req: KVRequest) -> int:
+        """Prompt tokens of `req` whose KV exists somewhere now (its own slot, an idle slot,
+        host RAM, or a running chain of its tenant): what a placement could reuse at best."""
+        ...
+
     def lease(self, req: KVRequest) -> Placement | None:
         """Mark a slot busy for `req`, holding the longest reusable prefix of its prompt,
         or None when it must wait. The slot stays pinned to `req.lease` after the job."""

@@ -88,6 +88,14 @@ class KVCacheManager(KVCache):
         source = self._pick_source(holders - {exclude}) if n else None
         return (n, source) if source is not None else (0, None)
 
+    def reusable(self, req: KVRequest) -> int:
+        if not self.kv_reuse:
+            return 0
+        own = self.leased_to(req.lease) if req.lease is not None else None
+        n = common_prefix(own.tokens, req.tokens) if own and own.tenant == req.tenant else 0
+        n = max(n, self.index.match(req.tenant, req.tokens)[0])
+        return max(n, self._best_running(req, None)[1])
+
     def can_lease(self, req: KVRequest) -> bool:
         return self._plan(req) is not None
 
@@ -142,7 +150,7 @@ class KVCacheManager(KVCache):
         self.mover.restore(source, target, best, own_chain=own_chain)
         return self._claim(target, req, best, "host")
 
-    def _best_running(self, req: KVRequest, target: Slot) -> tuple[Slot | None, int]:
+    def _best_running(self, req: KVRequest, target: Slot | None) -> tuple[Slot | None, int]:
         """The busy slot of the request's tenant sharing the longest prefix (busy slots
         are not in the index: their token lists grow every step)."""
         best: tuple[Slot | None, int] = (None, 0)
