@@ -4,7 +4,9 @@
    tokens/s (G tokens), through warmloop's engine (thread, scheduler, samplers, async
    streams), next to llama.cpp's own `llama-bench` for the same model and threads when it
    is available (`--llama-bench PATH`; build it with benchmarks/build_llama_bench.sh).
-2. Batching: aggregate decode tokens/s with 1, 2, 4, 8 concurrent sequences.
+2. Batching: aggregate decode tokens/s with 1, 2, 4, 8 concurrent sequences, next to
+   `llama-batched-bench` (same build, threads, per-sequence KV) when it sits beside
+   llama-bench.
 3. Stall: while 4 sequences decode, a 4k-token prompt is admitted; the worst gap between
    their tokens is compared with a normal decode step.
 
@@ -75,10 +77,15 @@ async def single(engine: Engine, args: argparse.Namespace, rng: random.Random) -
 
 
 async def concurrent(engine: Engine, n: int, gen: int, rng: random.Random) -> float:
-    prompts = [random_prompt(engine, 16, rng) for _ in range(n)]
-    results = await asyncio.gather(
-        *(run_job(engine, p, gen, 200 + i) for i, p in enumerate(prompts))
-    )
+    """Aggregate decode tokens/s while all `n` sequences decode. A sampled end of text
+    would shrink that window to a few steps: such a run is repeated with other seeds."""
+    for attempt in range(5):
+        prompts = [random_prompt(engine, 16, rng) for _ in range(n)]
+        results = await asyncio.gather(
+            *(run_job(engine, p, gen, 200 + 10 * attempt + i) for i, p in enumerate(prompts))
+        )
+        if all(len(r["stamps"]) == gen for r in results):
+            break
     start = max(r["stamps"][0] for r in results)  # all decoding from here on
     end = min(r["stamps"][-1] for r in results)
     tokens = sum(sum(1 for s in r["stamps"] if start < s <= end) for r in results)
@@ -131,6 +138,23 @@ def llama_bench(path: str, model: Path, threads: int, p: int, g: int) -> dict[st
     return res
 
 
+def llama_batched_bench(path: Path, model: Path, threads: int, g: int) -> dict[str, float]:
+    """Aggregate decode tokens/s of llama.cpp's own batched loop at 1, 2, 4, 8 sequences
+    (16-token prompts, `g` generated each, one KV stream per sequence as warmloop uses)."""
+    cmd = [
+        str(path), "-m", str(model), "-t", str(threads), "-tb", str(threads), "-c", "8192",
+        "-b", "512", "-ub", "512", "-npp", "16", "-ntg", str(g), "-npl", "1,2,4,8",
+        "-no-kvu", "--output-format", "jsonl",
+    ]  # fmt: skip
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"llama-batched-bench failed: {exc}")
+        return {}
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {str(r["pl"]): round(float(r["speed_tg"]), 1) for r in rows}
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(0)
     cfg = Config(
@@ -178,8 +202,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--ctx", type=int, default=8192)
     p.add_argument("--batch-tokens", type=int, default=512)
-    p.add_argument("--prefill-chunk", type=int, default=64)
-    p.add_argument("--prefill-stall-factor", type=float, default=2.0)
+    defaults = Config.model_fields
+    p.add_argument("--prefill-chunk", type=int, default=defaults["prefill_chunk"].default)
+    p.add_argument(
+        "--prefill-stall-factor", type=float, default=defaults["prefill_stall_factor"].default
+    )
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--gen-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
@@ -209,6 +236,15 @@ def main() -> None:
                 f"decode {ref.get('decode_tps', 0):7.1f} tok/s   (llama-bench)"
             )
             print(f"warmloop / llama.cpp: {report['ratio_vs_llama_cpp']}")
+        batched = Path(args.llama_bench).with_name("llama-batched-bench")
+        if batched.exists():
+            theirs = llama_batched_bench(batched, model, args.threads, args.gen_tokens)
+            report["llama_batched_bench"] = theirs
+            report["batched_ratio_vs_llama_cpp"] = {
+                n: round(report["concurrency"][n] / v, 3) for n, v in theirs.items() if v
+            }
+            print(f"llama-batched-bench aggregate decode tok/s: {theirs}")
+            print(f"warmloop / llama.cpp, batched: {report['batched_ratio_vs_llama_cpp']}")
     else:
         print(
             "llama-bench not found: llama.cpp's own numbers were not measured "

@@ -114,14 +114,21 @@ def assert_same_or_near_tie(
     1e-3, or a gap inside the logit noise that the warm run's batch shapes (prompt split
     at `cached`, or prefilled in chunks beside other sequences) cause on their own,
     reproduced here on one sequence without any cache."""
-    if warm == cold:
-        return
-    backend, renderer = _backend()
     items: list[Item] = []
     for k, (u, a) in enumerate(history):
         items += [MessageItem(f"u{k}", "user", u), MessageItem(f"a{k}", "assistant", a)]
     items.append(MessageItem("u", "user", user_text))
-    prompt = backend.tokenize(renderer.render(system_text(instructions, tools), items))
+    assert_items_same_or_near_tie(system_text(instructions, tools), items, warm, cold, cached)
+
+
+def assert_items_same_or_near_tie(
+    system: str | None, items: Sequence[Item], warm: str, cold: str, cached: int
+) -> None:
+    """`assert_same_or_near_tie` for a prompt of any items after a system text."""
+    if warm == cold:
+        return
+    backend, renderer = _backend()
+    prompt = backend.tokenize(renderer.render(system, items))
     a, b = backend.tokenize(warm), backend.tokenize(cold)
     _check_divergence(
         prompt,

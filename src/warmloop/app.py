@@ -99,7 +99,9 @@ def build_runtime(config: Config) -> tuple[Runtime, Engine]:
     )
     store = build_store(config)
     grammars = Grammars(json_schema_to_gbnf, check=engine.check_grammar)
-    preparer = Preparer(config, store, renderer, backend.tokenize, grammars, model_path.stem)
+    preparer = Preparer(
+        config, store, renderer, backend.tokenize, backend.token_piece, grammars, model_path.stem
+    )
     service = ResponsesService(config, engine, store, preparer, metrics)
     runtime = Runtime(config=config, service=service, keys=keyring(config), metrics=metrics)
     slots = engine.kv
@@ -108,6 +110,10 @@ def build_runtime(config: Config) -> tuple[Runtime, Engine]:
     metrics.bind_gauge(metrics.connections, lambda: runtime.connections)
     metrics.bind_gauge(metrics.tenant_connections, lambda: sum(runtime.tenant_connections.values()))
     metrics.bind_gauge(metrics.lanes, lambda: runtime.lanes)
+    metrics.bind_gauge(
+        metrics.recent_bytes,
+        lambda: sum(c.retained_bytes for c in list(service.retrieval.connections)),
+    )
     metrics.bind_gauge(
         metrics.responses_running, lambda: service.leak_counters()["responses_running"]
     )

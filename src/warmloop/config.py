@@ -121,6 +121,24 @@ class Config(BaseSettings):
     kv_idle_snapshot_s: float = Field(
         0.0, ge=0, description="move chains idle this long to host RAM (0 = only when needed)"
     )
+    # --- long sessions ---
+    truncation_kv: Literal["recompute", "shift"] = Field(
+        "recompute",
+        description='truncation "auto" on a warm chain: keep the instructions\' KV and '
+        "recompute the kept turns (exact), or cut the dropped turns out of the KV and shift "
+        "the rest (no recompute, but the kept turns' KV was computed with the dropped ones "
+        "in view: llama.cpp's context shift)",
+    )
+    truncation_keep: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description='truncation "auto" drops the oldest items until the prompt and its output '
+        "room fit in this fraction of --ctx (1: the fewest items; less: fewer truncations)",
+    )
+    compact_summary_tokens: int = Field(
+        512, ge=16, description="output tokens of a compaction's summary"
+    )
     # --- keys and limits ---
     api_key: Names = Field((), description="accepted API key (repeatable); none = open server")
     api_keys_file: Path | None = Field(
@@ -186,6 +204,11 @@ class Config(BaseSettings):
     )
     ws_recent_responses: int = Field(
         64, ge=1, description="latest responses a connection can continue from memory"
+    )
+    ws_recent_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="bytes of those responses a connection keeps (the oldest go first)",
     )
     ws_ping_interval: float = Field(20.0, gt=0, description="seconds between keepalive pings")
     # --- process ---

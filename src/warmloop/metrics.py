@@ -24,6 +24,7 @@ LEAK_GAUGES = (
     "warmloop_websocket_lanes",
     "warmloop_store_pending_writes",
     "warmloop_engine_waiting",
+    "warmloop_websocket_recent_bytes",
 )
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BYTES_BUCKETS = tuple(float(2**k) for k in range(16, 31, 2))
@@ -103,6 +104,16 @@ class Metrics:
             registry=r,
         )
         self.responses = Counter("warmloop_responses", "Responses finished", ["status"], registry=r)
+        self.recent_dropped = Counter(
+            "warmloop_websocket_recent_dropped",
+            "Responses a socket stopped keeping continuable (--ws-recent-responses/-bytes)",
+            registry=r,
+        )
+        self.recent_bytes = Gauge(
+            "warmloop_websocket_recent_bytes",
+            "Bytes of responses open sockets keep continuable in memory",
+            registry=r,
+        )
         self.slots_in_use = Gauge("warmloop_slots_in_use", "Slots running a job", registry=r)
         self.slots_leased = Gauge(
             "warmloop_slots_leased", "Slots pinned to a connection", registry=r

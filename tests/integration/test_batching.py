@@ -309,7 +309,8 @@ async def test_sessions_that_start_together_compute_their_instructions_once(
         (r.json()["usage"] for r in together),
         key=lambda u: u["input_tokens_details"]["cached_tokens"],
     )
-    assert usage[0]["input_tokens_details"]["cached_tokens"] == 0
+    # The first computed the instructions (a few leading tokens may be other tests').
+    assert usage[0]["input_tokens_details"]["cached_tokens"] < 24
     for u in usage[1:]:  # the instructions (all but the last few tokens) came from the first
         assert u["input_tokens_details"]["cached_tokens"] >= u["input_tokens"] - 24
     for body, t, a in zip(bodies, together, alone, strict=True):

@@ -165,3 +165,39 @@ async def test_engine_integrity_check_sees_the_real_sequences() -> None:
             engine.check_integrity()
     finally:
         engine.stop()
+
+
+def test_a_cut_shifts_the_tail_into_place(backend: LlamaBackend) -> None:
+    """`seq_cut` removes a range and moves the tokens after it down, re-rotating their
+    keys: tokens computed alone at positions d.. and then cut down to 0.. predict what
+    computing them at 0.. does (attention sees only relative positions), within the
+    ~0.8 logit noise that computing them at another offset shows on its own. Without the
+    shift, decoding the next token at position len - 1 would be refused."""
+    assert backend.can_cut
+    text = backend.tokenize("<|im_start|>user\nName a large animal with a trunk.<|im_end|>\n")
+    text += backend.tokenize("<|im_start|>assistant\n")
+    d = 100
+    backend.seq_truncate(0, 0)
+    backend.decode([BatchRow(t, d + i, 0, False) for i, t in enumerate(text[:-1])])
+    backend.seq_cut(0, 0, d)  # nothing is held below d: this only shifts
+    assert backend.seq_len(0) == len(text) - 1
+    warm = next_logits(backend, 0, text[-1], len(text) - 1)
+    cold = cold_logits(backend, 1, text)
+    assert float(np.abs(warm - cold).max()) < 1.0
+    assert_same(warm, cold)
+
+
+def test_a_cut_is_not_a_cold_computation_of_the_shorter_prompt(backend: LlamaBackend) -> None:
+    """Why `--truncation-kv shift` is opt-in: the kept tail's KV was computed while the
+    dropped turns were in view, so after the cut the model still "remembers" them, and
+    its prediction differs from a cold computation of head + tail by more than batch
+    shapes ever do (the default recomputes the tail instead)."""
+    head = backend.tokenize("<|im_start|>system\nYou answer with one word.<|im_end|>\n")
+    old = backend.tokenize("<|im_start|>user\nWhat colour is the sky at noon?<|im_end|>\n")
+    tail = backend.tokenize("<|im_start|>user\nName a large animal with a trunk.<|im_end|>\n")
+    tail += backend.tokenize("<|im_start|>assistant\n")
+    prefill(backend, 0, head + old + tail[:-1])
+    backend.seq_cut(0, len(head), len(head) + len(old))
+    warm = next_logits(backend, 0, tail[-1], len(head) + len(tail) - 1)
+    cold = cold_logits(backend, 1, head + tail)
+    assert float(np.abs(warm - cold).max()) > 2.0  # measured: 4.8

@@ -45,6 +45,12 @@ class FakeKV:
     def seq_len(self, seq: int) -> int:
         return len(self.seqs[seq])
 
+    def seq_cut(self, seq: int, start: int, end: int) -> None:
+        self.calls.append(("cut", seq, end - start))
+        del self.seqs[seq][start:end]
+
+    can_cut = True
+
     def tokens(self, seq: int) -> list[int]:
         return [n for _, n in self.seqs[seq]]
 
@@ -80,6 +86,7 @@ def job(
     *,
     prefill_only: bool = False,
     shared_prefix: int = 0,
+    drop: tuple[int, int] | None = None,
 ) -> Job:
     return Job(
         f"j{next(_ids)}",
@@ -89,6 +96,7 @@ def job(
         lease=lease,
         prefill_only=prefill_only,
         shared_prefix=shared_prefix,
+        drop=drop,
     )
 
 

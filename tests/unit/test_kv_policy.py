@@ -22,6 +22,7 @@ class Req:
     lease: str | None = None
     prefill_only: bool = False
     shared_prefix: int = 0
+    drop: tuple[int, int] | None = None
 
 
 def slot(

@@ -254,3 +254,33 @@ def test_release_of_a_busy_slot_is_not_undone_by_finish() -> None:
     mgr.finish(p.slot)
     # store:false: only the shared prefix may stay matchable once the connection is gone
     assert mgr.index.match("A", list(range(10)))[0] <= 3
+
+
+HEAD, OLD, KEPT = list(range(100, 110)), list(range(200, 220)), list(range(300, 330))
+
+
+def test_a_truncated_chain_cuts_the_dropped_turns_and_keeps_the_tail() -> None:
+    """truncation "auto": the prompt is the head, then the chain minus its oldest turns,
+    then the new turn; the slot that holds the chain cuts those turns out instead of
+    recomputing the tail, over WebSocket (its own slot) and HTTP (an idle slot)."""
+    for lease in ("c1", None):
+        mgr, kv = make(2)
+        run(mgr, kv, job([7] * 40), at=0.0)  # another idle slot: holds only junk
+        chain = run(mgr, kv, job(HEAD + OLD + KEPT, lease=lease), at=1.0)
+        nxt = job([*HEAD, *KEPT, 1, 2, 3], lease=lease, drop=(10, 30))
+        p = start(mgr, kv, nxt)  # start() checks the slot's KV equals the prompt's prefix
+        assert p.slot is chain.slot and (p.reuse, p.tier) == (40, "slot")
+        assert ("cut", p.slot.id, 20) in kv.calls and mgr.stats.cuts == 1
+
+
+def test_no_cut_when_the_model_cannot_shift_or_the_chain_is_elsewhere() -> None:
+    mgr, kv = make(1)
+    kv.can_cut = False
+    run(mgr, kv, job(HEAD + OLD + KEPT, lease="c1"))
+    p = start(mgr, kv, job([*HEAD, *KEPT, 1], lease="c1", drop=(10, 30)))
+    assert p.reuse == 10 and not any(c[0] == "cut" for c in kv.calls)
+    # A slot whose tokens stop inside the dropped range has nothing after it to keep.
+    mgr, kv = make(1)
+    run(mgr, kv, job(HEAD + OLD[:5], lease="c1"))
+    p = start(mgr, kv, job([*HEAD, *KEPT, 1], lease="c1", drop=(10, 30)))
+    assert p.reuse == 10 and mgr.stats.cuts == 0

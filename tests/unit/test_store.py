@@ -204,3 +204,19 @@ def test_a_chain_costs_about_four_bytes_a_token() -> None:
     chain = ChainState.of("", range(1000, 1000 + 4096))
     assert sys.getsizeof(chain.tokens) < 4096 * 5  # ints as a tuple: ~36 bytes each
     assert list(chain.tokens[:2]) == [1000, 1001]
+
+
+def test_connection_keeps_at_most_its_byte_budget_oldest_first() -> None:
+    big = record("r0", text="x" * 10_000)
+    conn = Connection(tenant="a", max_bytes=25_000)
+    assert conn.remember(big) == 0 and conn.retained_bytes == big.size()
+    assert conn.remember(record("r1", text="y" * 10_000)) == 0
+    # A third would hold ~30 kB: the oldest goes, and the gauge follows.
+    assert conn.remember(record("r2", text="z" * 10_000)) == 1
+    assert conn.lookup("r0") is None and conn.lookup("r1") is not None
+    assert conn.retained_bytes == sum(r.size() for r in conn.recent.values())
+    # One response over the budget on its own is still kept: the chain must go on.
+    huge = record("r3", text="h" * 60_000)
+    assert conn.remember(huge) == 2 and list(conn.recent) == ["r3"]
+    conn.forget("r3")
+    assert conn.retained_bytes == 0

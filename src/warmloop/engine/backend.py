@@ -178,6 +178,16 @@ class LlamaBackend:
             return big.raw[:n]
         return buf.raw[:n]
 
+    def token_piece(self, token: int) -> bytes:
+        """The token's text with special tokens spelled out, as in a rendered prompt
+        (any thread: its own buffer, and it only reads the vocabulary)."""
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n]
+
     # ----- compute -------------------------------------------------------------------
     def decode(self, rows: Sequence[BatchRow]) -> None:
         """Run one llama_decode over `rows` (at most n_batch). Row i's logits are at index i."""
@@ -201,6 +211,18 @@ class LlamaBackend:
         """Drop every cell of `seq` at position >= keep."""
         if not llama_cpp.llama_memory_seq_rm(self.memory, seq, keep, -1):
             raise BackendError(f"could not truncate sequence {seq} at {keep}")
+
+    def seq_cut(self, seq: int, start: int, end: int) -> None:
+        """Remove positions [start, end) of `seq` and move every later cell down by
+        end - start (llama.cpp re-rotates their keys at the next decode)."""
+        if not llama_cpp.llama_memory_seq_rm(self.memory, seq, start, end):
+            raise BackendError(f"could not cut [{start}, {end}) from sequence {seq}")
+        llama_cpp.llama_memory_seq_add(self.memory, seq, end, -1, start - end)
+
+    @property
+    def can_cut(self) -> bool:
+        """Whether this model's memory can shift positions (RoPE models can)."""
+        return bool(llama_cpp.llama_memory_can_shift(self.memory))
 
     def seq_len(self, seq: int) -> int:
         """Tokens the sequence holds (positions 0..n-1; 0 when empty)."""

@@ -63,6 +63,8 @@ class Job:
     # Leading tokens that are the tenant's shared instructions/tools, not the chain's own
     # conversation: kept as a reusable prefix when the chain's owner goes away.
     shared_prefix: int = 0
+    # truncation "auto": the prompt continues a chain with its tokens [start, end) dropped
+    drop: tuple[int, int] | None = None
     submitted_at: float = field(default_factory=time.perf_counter)
     cancelled: bool = False  # set from the event loop; read by the engine thread
     # Where the results go: the engine thread posts into this loop-owned queue.

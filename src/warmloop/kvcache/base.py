@@ -33,6 +33,20 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def reuse_of(held: Sequence[int], req: KVRequest, *, can_cut: bool) -> tuple[int, bool]:
+    """How many of `req`'s prompt tokens a sequence holding `held` can provide, and
+    whether that needs the cut of `req.drop` first: a truncated prompt continues a chain
+    with the tokens [start, end) removed, and a sequence holding that chain keeps what
+    follows them after cutting them out and shifting the rest down."""
+    plain = common_prefix(held, req.tokens)
+    drop = req.drop
+    if not can_cut or drop is None or plain < drop[0] or len(held) <= drop[1]:
+        return plain, False
+    start, end = drop
+    after = start + common_prefix(held[end:], req.tokens[start:])
+    return (after, True) if after > plain else (plain, False)
+
+
 @dataclass(eq=False)
 class Slot:
     id: int
@@ -66,6 +80,8 @@ class KVRequest(Protocol):
     def prefill_only(self) -> bool: ...  # no token is sampled: the whole prompt may be reused
     @property
     def shared_prefix(self) -> int: ...  # leading tokens that are instructions/tools
+    @property
+    def drop(self) -> tuple[int, int] | None: ...  # see reuse_of: a truncated chain's cut
 
 
 class KVOps(Protocol):
@@ -76,6 +92,9 @@ class KVOps(Protocol):
     def seq_state_get(self, seq: int) -> bytearray: ...
     def seq_state_set(self, seq: int, data: bytes | bytearray) -> None: ...
     def seq_len(self, seq: int) -> int: ...  # tokens the sequence holds (0 when empty)
+    def seq_cut(self, seq: int, start: int, end: int) -> None: ...  # drop [start, end), shift
+    @property
+    def can_cut(self) -> bool: ...  # seq_cut works for this model (its positions can shift)
 
 
 class KVIntegrityError(RuntimeError):

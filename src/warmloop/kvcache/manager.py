@@ -28,6 +28,7 @@ from warmloop.kvcache.base import (
     Slot,
     Tier,
     common_prefix,
+    reuse_of,
 )
 from warmloop.kvcache.host_store import HostStore, Snapshot
 from warmloop.kvcache.integrity import problems
@@ -92,7 +93,9 @@ class KVCacheManager(KVCache):
         if not self.kv_reuse:
             return 0
         own = self.leased_to(req.lease) if req.lease is not None else None
-        n = common_prefix(own.tokens, req.tokens) if own and own.tenant == req.tenant else 0
+        n = 0
+        if own is not None and own.tenant == req.tenant:
+            n = reuse_of(own.tokens, req, can_cut=self.ops.can_cut)[0]
         n = max(n, self.index.match(req.tenant, req.tokens)[0])
         return max(n, self._best_running(req, None)[1])
 
@@ -128,7 +131,9 @@ class KVCacheManager(KVCache):
         if not self.kv_reuse:
             self.mover.truncate(target, 0)
             return self._claim(target, req, 0, "none")
-        own = common_prefix(target.tokens, tokens) if target.tenant == req.tenant else 0
+        own, cut = (0, False)
+        if target.tenant == req.tenant:
+            own, cut = reuse_of(target.tokens, req, can_cut=self.ops.can_cut)
         own = min(own, cap)
         best, source = self.match_prefix(req.tenant, tokens, exclude=target)
         best = min(best, cap)
@@ -139,6 +144,10 @@ class KVCacheManager(KVCache):
             # A fork of a chain that is generating right now: its KV up to here is final.
             source, best = running, min(n, cap)
         if source is None:
+            if cut and req.drop is not None:
+                # A truncated chain: cut the dropped turns out, keep the tail's KV.
+                self.index.remove(target)
+                self.mover.cut(target, *req.drop)
             self._save(target, keep=own)
             self.mover.truncate(target, own)
             return self._claim(target, req, own, "slot" if own > 0 else "none")

@@ -24,6 +24,7 @@ class KVStats:
     prefix_copies: int = 0
     slot_evictions: int = 0
     host_evictions: int = 0
+    cuts: int = 0  # truncated chains whose kept tail was shifted instead of recomputed
 
 
 class KVMover:
@@ -46,6 +47,12 @@ class KVMover:
         if keep < len(slot.tokens) or keep == 0:
             self.ops.seq_truncate(slot.id, keep)
             del slot.tokens[keep:]
+
+    def cut(self, slot: Slot, start: int, end: int) -> None:
+        """Remove the slot's tokens [start, end); the ones after them move down."""
+        self.ops.seq_cut(slot.id, start, end)
+        del slot.tokens[start:end]
+        self.stats.cuts += 1
 
     def read(self, slot: Slot) -> Snapshot:
         """The slot's chain as a snapshot, not yet stored."""

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from warmloop.kvcache.base import KVRequest, Slot, common_prefix
+from warmloop.kvcache.base import KVRequest, Slot, reuse_of
 from warmloop.kvcache.host_store import HostStore, Snapshot
 
 
@@ -55,7 +55,9 @@ class LRUPolicy:
 
             def score(s: Slot) -> tuple[int, float]:
                 same = kv_reuse and s.tenant == req.tenant
-                return (common_prefix(s.tokens, req.tokens) if same else 0, -s.last_used)
+                # A slot holding a truncated chain scores what it keeps after the cut.
+                reuse = reuse_of(s.tokens, req, can_cut=True)[0] if same else 0
+                return (reuse, -s.last_used)
 
             return LeasePlan(max(free, key=score), evicts=False)
         idle = [s for s in slots if not s.busy]

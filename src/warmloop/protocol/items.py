@@ -6,6 +6,8 @@ Internally a conversation is a tuple of `Item`s; the wire shapes are the SDK's
 
 from __future__ import annotations
 
+import base64
+import binascii
 import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -54,13 +56,44 @@ class FunctionCallOutputItem:
 
 
 @dataclass(frozen=True)
+class CompactionItem:
+    """A summary of the earlier conversation, made by `POST /v1/responses/compact` (or
+    `context_management`). On the wire its text travels as `encrypted_content`: opaque to
+    clients, but only encoded (`encode_summary`), not encrypted."""
+
+    id: str
+    summary: str
+    type: Literal["compaction"] = "compaction"
+
+
+SUMMARY_PREFIX = "wl1."  # encoded by this server (a version, should the format change)
+
+
+def encode_summary(summary: str) -> str:
+    return SUMMARY_PREFIX + base64.urlsafe_b64encode(summary.encode()).decode()
+
+
+def decode_summary(content: str, param: str) -> str:
+    try:
+        if not content.startswith(SUMMARY_PREFIX):
+            raise ValueError
+        return base64.urlsafe_b64decode(content[len(SUMMARY_PREFIX) :]).decode()
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidRequest(
+            f"'{param}' is not a compaction made by this server.",
+            param=param,
+            code="invalid_encrypted_content",
+        ) from None
+
+
+@dataclass(frozen=True)
 class ItemReference:
     """`{"type": "item_reference", "id": ...}`: resolved against stored items."""
 
     id: str
 
 
-Item = MessageItem | FunctionCallItem | FunctionCallOutputItem
+Item = MessageItem | FunctionCallItem | FunctionCallOutputItem | CompactionItem
 
 
 def item_size(item: Item) -> int:
@@ -69,6 +102,8 @@ def item_size(item: Item) -> int:
         return 64 + len(item.text.encode())
     if isinstance(item, FunctionCallItem):
         return 96 + len(item.arguments.encode()) + len(item.name)
+    if isinstance(item, CompactionItem):
+        return 64 + 2 * len(item.summary.encode())
     return 64 + len(item.output.encode())
 
 
@@ -98,6 +133,12 @@ def item_to_wire(item: Item) -> dict[str, Any]:
         if item.namespace:
             call["namespace"] = item.namespace
         return call
+    if isinstance(item, CompactionItem):
+        return {
+            "type": "compaction",
+            "id": item.id,
+            "encrypted_content": encode_summary(item.summary),
+        }
     return {
         "type": "function_call_output",
         "id": item.id,
@@ -201,9 +242,13 @@ def parse_item(raw: Any, index: int) -> Item | ItemReference:
         return FunctionCallOutputItem(_item_id(raw, param, "fco"), call_id, output)
     if kind == "item_reference":
         return ItemReference(_str_field(raw, "id", param))
+    if kind == "compaction":
+        content = _str_field(raw, "encrypted_content", param)
+        summary = decode_summary(content, f"{param}.encrypted_content")
+        return CompactionItem(_item_id(raw, param, "cmp"), summary)
     raise InvalidRequest(
-        f"Input item type '{kind}' is not supported "
-        "(supported: message, function_call, function_call_output, item_reference).",
+        f"Input item type '{kind}' is not supported (supported: message, function_call, "
+        "function_call_output, compaction, item_reference).",
         param=f"{param}.type",
     )
 

@@ -145,7 +145,7 @@ def _param_from_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _validation_to_api(exc: ValidationError) -> InvalidRequest:
+def validation_error(exc: ValidationError) -> InvalidRequest:
     err = exc.errors()[0]
     param = _param_from_loc(tuple(err["loc"]))
     if err["type"] == "extra_forbidden":
@@ -294,7 +294,7 @@ def parse_create(raw: Any, *, websocket: bool = False) -> CreateRequest:
     try:
         body = CreateBody.model_validate(raw)
     except ValidationError as exc:
-        raise _validation_to_api(exc) from None
+        raise validation_error(exc) from None
     if body.background:
         raise InvalidRequest("'background' is not supported by this server.", param="background")
     if body.input is None and not websocket:

@@ -21,11 +21,13 @@ from warmloop.protocol.items import Item, ItemReference, MessageItem, new_id
 from warmloop.protocol.requests import CreateRequest
 from warmloop.serving.grammar import Grammars
 from warmloop.serving.prompt import PromptRenderer, system_text
+from warmloop.serving.truncation import Truncation, truncate
 from warmloop.session.connection import Connection
 from warmloop.session.limits import output_budget
 from warmloop.session.response_store import ResponseStore, StoredResponse
 
 Tokenize = Callable[[str], list[int]]  # the model's tokenizer (safe on any thread)
+Piece = Callable[[int], bytes]  # a token's text, special tokens spelled out (any thread)
 
 
 @dataclass
@@ -56,6 +58,8 @@ class Prepared:
     params: SamplingParams
     tool_names: tuple[str, ...]
     shared_prefix: int  # tokens of the rendered instructions/tools message
+    truncated_items: int = 0  # truncation "auto" dropped this many of the oldest items
+    drop: tuple[int, int] | None = None  # ... and these tokens of the chain (see Job.drop)
     created_at: float = field(default_factory=time.time)
 
 
@@ -66,6 +70,7 @@ class Preparer:
         store: ResponseStore,
         renderer: PromptRenderer,
         tokenize: Tokenize,
+        piece: Piece,
         grammars: Grammars,
         model_id: str,
     ) -> None:
@@ -73,6 +78,7 @@ class Preparer:
         self.store = store
         self.renderer = renderer
         self.tokenize = tokenize
+        self.piece = piece
         self.grammars = grammars
         self.model_id = model_id
         self.model_names = {model_id, "default", *config.model_alias}
@@ -92,6 +98,16 @@ class Preparer:
         # rendering extends it token for token.
         text = self.renderer.render(system, history_in, add_generation_prompt=request.generate)
         tokens, delta_only = self._tokens(text, previous)
+        truncated = 0
+        drop = None
+        if body.truncation == "auto" and not self._fits(len(tokens), request):
+            cut = self._truncate(request, system, history_in, previous)
+            if cut is not None:
+                history_in, text, tokens, truncated = cut.history, cut.text, cut.tokens, cut.dropped
+                if self.config.truncation_kv == "shift":
+                    drop, delta_only = cut.drop, cut.drop is not None
+                else:  # the head's KV stays; the kept turns are computed again
+                    delta_only = False
         max_out = output_budget(
             len(tokens),
             body.max_output_tokens,
@@ -124,7 +140,53 @@ class Preparer:
             params=params,
             tool_names=names,
             shared_prefix=self._shared_prefix(system, history_in, text),
+            truncated_items=truncated,
+            drop=drop,
         )
+
+    def _truncate(
+        self,
+        request: CreateRequest,
+        system: str | None,
+        history: tuple[Item, ...],
+        previous: StoredResponse | None,
+    ) -> Truncation | None:
+        """Drop the oldest items down to --truncation-keep of the context, or as few as
+        fit at all when that cannot be reached; None when nothing that may go is enough."""
+        keep = self.config.truncation_keep
+        for share in (keep, 1.0) if keep < 1 else (1.0,):
+
+            def fits(n: int, share: float = share) -> bool:
+                return self._fits(n, request, share)
+
+            cut = truncate(
+                self.renderer,
+                self.tokenize,
+                self.piece,
+                system=system,
+                history=history,
+                lead=_lead(history),
+                generate=request.generate,
+                fits=fits,
+                chain=previous.chain if previous else None,
+            )
+            if cut is not None:
+                return cut
+        return None
+
+    def _fits(self, prompt_tokens: int, request: CreateRequest, share: float = 1.0) -> bool:
+        """Whether a prompt this long leaves, within `share` of the context, the room that
+        truncation "auto" keeps for the output: max_output_tokens, else an eighth of the
+        context (up to --max-output-tokens), nothing for a warm-up."""
+        cfg, asked = self.config, request.body.max_output_tokens
+        if not request.generate:
+            room = 0
+        elif asked is not None:
+            room = asked
+        else:
+            room = min(cfg.max_output_tokens, cfg.ctx // 8)
+        too_many = cfg.max_input_tokens and prompt_tokens > cfg.max_input_tokens
+        return not too_many and prompt_tokens + room <= int(share * cfg.ctx)
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model not in self.model_names:
@@ -171,11 +233,7 @@ class Preparer:
     def _shared_prefix(self, system: str | None, history: tuple[Item, ...], text: str) -> int:
         """How many leading tokens are the conversation's fixed head: instructions, tools
         and leading system/developer messages (what sessions of one tenant share)."""
-        lead: list[Item] = []
-        for item in history:
-            if not (isinstance(item, MessageItem) and item.role in ("system", "developer")):
-                break
-            lead.append(item)
+        lead = history[: _lead(history)]
         if not system and not lead:
             return 0
         head = self.renderer.render(system, lead, add_generation_prompt=False)
@@ -189,3 +247,14 @@ class Preparer:
             self._head_tokens[head] = n
         # The head ends at a special token, so its tokens are a prefix of the prompt's.
         return n
+
+
+def _lead(history: tuple[Item, ...]) -> int:
+    """How many leading items are system/developer messages (part of the fixed head)."""
+    n = 0
+    while n < len(history):
+        item = history[n]
+        if not (isinstance(item, MessageItem) and item.role in ("system", "developer")):
+            break
+        n += 1
+    return n

@@ -17,7 +17,13 @@ from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from warmloop.protocol.errors import InvalidRequest
-from warmloop.protocol.items import FunctionCallItem, FunctionCallOutputItem, Item, MessageItem
+from warmloop.protocol.items import (
+    CompactionItem,
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    Item,
+    MessageItem,
+)
 from warmloop.protocol.requests import FunctionTool
 
 CHATML_TEMPLATE = (
@@ -28,6 +34,7 @@ CHATML_TEMPLATE = (
 )
 
 TOOL_CALL_OPEN = "<tool_call>"
+SUMMARY_HEADER = "Summary of the conversation so far:\n"
 TOOL_CALL_CLOSE = "</tool_call>"
 
 
@@ -90,6 +97,8 @@ class PromptRenderer:
                 out.append({"role": role, "content": item.text})
             elif isinstance(item, FunctionCallOutputItem):
                 out.append({"role": "tool", "content": item.output})
+            elif isinstance(item, CompactionItem):
+                out.append({"role": "system", "content": SUMMARY_HEADER + item.summary})
         flush_calls()
         return out
 

@@ -62,11 +62,14 @@ class ResponsesService:
         """Prepare `request` off the event loop and admit it: its event stream, or the
         APIError that refused it before anything was sent."""
         try:
-            prepared = await asyncio.to_thread(self.prepare, request, ctx)
-            return self.start(prepared)
+            return self.start(await self.prepare_off_loop(request, ctx))
         except APIError as exc:
             self._continuation_failed(ctx, request.body.previous_response_id, refused=exc)
             raise
+
+    async def prepare_off_loop(self, request: CreateRequest, ctx: CallContext) -> Prepared:
+        """`prepare` in a worker thread (tokenizing a long prompt takes milliseconds)."""
+        return await asyncio.to_thread(self.prepare, request, ctx)
 
     def prepare(self, request: CreateRequest, ctx: CallContext) -> Prepared:
         """Every check that needs no engine slot, and the prompt's tokens (worker thread;
@@ -89,6 +92,7 @@ class ResponsesService:
             lease=p.ctx.lease,
             prefill_only=not p.request.generate,
             shared_prefix=p.shared_prefix,
+            drop=p.drop,
         )
         live = Live(job, response_object(p, self.model_id, "in_progress", []))
         self.admission.admit(p.ctx.tenant)  # nothing after this can fail before the finalizer
@@ -142,7 +146,9 @@ class ResponsesService:
                             return
                     if connection is not None and not live.deleted:
                         # Only now can the socket continue it: saved, or store:false.
-                        connection.remember(record, p.ctx.lease)
+                        dropped = connection.remember(record, p.ctx.lease)
+                        if dropped and self.metrics:
+                            self.metrics.recent_dropped.inc(dropped)
                     # Finished: cancel and GET see the record now, not the live snapshot.
                     self._release(p.id)
                     yield seq(final)

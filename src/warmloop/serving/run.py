@@ -69,6 +69,7 @@ class ResponseRun:
             "cache_tier": self.tier,
             "draft_tokens": fin.drafted,
             "accepted_tokens": fin.accepted,
+            "truncated_items": p.truncated_items,
         }
         if cancelled or fin.reason == "cancelled":
             status, kind, reason = "cancelled", "incomplete", None

@@ -17,6 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 from warmloop.protocol import wire_json
 from warmloop.protocol.errors import APIError, InvalidRequest, PayloadTooLarge
 from warmloop.protocol.requests import parse_create
+from warmloop.serving.compaction import compact
 from warmloop.serving.prepare import CallContext
 from warmloop.transport import server
 from warmloop.transport.errors import sse_error
@@ -139,6 +140,15 @@ async def _until_done_or_gone(
         log.info("client %s left before its response was ready", request.client)
         return Response(status_code=499)  # nobody reads this; the connection is gone
     return JSONResponse(task.result())
+
+
+@router.post("/v1/responses/compact")
+async def compact_response(request: Request) -> Response:
+    rt = runtime(request)
+    raw = await read_json(request, rt.config.max_body_bytes, rt.config.max_json_depth)
+    ctx = CallContext(tenant=tenant_of(request))
+    work = compact(rt.service, raw, ctx, rt.config.compact_summary_tokens)
+    return await _until_done_or_gone(request, work)
 
 
 @router.get("/v1/responses/{response_id}")

@@ -237,7 +237,11 @@ async def responses_socket(ws: WebSocket) -> None:
         return
     rt.connections += 1
     rt.tenant_connections[tenant] += 1
-    conn = Connection(tenant=tenant, max_recent=rt.config.ws_recent_responses)
+    conn = Connection(
+        tenant=tenant,
+        max_recent=rt.config.ws_recent_responses,
+        max_bytes=rt.config.ws_recent_bytes,
+    )
     session = _Session(ws, rt, conn)
     rt.service.connection_opened(conn)
     try:
