@@ -86,10 +86,11 @@ async def concurrent(engine: Engine, n: int, gen: int, rng: random.Random) -> fl
         )
         if all(len(r["stamps"]) == gen for r in results):
             break
-    start = max(r["stamps"][0] for r in results)  # all decoding from here on
-    end = min(r["stamps"][-1] for r in results)
-    tokens = sum(sum(1 for s in r["stamps"] if start < s <= end) for r in results)
-    return tokens / (end - start)
+    # From the first sequence's first token to the last one's last (all `n` run the whole
+    # way: same length, admitted in one step); a job's first token ends its prefill.
+    start = min(r["stamps"][0] for r in results)
+    end = max(r["stamps"][-1] for r in results)
+    return sum(len(r["stamps"]) - 1 for r in results) / (end - start)
 
 
 async def stall(engine: Engine, args: argparse.Namespace, rng: random.Random) -> dict[str, float]:

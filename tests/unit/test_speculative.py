@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from tests.unit.fake_kv import compute, job, make
 from warmloop.engine.scheduler import Scheduler, Sequence
-from warmloop.engine.speculative import REST_STEPS, WORTH, Drafter
+from warmloop.engine.speculative import MAX_DECODING, REST_STEPS, WORTH, Drafter
 
 
 def test_it_proposes_what_followed_the_latest_occurrence_of_the_last_ngram() -> None:
@@ -86,6 +86,19 @@ def test_drafts_ride_after_the_next_token_each_row_with_logits() -> None:
         (t, len(prompt) + i, True) for i, t in enumerate([12, *seq.draft])
     ]
     assert plan.samples == [(seq, 0)]
+
+
+def test_no_drafts_while_more_sequences_decode_than_drafting_pays_for() -> None:
+    s = scheduler()
+    s.max_running = MAX_DECODING + 1
+    s.kv = make(MAX_DECODING + 1)[0]
+    prompt = [10, 11, 12, 13, 14, 15, 16, 17, 10, 11]
+    seqs = [decoding(s, [k, *prompt], 12) for k in range(MAX_DECODING + 1)]
+    plan = s.plan()
+    assert all(not q.draft for q in seqs) and len(plan.rows) == MAX_DECODING + 1
+    s.running.pop()  # one fewer: they draft again
+    s.plan()
+    assert all(q.draft for q in s.running)
 
 
 def test_drafts_stop_at_the_output_limit_the_context_and_the_batch() -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from warmloop.engine.backend import BatchRow
 from warmloop.engine.request import Job
 from warmloop.engine.sampling import Sampler
-from warmloop.engine.speculative import Drafter
+from warmloop.engine.speculative import MAX_DECODING, Drafter
 from warmloop.kvcache.base import KVCache, Placement, Slot, common_prefix
 
 STALL_MARGIN = 0.75  # of the extra time a prefilling step may take
@@ -166,13 +166,14 @@ class Scheduler:
         plan = StepPlan()
         decoding = [s for s in self.running if s.next_token is not None]
         room = self.batch_tokens - len(decoding)
+        drafting = len(decoding) <= MAX_DECODING
         for seq in decoding:
             assert seq.next_token is not None
             pos = len(seq.slot.tokens)
             plan.rows.append(BatchRow(seq.next_token, pos, seq.slot.id, True))
             plan.samples.append((seq, len(plan.rows) - 1))
             plan.decodes.append(seq)
-            seq.draft = self._draft(seq, pos, room)
+            seq.draft = self._draft(seq, pos, room) if drafting else []
             room -= len(seq.draft)
             for i, token in enumerate(seq.draft, 1):
                 plan.rows.append(BatchRow(token, pos + i, seq.slot.id, True))
