@@ -152,11 +152,17 @@ def create_app(config: Config) -> FastAPI:
             config.ctx,
             "on" if config.kv_reuse else "off",
         )
+        lost = runtime.service.store.fail_unfinished(
+            "The server stopped while this background response ran."
+        )
+        if lost:
+            log.warning("%d background responses were cut off by a restart: now failed", lost)
         purge = asyncio.create_task(purge_expired(runtime.service.store, config.store_ttl))
         try:
             yield
         finally:
             purge.cancel()
+            await runtime.service.background.close()
             engine.stop()
             runtime.service.store.close()
 

@@ -136,6 +136,11 @@ class Config(BaseSettings):
         description='truncation "auto" drops the oldest items until the prompt and its output '
         "room fit in this fraction of --ctx (1: the fewest items; less: fewer truncations)",
     )
+    background_ttl: float = Field(
+        600.0,
+        ge=0,
+        description="seconds a background response's events stay streamable after it ends",
+    )
     compact_summary_tokens: int = Field(
         512, ge=16, description="output tokens of a compaction's summary"
     )

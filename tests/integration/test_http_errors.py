@@ -51,7 +51,7 @@ def assert_error(r: httpx.Response, status: int, code: str | None, param: str | 
             },
             "text.format.schema",
         ),
-        ({"model": "default", "input": "Hi", "background": True}, "background"),
+        ({"model": "default", "input": "Hi", "background": True, "store": False}, "store"),
         (
             {"model": "default", "input": [{"type": "item_reference", "id": "msg_nope"}]},
             "input[0].id",

@@ -116,7 +116,7 @@ def test_item_kinds_parse() -> None:
         ),
         ({"input": "x", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
         ({"input": "x", "text": {"colour": 1}}, "text.colour"),
-        ({"input": "x", "background": True}, "background"),
+        ({"input": "x", "background": True, "store": False}, "store"),
         ({"input": "x", "include": ["file_search_call.results"]}, "include[0]"),
         ({}, "input"),
     ],
@@ -474,10 +474,14 @@ def test_any_unknown_top_level_field_is_unknown_parameter(field: str) -> None:
     assert field in err.value.message
 
 
-def test_background_true_is_rejected_by_name() -> None:
+def test_background_is_for_stored_http_responses() -> None:
+    assert parse_create({"input": "x", "background": True}).body.background is True
     with pytest.raises(InvalidRequest) as err:
-        parse_create({"input": "x", "background": True})
+        parse_create({"input": "x", "background": True}, websocket=True)
     assert (err.value.param, err.value.code) == ("background", "invalid_request")
+    with pytest.raises(InvalidRequest) as err:
+        parse_create({"input": "x", "background": True, "store": False})
+    assert err.value.param == "store"
 
 
 def test_max_output_tokens_zero() -> None:

@@ -295,8 +295,15 @@ def parse_create(raw: Any, *, websocket: bool = False) -> CreateRequest:
         body = CreateBody.model_validate(raw)
     except ValidationError as exc:
         raise validation_error(exc) from None
-    if body.background:
-        raise InvalidRequest("'background' is not supported by this server.", param="background")
+    if body.background and websocket:
+        raise InvalidRequest(
+            "Background responses are not supported in WebSocket mode; create them over HTTP.",
+            param="background",
+        )
+    if body.background and body.store is False:
+        raise InvalidRequest(
+            "A background response must be stored: set 'store' to true.", param="store"
+        )
     if body.input is None and not websocket:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input")
     if body.include:

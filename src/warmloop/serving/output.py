@@ -32,7 +32,7 @@ def response_object(
         "object": "response",
         "created_at": int(p.created_at),
         "status": status,
-        "background": False,
+        "background": body.background is True,
         "error": error,
         "incomplete_details": {"reason": incomplete_reason} if incomplete_reason else None,
         "instructions": body.instructions,

@@ -205,6 +205,12 @@ class Preparer:
             record = self.store.get(response_id, ctx.tenant)
         if record is None:
             raise PreviousResponseNotFound(response_id)
+        if record.response.get("status") in ("queued", "in_progress"):
+            raise InvalidRequest(
+                f"Response '{response_id}' is still in progress (a background response); "
+                "continue from it once it has ended.",
+                param="previous_response_id",
+            )
         return record
 
     def _resolve(self, items: list[Item | ItemReference], history: tuple[Item, ...]) -> list[Item]:

@@ -24,13 +24,14 @@ from warmloop.protocol.errors import APIError, ServerError, StoreUnavailable
 from warmloop.protocol.events import TERMINAL_EVENTS
 from warmloop.protocol.requests import CreateRequest
 from warmloop.serving import event_builder as ev
+from warmloop.serving.background import BackgroundRun, BackgroundRuns
 from warmloop.serving.output import response_object
 from warmloop.serving.prepare import CallContext, Prepared, Preparer
 from warmloop.serving.retrieval import Live, LiveResponses, Retrieval
 from warmloop.serving.run import ResponseRun
 from warmloop.session.connection import Connection
 from warmloop.session.limits import Admission
-from warmloop.session.response_store import ResponseStore
+from warmloop.session.response_store import ResponseStore, StoredResponse
 
 log = logging.getLogger("warmloop.responses")
 
@@ -56,6 +57,7 @@ class ResponsesService:
         )
         self.live = LiveResponses()
         self.retrieval = Retrieval(store, self.live, engine.cancel)
+        self.background = BackgroundRuns(config.background_ttl)
 
     # ----- admission -------------------------------------------------------------------
     async def open(self, request: CreateRequest, ctx: CallContext) -> AsyncGenerator[ev.Event]:
@@ -66,6 +68,39 @@ class ResponsesService:
         except APIError as exc:
             self._continuation_failed(ctx, request.body.previous_response_id, refused=exc)
             raise
+
+    async def open_background(
+        self, request: CreateRequest, ctx: CallContext
+    ) -> tuple[BackgroundRun, dict[str, Any]]:
+        """A background create: admitted, its `queued` record durable, and running as a
+        server task; returns the run and the `queued` response object."""
+        try:
+            p = await self.prepare_off_loop(request, ctx)
+        except APIError as exc:
+            self._continuation_failed(ctx, request.body.previous_response_id, refused=exc)
+            raise
+        events = self.start(p)  # 429 here, before anything is saved
+        queued = response_object(p, self.model_id, "queued", [])
+        record = StoredResponse(
+            id=p.id,
+            owner=ctx.tenant,
+            response=queued,
+            input_items=p.new_items,
+            output_items=(),
+            history=p.history_in,
+            chain=None,
+            stored=True,
+        )
+        try:
+            await self.store.save(record)
+        except BaseException:
+            await events.aclose()
+            self._release(p.id)
+            raise
+        run = BackgroundRun(p.id, ctx.tenant)
+        run.task = asyncio.create_task(run.consume(events), name=f"background {p.id}")
+        self.background.add(run)
+        return run, queued
 
     async def prepare_off_loop(self, request: CreateRequest, ctx: CallContext) -> Prepared:
         """`prepare` in a worker thread (tokenizing a long prompt takes milliseconds)."""

@@ -59,6 +59,11 @@ class ResponseStore(Protocol):
     async def save(self, record: StoredResponse) -> None: ...
     def get(self, response_id: str, owner: str) -> StoredResponse | None: ...
     def delete(self, response_id: str, owner: str) -> bool: ...
+    def fail_unfinished(self, message: str) -> int:
+        """Mark every record still `queued` or `in_progress` (a background response the
+        server stopped under) `failed` with `message`; how many. At startup only."""
+        ...
+
     def close(self) -> None: ...
     def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers now."""
@@ -82,6 +87,9 @@ class InMemoryResponseStore:
 
     async def save(self, record: StoredResponse) -> None:
         self.put(record)
+
+    def fail_unfinished(self, message: str) -> int:
+        return 0  # nothing in memory outlives the process
 
     def close(self) -> None:
         pass

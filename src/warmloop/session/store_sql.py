@@ -296,6 +296,24 @@ class SQLResponseStore:
 
         return bool(self._wait(self._submit(remove)))
 
+    def fail_unfinished(self, message: str) -> int:
+        def sweep(db: Any) -> int:
+            rows = db.execute(
+                self._q("SELECT id, response FROM responses WHERE status IN (?, ?)"),
+                ("queued", "in_progress"),
+            ).fetchall()
+            for response_id, raw in rows:
+                response = json.loads(raw)
+                response["status"] = "failed"
+                response["error"] = {"code": "server_error", "message": message}
+                db.execute(
+                    self._q("UPDATE responses SET status = ?, response = ? WHERE id = ?"),
+                    ("failed", json.dumps(response, ensure_ascii=False), response_id),
+                )
+            return len(rows)
+
+        return int(self._wait(self._submit(sweep)))
+
     def purge_expired(self) -> int:
         def purge(db: Any) -> int:
             sql = self._q("DELETE FROM responses WHERE expires_at IS NOT NULL AND expires_at <= ?")

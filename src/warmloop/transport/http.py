@@ -71,6 +71,11 @@ async def sse_stream(
             yield sse_frame(err)
 
 
+async def sse_frames(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    async for event in events:
+        yield sse_frame(event)
+
+
 class TimedStreamingResponse(StreamingResponse):
     """A streaming response whose every write must finish within `write_timeout_s`: a
     client that stops reading is cut off (its TCP connection aborted), so it cannot
@@ -109,6 +114,12 @@ async def create_response(request: Request) -> Response:
     tenant = tenant_of(request)
     raw = await read_json(request, rt.config.max_body_bytes, rt.config.max_json_depth)
     create = parse_create(raw)
+    if create.body.background:
+        run, queued = await rt.service.open_background(create, CallContext(tenant=tenant))
+        if not create.body.stream:
+            return JSONResponse(queued)
+        # The run is the server's: a client that leaves stops reading, not the response.
+        return TimedStreamingResponse(sse_frames(run.follow(-1)), rt.config.write_timeout_s)
     events = await rt.service.open(create, CallContext(tenant=tenant))
     if not create.body.stream:
         return await _until_done_or_gone(request, rt.service.collect(events))
@@ -152,10 +163,21 @@ async def compact_response(request: Request) -> Response:
 
 
 @router.get("/v1/responses/{response_id}")
-async def get_response(request: Request, response_id: str) -> Response:
+async def get_response(
+    request: Request, response_id: str, stream: bool = False, starting_after: int = -1
+) -> Response:
+    """The response (running: its latest state; a background one polls this way); with
+    `stream=true`, a background response's events after `starting_after`, then live."""
+    rt = runtime(request)
+    tenant = tenant_of(request)
+    if stream:
+        run = rt.service.background.get(response_id, tenant)
+        return TimedStreamingResponse(
+            sse_frames(run.follow(starting_after)), rt.config.write_timeout_s
+        )
     # store reads and writes may touch the disk: never on the event loop
-    retrieval = runtime(request).service.retrieval
-    return JSONResponse(await asyncio.to_thread(retrieval.get, response_id, tenant_of(request)))
+    retrieval = rt.service.retrieval
+    return JSONResponse(await asyncio.to_thread(retrieval.get, response_id, tenant))
 
 
 @router.delete("/v1/responses/{response_id}")
