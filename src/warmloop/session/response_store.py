@@ -61,7 +61,9 @@ class ResponseStore(Protocol):
     def delete(self, response_id: str, owner: str) -> bool: ...
     def fail_unfinished(self, message: str) -> int:
         """Mark every record still `queued` or `in_progress` (a background response the
-        server stopped under) `failed` with `message`; how many. At startup only."""
+        server stopped under) `failed` with `message`; how many. At startup only, and
+        only while one server owns the database: servers sharing one (a fleet) must
+        scope this to their own records first."""
         ...
 
     def close(self) -> None: ...
