@@ -328,7 +328,9 @@ def check_http(client: httpx.Client, body: bytes | Big, headers: dict[str, str])
         check_error_object(answer["error"], where)
     else:
         assert answer.get("object") == "response", f"{where}: {answer}"
-        assert answer["status"] in ("completed", "incomplete"), f"{where}: {answer}"
+        # A background create answers at once, queued; any other, once it has ended.
+        ended = ("queued",) if answer.get("background") is True else ("completed", "incomplete")
+        assert answer["status"] in ended, f"{where}: {answer}"
 
 
 def check_ws_error(event: dict[str, Any], sent: Any) -> None:
