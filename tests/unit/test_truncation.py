@@ -61,7 +61,7 @@ def test_truncate_drops_the_fewest_oldest_items_and_names_the_chain_range() -> N
 
     def run(limit: int, chain: ChainState | None) -> Truncation | None:
         return truncate(
-            R, tokenize, piece, system=system, history=history, lead=0, generate=True,
+            R, tokenize, piece, system=system, history=history, full=full, lead=0, generate=True,
             fits=lambda n: n <= limit, chain=chain,
         )  # fmt: skip
 

@@ -24,7 +24,7 @@ import httpx
 import websockets
 
 from warmloop.bench.workload import SessionScript
-from warmloop.protocol.events import TERMINAL_EVENTS
+from warmloop.protocol.events import TERMINAL_EVENTS, output_text
 
 PROTOCOLS = ("ws", "http-prev", "http-full", "chat")
 
@@ -127,15 +127,6 @@ def _record(
 
 def _message(role: str, text: str) -> dict[str, Any]:
     return {"type": "message", "role": role, "content": text}
-
-
-def _output_text(response: dict[str, Any]) -> str:
-    return "".join(
-        part.get("text", "")
-        for item in response.get("output", [])
-        if item.get("type") == "message"
-        for part in item.get("content", [])
-    )
 
 
 def _final(event: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +240,7 @@ async def http_session(
                 raise BenchError("the stream ended without a final event")
             response = _final(final)
             previous = response["id"]
-            history += [user, _message("assistant", _output_text(response))]
+            history += [user, _message("assistant", output_text(response))]
             records.append(_record(mode, script, n, timer, len(payload), received, response))
             on_turn(records[-1])
     return records

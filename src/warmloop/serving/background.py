@@ -92,9 +92,6 @@ class BackgroundRuns:
             )
         return run
 
-    def running(self) -> int:
-        return sum(1 for r in self._runs.values() if r.ended_at is None)
-
     def _purge(self) -> None:
         now = time.monotonic()
         for key, run in list(self._runs.items()):

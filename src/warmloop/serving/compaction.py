@@ -18,8 +18,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from warmloop.protocol.errors import InvalidRequest
+from warmloop.protocol.events import output_text
 from warmloop.protocol.items import CompactionItem, Item, MessageItem, item_to_wire, new_id
-from warmloop.protocol.requests import parse_create, validation_error
+from warmloop.protocol.requests import IDENTIFIER_MAX_CHARS, parse_create, validation_error
 from warmloop.serving.prepare import CallContext
 from warmloop.serving.responses_service import ResponsesService
 
@@ -38,7 +39,7 @@ class CompactBody(BaseModel):
     input: str | list[Any] | None = None
     instructions: str | None = None
     previous_response_id: str | None = None
-    prompt_cache_key: str | None = Field(default=None, max_length=512)
+    prompt_cache_key: str | None = Field(default=None, max_length=IDENTIFIER_MAX_CHARS)
 
 
 async def compact(
@@ -69,12 +70,7 @@ async def compact(
     )
     prepared = await service.prepare_off_loop(request, ctx)
     final = await service.collect(service.start(prepared))
-    summary = "".join(
-        part.get("text", "")
-        for item in final["output"]
-        if item.get("type") == "message"
-        for part in item.get("content", [])
-    ).strip()
+    summary = output_text(final).strip()
     conversation = (prepared.previous.history if prepared.previous else ()) + prepared.new_items
     kept: list[Item] = [
         i for i in conversation[:-1] if isinstance(i, MessageItem) and i.role == "user"

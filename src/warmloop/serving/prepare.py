@@ -11,7 +11,6 @@ prepared request that never starts costs nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from warmloop.config import Config
@@ -21,13 +20,10 @@ from warmloop.protocol.items import Item, ItemReference, MessageItem, new_id
 from warmloop.protocol.requests import CreateRequest
 from warmloop.serving.grammar import Grammars
 from warmloop.serving.prompt import PromptRenderer, system_text
-from warmloop.serving.truncation import Truncation, truncate
+from warmloop.serving.truncation import Piece, Tokenize, Truncation, truncate
 from warmloop.session.connection import Connection
 from warmloop.session.limits import output_budget
 from warmloop.session.response_store import ResponseStore, StoredResponse
-
-Tokenize = Callable[[str], list[int]]  # the model's tokenizer (safe on any thread)
-Piece = Callable[[int], bytes]  # a token's text, special tokens spelled out (any thread)
 
 
 @dataclass
@@ -101,7 +97,7 @@ class Preparer:
         truncated = 0
         drop = None
         if body.truncation == "auto" and not self._fits(len(tokens), request):
-            cut = self._truncate(request, system, history_in, previous)
+            cut = self._truncate(request, system, history_in, text, previous)
             if cut is not None:
                 history_in, text, tokens, truncated = cut.history, cut.text, cut.tokens, cut.dropped
                 if self.config.truncation_kv == "shift":
@@ -149,6 +145,7 @@ class Preparer:
         request: CreateRequest,
         system: str | None,
         history: tuple[Item, ...],
+        full: str,
         previous: StoredResponse | None,
     ) -> Truncation | None:
         """Drop the oldest items down to --truncation-keep of the context, or as few as
@@ -165,6 +162,7 @@ class Preparer:
                 self.piece,
                 system=system,
                 history=history,
+                full=full,
                 lead=_lead(history),
                 generate=request.generate,
                 fits=fits,

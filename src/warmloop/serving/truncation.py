@@ -23,8 +23,8 @@ from warmloop.protocol.items import FunctionCallItem, FunctionCallOutputItem, It
 from warmloop.serving.prompt import PromptRenderer
 from warmloop.session.response_store import ChainState
 
-Tokenize = Callable[[str], list[int]]
-Piece = Callable[[int], bytes]  # a token's text, special tokens included
+Tokenize = Callable[[str], list[int]]  # the model's tokenizer (safe on any thread)
+Piece = Callable[[int], bytes]  # a token's text, special tokens spelled out (any thread)
 
 
 @dataclass(frozen=True)
@@ -57,36 +57,33 @@ def truncate(
     *,
     system: str | None,
     history: tuple[Item, ...],
+    full: str,
     lead: int,
     generate: bool,
     fits: Callable[[int], bool],
     chain: ChainState | None,
 ) -> Truncation | None:
     """The fewest oldest items to drop from history[lead:] so that `fits(prompt tokens)`,
-    or None when even dropping all that may go does not make it fit."""
+    or None when even dropping all that may go does not make it fit. `full` is the
+    prompt text of the whole history (rendered already by the caller)."""
     options = cuts(history, lead)
     if not options:
         return None
 
-    def render(k: int) -> str:
-        kept = history[:lead] + history[k:]
-        return renderer.render(system, kept, add_generation_prompt=generate)
-
-    counts: dict[int, int] = {}
+    texts: dict[int, str] = {}  # the prompt text after each cut tried
 
     def fits_at(i: int) -> bool:
         k = options[i]
-        if k not in counts:
-            counts[k] = len(tokenize(render(k)))
-        return fits(counts[k])
+        kept = history[:lead] + history[k:]
+        texts[k] = renderer.render(system, kept, add_generation_prompt=generate)
+        return fits(len(tokenize(texts[k])))
 
     # Fewer tokens the more is dropped: the first cut that fits, by bisection.
     i = bisect_left(range(len(options)), True, key=fits_at)
     if i == len(options):
         return None
     k = options[i]
-    text = render(k)
-    full = renderer.render(system, history, add_generation_prompt=generate)
+    text = texts[k]  # bisection ends having tried the cut it returns
     tokens, drop = _cut_tokens(renderer, tokenize, piece, system, history[:lead], full, text, chain)
     return Truncation(history[:lead] + history[k:], text, tokens, k - lead, drop)
 
