@@ -101,6 +101,27 @@ async def test_cancel_stops_a_background_response(bg_server: LiveServer) -> None
         assert err.value.param == "store"
 
 
+async def test_cancel_of_a_response_still_waiting_for_a_slot_ends_it(
+    bg_server: LiveServer,
+) -> None:
+    """Two long responses hold both slots; a third waits. Cancelling the waiting one
+    ends it at once (it used to stay in_progress until the server stopped)."""
+    async with client(bg_server) as http:
+        busy = [
+            await http.responses.create(**BODY, background=True, max_output_tokens=2000)
+            for _ in range(2)
+        ]
+        waiting = await http.responses.create(**BODY, background=True, max_output_tokens=8)
+        await asyncio.sleep(0.5)
+        await http.responses.cancel(waiting.id)
+        done = await until_ended(http, waiting.id)
+        assert done.status == "cancelled"
+        assert (await http.responses.retrieve(busy[0].id)).status == "in_progress"
+        for r in busy:
+            await http.responses.cancel(r.id)
+            assert (await until_ended(http, r.id)).status == "cancelled"
+
+
 async def test_a_continuation_of_a_running_background_response_is_refused(
     bg_server: LiveServer,
 ) -> None:

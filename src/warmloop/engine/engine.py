@@ -210,7 +210,9 @@ class Engine:
             try:
                 for seq in [r for r in sched.running if r.job.cancelled]:
                     self._finish(seq, "cancelled")
-                sched.drop_cancelled_waiting()
+                for job in sched.drop_cancelled_waiting():
+                    # Cancelled before it had a slot: it ends here, with nothing computed.
+                    job.post(Finished("cancelled", 0, tuple(job.tokens), 0.0, 0.0))
                 for job, placement in sched.admissions():
                     self._start(job, placement)
                 while sched.refused:
