@@ -195,3 +195,88 @@ async def test_compact_summarizes_a_warm_chain_into_items_for_the_next_input(
         assert bad.value.param == "input[0].encrypted_content"
         with pytest.raises(openai.BadRequestError):
             await http.responses.compact(model="default")  # nothing to compact
+
+
+COMPACT_AT = [{"type": "compaction", "compact_threshold": 400}]
+
+
+async def agent_turns(send: Any, turns: int) -> list[tuple[Response, list[str]]]:
+    """An agent's loop with server-side compaction: a task, then tool turns, each
+    continuing the last response; every response with its stream's event types."""
+    out: list[tuple[Response, list[str]]] = []
+    previous = None
+    for k in range(turns):
+        items = [{"role": "user", "content": "Fix the failing test."}] if k == 0 else tool_turn(k)
+        response, types = await send(
+            body("", previous, input=items, context_management=COMPACT_AT, truncation="disabled")
+        )
+        assert response.status in ("completed", "incomplete"), response.error
+        out.append((response, types))
+        previous = response.id
+    return out
+
+
+async def test_context_management_compacts_on_the_socket_and_the_chain_goes_on(
+    recompute_server: LiveServer,
+) -> None:
+    """`context_management` with a threshold over `responses.connect()`: the turn whose
+    prompt passes it writes a summary on the chain's warm KV (item 0, with compacting
+    events; every event parsed by the SDK), answers from the compacted prompt (its
+    head's KV kept), and the next turn is a delta on the compacted chain again."""
+    async with client(recompute_server).responses.connect() as conn:
+
+        async def send(b: dict[str, Any]) -> tuple[Response, list[str]]:
+            await conn.send({"type": "response.create", **b})
+            types = []
+            async for event in conn:
+                assert event.type != "error", event
+                types.append(event.type)
+                if event.type in TERMINAL:
+                    return event.response, types  # type: ignore[union-attr]
+            raise AssertionError("the socket closed")
+
+        turns = await agent_turns(send, 6)
+    compacting = [i for i, (r, _) in enumerate(turns) if r.output[0].type == "compaction"]
+    assert compacting, [r.usage for r, _ in turns]
+    k = compacting[0]
+    before, (r, types) = turns[k - 1][0], turns[k]
+    assert r.usage is not None and before.usage is not None
+    assert types[2:4] == ["response.output_item.added", "response.compaction.compacting"]
+    assert types.count("response.output_item.done") == len(r.output) == 2
+    assert r.output[0].encrypted_content.startswith("wl1.")  # type: ignore[union-attr]
+    summary = r.warmloop["compaction"]  # type: ignore[attr-defined]
+    chain = before.usage.input_tokens + before.usage.output_tokens
+    assert summary["cached_tokens"] >= chain - 1  # the summary continued the warm chain
+    prompt = r.usage.input_tokens - summary["input_tokens"]
+    cached = r.usage.input_tokens_details.cached_tokens - summary["cached_tokens"]
+    assert 0 < cached < prompt < 400  # the head's KV stayed; the compacted prompt fits
+    nxt = turns[k + 1][0]
+    assert nxt.usage is not None and nxt.output[0].type != "compaction"
+    assert nxt.usage.input_tokens_details.cached_tokens >= prompt  # a delta again
+
+
+async def test_context_management_over_http_is_the_same_whether_the_client_chains_or_resends(
+    recompute_server: LiveServer,
+) -> None:
+    """HTTP, store:true with previous_response_id, against a client that resends every
+    item with the outputs appended (the compaction item among them): after the
+    compaction both prompts are the same, token for token."""
+    async with client(recompute_server) as http:
+
+        async def send(b: dict[str, Any]) -> tuple[Response, list[str]]:
+            return await http.responses.create(**b | {"store": True}), []
+
+        turns = await agent_turns(send, 5)
+        k = next(i for i, (r, _) in enumerate(turns) if r.output[0].type == "compaction")
+        chained = await http.responses.create(
+            **body("", turns[k][0].id, input=tool_turn(9), store=True)
+        )
+        resent: list[Any] = []
+        for r, _ in turns[: k + 1]:
+            sent = await http.responses.input_items.list(r.id, order="asc")
+            resent += [x.model_dump(exclude_none=True, warnings=False) for x in sent.data]
+            resent += [x.model_dump(exclude_none=True, warnings=False) for x in r.output]
+        stateless = await http.responses.create(**body("", None, input=[*resent, *tool_turn(9)]))
+    assert chained.usage is not None and stateless.usage is not None
+    assert stateless.usage.input_tokens == chained.usage.input_tokens
+    assert stateless.output[0].type != "compaction"

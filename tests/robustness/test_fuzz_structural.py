@@ -73,6 +73,7 @@ FIELDS = (
     "parallel_tool_calls", "max_tool_calls", "text", "metadata", "prompt_cache_key",
     "prompt_cache_retention", "truncation", "user", "safety_identifier", "include", "reasoning",
     "service_tier", "stream_options", "top_logprobs", "client_metadata", "conversation",
+    "context_management",
 )  # fmt: skip
 ITEM_KEYS = ("type", "role", "content", "call_id", "name", "arguments", "output", "id", "text")
 
@@ -157,6 +158,13 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "metadata": st.dictionaries(strings, strings, max_size=3),
     "include": st.lists(strings, max_size=2),
     "truncation": st.sampled_from(["auto", "disabled", "middle"]),
+    "context_management": st.lists(
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["compaction", "trim"])},
+            optional={"compact_threshold": st.one_of(st.integers(-2, 64), json_values)},
+        ),
+        max_size=2,
+    ),
 }
 field_values = {f: st.one_of(PLAUSIBLE.get(f, json_values), json_values) for f in FIELDS}
 mutations = st.lists(st.sampled_from(FIELDS), max_size=4, unique=True).flatmap(

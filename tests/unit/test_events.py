@@ -11,7 +11,7 @@ from pydantic import TypeAdapter
 
 from warmloop.engine.sampling import SamplingParams
 from warmloop.protocol.errors import InvalidRequest
-from warmloop.protocol.items import FunctionCallItem, MessageItem, item_to_wire
+from warmloop.protocol.items import CompactionItem, FunctionCallItem, MessageItem, item_to_wire
 from warmloop.protocol.requests import parse_create
 from warmloop.serving import event_builder as ev
 from warmloop.serving.output import OutputBuilder, response_object
@@ -76,6 +76,9 @@ def response(status: str = "completed", **kw: Any) -> dict[str, Any]:
         ev.function_args_delta(1, "fc_1", "{}"),
         ev.function_args_done(1, "fc_1", "f", "{}"),
         ev.output_item_done(1, item_to_wire(FunctionCallItem("fc_1", "call_1", "f", "{}"))),
+        ev.compaction_added(0, "cmp_1"),
+        ev.compaction_compacting(0, "cmp_1"),
+        ev.output_item_done(0, item_to_wire(CompactionItem("cmp_1", "The task is..."))),
         sse_error(InvalidRequest("bad", param="input")),
     ],
     ids=lambda e: e["type"],

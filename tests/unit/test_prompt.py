@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.items import (
+    CompactionItem,
     FunctionCallItem,
     FunctionCallOutputItem,
     Item,
@@ -18,6 +19,7 @@ from warmloop.protocol.requests import FunctionTool
 from warmloop.serving.prompt import (
     CHATML_TEMPLATE,
     PromptRenderer,
+    compacted,
     system_text,
     tool_call_text,
     tools_system_text,
@@ -259,3 +261,22 @@ def test_warmup_is_a_prefix_of_any_next_turn(
     warm = r.render(system, history, add_generation_prompt=False)
     assert r.render(system, [*history, *more, last]).startswith(warm)
     assert r.render(system, history) == warm + "<|im_start|>assistant\n"
+
+
+def test_the_latest_compaction_stands_for_all_before_it_but_the_users_messages() -> None:
+    """What the model sees of a history with compaction items: the fixed head and the
+    user's messages verbatim, then the latest summary and what follows it. So a client
+    may send every item or drop those before the summary: the prompt is the same."""
+    dev = MessageItem("d", "developer", "Be terse.")
+    task = MessageItem("u1", "user", "Fix the test.")
+    call = FunctionCallItem("fc1", "c1", "read", "{}")
+    out = FunctionCallOutputItem("o1", "c1", "def f(): ...")
+    first = CompactionItem("cmp1", "older summary")
+    reply = MessageItem("a1", "assistant", "Reading it.")
+    latest = CompactionItem("cmp2", "newer summary")
+    more = MessageItem("u2", "user", "Go on.")
+    history = (dev, task, call, out, first, reply, latest, more)
+    assert compacted(history) == (dev, task, latest, more)
+    assert compacted(compacted(history)) == compacted(history)
+    assert compacted((dev, task, latest, more)) == (dev, task, latest, more)
+    assert compacted((task, call, out)) == (task, call, out)  # nothing compacted yet

@@ -420,6 +420,12 @@ def test_unknown_tool_types_are_rejected(kind: str | None) -> None:
         ({"input": "x", "max_tool_calls": 0}, "max_tool_calls"),
         ({"input": "x", "top_logprobs": 1}, "top_logprobs"),
         ({"input": "x", "truncation": "sometimes"}, "truncation"),
+        ({"input": "x", "context_management": [{"type": "trim"}]}, "context_management[0].type"),
+        (
+            {"input": "x", "context_management": [{"type": "compaction", "compact_threshold": 0}]},
+            "context_management[0].compact_threshold",
+        ),
+        ({"input": "x", "context_management": {"type": "compaction"}}, "context_management"),
         ({"input": "x", "metadata": {"k": 1}}, "metadata.k"),
         ({"input": "x", "reasoning": "high"}, "reasoning"),
         ({"input": "x", "text": 5}, "text"),

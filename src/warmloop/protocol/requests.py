@@ -44,6 +44,16 @@ SAFETY_IDENTIFIER_MAX_CHARS = 64
 IDENTIFIER_MAX_CHARS = 512  # user, prompt_cache_key
 
 
+class ContextManagement(BaseModel):
+    """One `context_management` entry: server-side compaction once the rendered prompt
+    passes `compact_threshold` tokens (None: the server's default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["compaction"]
+    compact_threshold: int | None = Field(default=None, ge=1)
+
+
 class CreateBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
 
@@ -68,6 +78,7 @@ class CreateBody(BaseModel):
     prompt_cache_key: str | None = Field(default=None, max_length=IDENTIFIER_MAX_CHARS)
     prompt_cache_retention: str | None = Field(default=None, max_length=IDENTIFIER_MAX_CHARS)
     truncation: Literal["auto", "disabled"] | None = None
+    context_management: list[ContextManagement] | None = Field(default=None, max_length=1)
     user: str | None = Field(default=None, max_length=IDENTIFIER_MAX_CHARS)
     safety_identifier: str | None = Field(default=None, max_length=SAFETY_IDENTIFIER_MAX_CHARS)
     include: list[str] | None = None
@@ -131,6 +142,11 @@ class CreateRequest:
     @property
     def generate(self) -> bool:
         return self.body.generate is not False
+
+    @property
+    def compaction(self) -> ContextManagement | None:
+        """The `context_management` compaction entry, if the request has one."""
+        return self.body.context_management[0] if self.body.context_management else None
 
 
 def _param_from_loc(loc: tuple[int | str, ...]) -> str:

@@ -21,15 +21,8 @@ from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.events import output_text
 from warmloop.protocol.items import CompactionItem, Item, MessageItem, item_to_wire, new_id
 from warmloop.protocol.requests import IDENTIFIER_MAX_CHARS, parse_create, validation_error
-from warmloop.serving.prepare import CallContext
+from warmloop.serving.prepare import SUMMARY_REQUEST, CallContext
 from warmloop.serving.responses_service import ResponsesService
-
-SUMMARY_REQUEST = (
-    "Stop working on the task for a moment. Write a summary of this conversation for "
-    "whoever continues it: the task, what has been done so far, what was found (file "
-    "names, identifiers, commands and their results) and what is left to do. Write only "
-    "the summary."
-)
 
 
 class CompactBody(BaseModel):

@@ -134,3 +134,21 @@ def function_args_done(output_index: int, item_id: str, name: str, arguments: st
         "name": name,
         "arguments": arguments,
     }
+
+
+def compaction_added(output_index: int, item_id: str) -> Event:
+    """context_management: the summary has begun (its content comes with the done event)."""
+    return {
+        "type": "response.output_item.added",
+        "output_index": output_index,
+        "item": {"type": "compaction", "id": item_id, "encrypted_content": ""},
+    }
+
+
+def compaction_compacting(output_index: int, item_id: str) -> Event:
+    """More of the summary was sampled (the event carries none of it)."""
+    return {
+        "type": "response.compaction.compacting",
+        "output_index": output_index,
+        "item_id": item_id,
+    }

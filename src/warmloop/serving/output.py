@@ -81,6 +81,11 @@ class OutputBuilder:
     def finish(self) -> list[ev.Event]:
         return self._segments(self.parser.finish()) + self._close_message()
 
+    def add(self, item: Item) -> ev.Event:
+        """A finished item made elsewhere (a compaction's summary): its done event."""
+        self.items.append(item)
+        return self.seq(ev.output_item_done(len(self.items) - 1, item_to_wire(item)))
+
     def items_wire(self) -> list[dict[str, Any]]:
         return [item_to_wire(i) for i in self.items]
 

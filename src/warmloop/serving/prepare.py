@@ -11,19 +11,27 @@ prepared request that never starts costs nothing.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from warmloop.config import Config
 from warmloop.engine.sampling import SamplingParams
 from warmloop.protocol.errors import InvalidRequest, ModelNotFound, PreviousResponseNotFound
-from warmloop.protocol.items import Item, ItemReference, MessageItem, new_id
-from warmloop.protocol.requests import CreateRequest
+from warmloop.protocol.items import CompactionItem, Item, ItemReference, MessageItem, new_id
+from warmloop.protocol.requests import CreateRequest, TextFormat
 from warmloop.serving.grammar import Grammars
-from warmloop.serving.prompt import PromptRenderer, system_text
+from warmloop.serving.prompt import PromptRenderer, compacted, system_text
 from warmloop.serving.truncation import Piece, Tokenize, Truncation, truncate
 from warmloop.session.connection import Connection
 from warmloop.session.limits import output_budget
 from warmloop.session.response_store import ResponseStore, StoredResponse
+
+SUMMARY_REQUEST = (
+    "Stop working on the task for a moment. Write a summary of this conversation for "
+    "whoever continues it: the task, what has been done so far, what was found (file "
+    "names, identifiers, commands and their results) and what is left to do. Write only "
+    "the summary."
+)
+PLAIN_TEXT = TextFormat("text")
 
 
 @dataclass
@@ -56,6 +64,11 @@ class Prepared:
     shared_prefix: int  # tokens of the rendered instructions/tools message
     truncated_items: int = 0  # truncation "auto" dropped this many of the oldest items
     drop: tuple[int, int] | None = None  # ... and these tokens of the chain (see Job.drop)
+    # context_management: the prompt passed this threshold, so `compaction` (the summary's
+    # job) runs first and `Preparer.after_compaction` builds the prompt that runs
+    compaction_threshold: int | None = None
+    compaction: Prepared | None = None
+    compacted_by: CompactionItem | None = None  # this prompt continues from that summary
     created_at: float = field(default_factory=time.time)
 
 
@@ -86,17 +99,42 @@ class Preparer:
         previous = self._previous(body.previous_response_id, ctx)
         base_history = previous.history if previous else ()
         new_items = tuple(self._resolve(request.items, base_history))
-        history_in = base_history + new_items
+        history_in = compacted(base_history + new_items)
         if not history_in and request.generate:
             raise InvalidRequest("'input' must contain at least one item.", param="input")
+        p = self._build(request, ctx, previous, new_items, history_in)
+        if p.compaction_threshold is not None:
+            p.compaction = self._summary(p)
+        return p
+
+    def after_compaction(self, p: Prepared, summary: CompactionItem) -> Prepared:
+        """The prompt of `p` once its conversation is compacted into `summary`: the
+        instructions, the user's messages and the summary (see `compacted`). The head's
+        KV is still in the slot; the rest is computed. Same id and creation time as
+        `p`; it never compacts again."""
+        history = compacted((*p.history_in, summary))
+        after = self._build(p.request, p.ctx, p.previous, p.new_items, history)
+        after.id, after.created_at, after.compacted_by = p.id, p.created_at, summary
+        return after
+
+    def _build(
+        self,
+        request: CreateRequest,
+        ctx: CallContext,
+        previous: StoredResponse | None,
+        new_items: tuple[Item, ...],
+        history_in: tuple[Item, ...],
+    ) -> Prepared:
+        body = request.body
         system = system_text(body.instructions, request.tools)
         # A warm-up (generate:false) stops before the assistant header so the next turn's
         # rendering extends it token for token.
         text = self.renderer.render(system, history_in, add_generation_prompt=request.generate)
         tokens, delta_only = self._tokens(text, previous)
+        over = self._compaction_threshold(request, system, history_in, len(tokens))
         truncated = 0
         drop = None
-        if body.truncation == "auto" and not self._fits(len(tokens), request):
+        if not over and body.truncation == "auto" and not self._fits(len(tokens), request):
             cut = self._truncate(request, system, history_in, text, previous)
             if cut is not None:
                 history_in, text, tokens, truncated = cut.history, cut.text, cut.tokens, cut.dropped
@@ -104,14 +142,15 @@ class Preparer:
                     drop, delta_only = cut.drop, cut.drop is not None
                 else:  # the head's KV stays; the kept turns are computed again
                     delta_only = False
-        max_out = output_budget(
+        # A prompt about to be compacted never runs itself: its budget is decided after.
+        max_out = 1 if over else output_budget(
             len(tokens),
             body.max_output_tokens,
             ctx=self.config.ctx,
             max_output=self.config.max_output_tokens,
             max_input=self.config.max_input_tokens,
             generate=request.generate,
-        )
+        )  # fmt: skip
         grammar, trigger = self.grammars.for_request(request)
         params = SamplingParams.of(
             max_tokens=max_out,
@@ -138,7 +177,50 @@ class Preparer:
             shared_prefix=self._shared_prefix(system, history_in, text),
             truncated_items=truncated,
             drop=drop,
+            compaction_threshold=over,
         )
+
+    def _compaction_threshold(
+        self,
+        request: CreateRequest,
+        system: str | None,
+        history: tuple[Item, ...],
+        prompt_tokens: int,
+    ) -> int | None:
+        """The threshold this prompt passed, when `context_management` asks for
+        compaction and compacting would make the prompt shorter (the user's messages
+        stay verbatim, so a conversation of little else gains nothing). A compacted
+        prompt (it ends with its summary) never compacts again."""
+        entry = request.compaction
+        if entry is None or not request.generate:
+            return None
+        threshold = entry.compact_threshold or self.config.ctx * 3 // 4
+        if prompt_tokens <= threshold or isinstance(history[-1], CompactionItem):
+            return None
+        kept = compacted((*history, CompactionItem("", "")))
+        after = len(self.tokenize(self.renderer.render(system, kept)))
+        if after + self.config.compact_summary_tokens >= prompt_tokens:
+            return None
+        return threshold
+
+    def _summary(self, p: Prepared) -> Prepared:
+        """The job that writes the summary: the whole conversation, then a request to
+        summarize it, as a continuation of the chain (delta only when the chain is
+        warm); greedy, --compact-summary-tokens, truncated if the conversation no
+        longer fits."""
+        body = p.request.body.model_copy(
+            update={
+                "temperature": 0,
+                "top_p": None,
+                "max_output_tokens": self.config.compact_summary_tokens,
+                "truncation": "auto",
+                "context_management": None,
+                "text": None,
+            }
+        )
+        request = replace(p.request, body=body, tool_choice="none", text_format=PLAIN_TEXT)
+        ask = MessageItem(new_id("msg"), "user", SUMMARY_REQUEST)
+        return self._build(request, p.ctx, p.previous, p.new_items, (*p.history_in, ask))
 
     def _truncate(
         self,

@@ -118,6 +118,24 @@ class PromptRenderer:
             ) from exc
 
 
+def compacted(history: Sequence[Item]) -> tuple[Item, ...]:
+    """What the model sees of a history that holds compaction items: the latest one
+    stands for everything before it except the messages of the user, system and
+    developer, which stay verbatim (the shape `POST /v1/responses/compact` returns).
+    So a client may send the full list or drop what precedes the compaction item: the
+    prompt is the same. A history without one is returned as it is."""
+    marks = [i for i, item in enumerate(history) if isinstance(item, CompactionItem)]
+    if not marks:
+        return tuple(history)
+    last = marks[-1]
+    kept = [
+        item
+        for item in history[:last]
+        if isinstance(item, MessageItem) and item.role in ("user", "system", "developer")
+    ]
+    return (*kept, *history[last:])
+
+
 def system_text(instructions: str | None, tools: Sequence[FunctionTool]) -> str | None:
     parts = [p for p in (instructions, tools_system_text(tools) if tools else None) if p]
     return "\n\n".join(parts) if parts else None

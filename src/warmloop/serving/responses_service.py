@@ -22,6 +22,7 @@ from warmloop.engine.request import Admitted, Failed, Finished, Job, TokenOut
 from warmloop.metrics import Metrics
 from warmloop.protocol.errors import APIError, ServerError, StoreUnavailable
 from warmloop.protocol.events import TERMINAL_EVENTS
+from warmloop.protocol.items import CompactionItem, new_id
 from warmloop.protocol.requests import CreateRequest
 from warmloop.serving import event_builder as ev
 from warmloop.serving.background import BackgroundRun, BackgroundRuns
@@ -34,6 +35,8 @@ from warmloop.session.limits import Admission
 from warmloop.session.response_store import ResponseStore, StoredResponse
 
 log = logging.getLogger("warmloop.responses")
+
+COMPACTING_EVERY = 32  # summary tokens per `response.compaction.compacting` event
 
 
 class ResponsesService:
@@ -119,8 +122,19 @@ class ResponsesService:
         step. The reservation ends when the stream ends, is closed, or is dropped
         unstarted (the finalizer), whichever comes first.
         """
-        job = Job(
-            id=p.id,
+        # A response that compacts first runs its summary's job first (see _compact).
+        job = self._job(p.compaction or p, p.id)
+        live = Live(job, response_object(p, self.model_id, "in_progress", []))
+        self.admission.admit(p.ctx.tenant)  # nothing after this can fail before the finalizer
+        self.live.add(p.id, live)
+        events = self._stream(p, live)
+        weakref.finalize(events, self._release, p.id)
+        return events
+
+    @staticmethod
+    def _job(p: Prepared, response_id: str) -> Job:
+        return Job(
+            id=response_id,
             tokens=p.tokens,
             params=p.params,
             tenant=p.ctx.tenant,
@@ -129,12 +143,6 @@ class ResponsesService:
             shared_prefix=p.shared_prefix,
             drop=p.drop,
         )
-        live = Live(job, response_object(p, self.model_id, "in_progress", []))
-        self.admission.admit(p.ctx.tenant)  # nothing after this can fail before the finalizer
-        self.live.add(p.id, live)
-        events = self._stream(p, live)
-        weakref.finalize(events, self._release, p.id)
-        return events
 
     def _release(self, response_id: str) -> None:
         """End an admission (idempotent): the live entry and its concurrency count."""
@@ -163,6 +171,11 @@ class ResponsesService:
                 connection.leases.add(live.job.lease)
             yield seq(ev.response_lifecycle("created", live.snapshot))
             yield seq(ev.response_lifecycle("in_progress", live.snapshot))
+            if p.compaction is not None:
+                async for event in self._compact(run, live):
+                    yield event
+                if run.p is p:  # the summary failed
+                    return
             async for e in self.engine.run(live.job):
                 if isinstance(e, Admitted):
                     run.admitted(e)
@@ -196,6 +209,42 @@ class ResponsesService:
             )
         finally:
             self._release(p.id)
+
+    async def _compact(self, run: ResponseRun, live: Live) -> AsyncGenerator[ev.Event]:
+        """context_management: write the summary of the conversation (output item 0,
+        with `response.compaction.compacting` events while it is sampled), then move
+        the response onto the compacted prompt. The summary continues the chain's KV;
+        the compacted prompt shares its head with it. Leaves `run.p` as it was when
+        the summary failed (the failed event is sent)."""
+        p, summary_job = run.p, live.job
+        assert p.compaction is not None
+        item_id = new_id("cmp")
+        yield run.seq(ev.compaction_added(0, item_id))
+        text: list[str] = []
+        cached, tokens = 0, 0
+        async for e in self.engine.run(summary_job):
+            if isinstance(e, Admitted):
+                cached = e.cached_tokens
+            elif isinstance(e, TokenOut):
+                text.append(e.text)
+                if tokens % COMPACTING_EVERY == 0:
+                    yield run.seq(ev.compaction_compacting(0, item_id))
+                tokens += 1
+            elif isinstance(e, Finished):
+                run.compacted(p.compaction, cached, e)
+            elif isinstance(e, Failed):
+                yield self._failed(run, {"code": "server_error", "message": e.message})
+                return
+        summary = CompactionItem(item_id, "".join(text).strip())
+        yield run.out.add(summary)
+        try:
+            after = await asyncio.to_thread(self.preparer.after_compaction, p, summary)
+        except APIError as exc:  # e.g. the compacted prompt still does not fit
+            yield self._failed(run, {"code": exc.code, "message": exc.message})
+            return
+        run.p = after
+        live.job = self._job(after, p.id)
+        live.job.cancelled = summary_job.cancelled  # a cancel during the summary holds
 
     def _failed(self, run: ResponseRun, error: dict[str, Any]) -> ev.Event:
         p = run.p

@@ -34,12 +34,18 @@ class ResponseRun:
         self.t_first: float | None = None
         self.t_last: float | None = None
         self.generated: list[str] = []
+        # context_management: the summary's job (prompt, cached, output tokens)
+        self.compaction: tuple[int, int, int] | None = None
 
     def response(self, status: str, **extra: Any) -> dict[str, Any]:
         return response_object(self.p, self.model_id, status, self.out.items_wire(), **extra)
 
     def admitted(self, e: Admitted) -> None:
         self.cached, self.tier = e.cached_tokens, e.tier
+
+    def compacted(self, summary_job: Prepared, cached: int, fin: Finished) -> None:
+        """The summary was written: its tokens count in this response's usage."""
+        self.compaction = (len(summary_job.tokens), cached, fin.output_tokens)
 
     def token(self, e: TokenOut) -> list[ev.Event]:
         now = time.perf_counter()
@@ -58,9 +64,14 @@ class ResponseRun:
         """The final event (not yet numbered: it is sent only once the record is safe)
         and the record to keep."""
         p = self.p
-        computed = len(p.tokens) - self.cached
+        prompt, cached, output = len(p.tokens), self.cached, fin.output_tokens
+        if self.compaction is not None:  # usage counts the summary's job too
+            prompt, cached, output = (
+                a + b for a, b in zip((prompt, cached, output), self.compaction, strict=True)
+            )
+        computed = prompt - cached
         now = time.perf_counter()
-        timings = {
+        timings: dict[str, Any] = {
             "ttft_ms": round(((self.t_first or now) - self.t0) * 1000.0, 2),
             "duration_ms": round((now - self.t0) * 1000.0, 2),
             "prefill_ms": round(fin.prefill_ms, 2),
@@ -71,36 +82,41 @@ class ResponseRun:
             "accepted_tokens": fin.accepted,
             "truncated_items": p.truncated_items,
         }
+        if self.compaction is not None:
+            keys = ("input_tokens", "cached_tokens", "output_tokens")
+            timings["compaction"] = dict(zip(keys, self.compaction, strict=True))
         if cancelled or fin.reason == "cancelled":
             status, kind, reason = "cancelled", "incomplete", None
         elif fin.reason == "length":
             status, kind, reason = "incomplete", "incomplete", "max_output_tokens"
         else:
             status, kind, reason = "completed", "completed", None
-        usage = ev.usage(len(p.tokens), self.cached, fin.output_tokens)
+        usage = ev.usage(prompt, cached, output)
         final = self.response(status, usage=usage, incomplete_reason=reason, extra=timings)
         output_items = tuple(self.out.items)
+        # A compaction's summary is already the last item of the prompt's history.
+        generated = tuple(i for i in output_items if i is not p.compacted_by)
         record = StoredResponse(
             id=p.id,
             owner=p.ctx.tenant,
             response=final,
             input_items=p.new_items,
             output_items=output_items,
-            history=p.history_in + output_items,
+            history=p.history_in + generated,
             chain=ChainState.of(p.prompt_text + "".join(self.generated), fin.chain_tokens),
             stored=p.request.store,
         )
         if self.metrics:
             self.metrics.prompt_tokens_computed.inc(computed)
-            self.metrics.output_tokens.inc(fin.output_tokens)
+            self.metrics.output_tokens.inc(output)
             self.metrics.draft_tokens.inc(fin.drafted)
             self.metrics.accepted_tokens.inc(fin.accepted)
             self.metrics.responses.labels(status).inc()
         log.info(
             "response id=%s conn=%s status=%s input=%d cached=%d computed=%d output=%d "
             "tier=%s delta_only=%s drafted=%d accepted=%d ttft_ms=%.1f duration_ms=%.1f",
-            p.id, p.ctx.connection.id if p.ctx.connection else "-", status, len(p.tokens),
-            self.cached, computed, fin.output_tokens, self.tier, p.delta_only, fin.drafted,
+            p.id, p.ctx.connection.id if p.ctx.connection else "-", status, prompt,
+            cached, computed, output, self.tier, p.delta_only, fin.drafted,
             fin.accepted, timings["ttft_ms"], timings["duration_ms"],
         )  # fmt: skip
         return ev.response_lifecycle(kind, final), record
