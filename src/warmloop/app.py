@@ -146,14 +146,15 @@ def create_app(config: Config) -> FastAPI:
         engine.start()
         app.state.runtime = runtime
         log.info(
-            "warmloop serving %s on %d slots x %d tokens (kv reuse %s)",
+            "warmloop worker %s serving %s on %d slots x %d tokens (kv reuse %s)",
+            config.worker,
             runtime.service.model_id,
             config.slots,
             config.ctx,
             "on" if config.kv_reuse else "off",
         )
         lost = runtime.service.store.fail_unfinished(
-            "The server stopped while this background response ran."
+            "The server stopped while this background response ran.", config.worker
         )
         if lost:
             log.warning("%d background responses were cut off by a restart: now failed", lost)

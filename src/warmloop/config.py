@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from warmloop.fleet.keys import derive_worker_id
+
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ENV_PREFIX = "WARMLOOP_"
 
@@ -216,6 +218,20 @@ class Config(BaseSettings):
         description="bytes of those responses a connection keeps (the oldest go first)",
     )
     ws_ping_interval: float = Field(20.0, gt=0, description="seconds between keepalive pings")
+    # --- fleet ---
+    worker_id: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9-]{1,32}$",
+        description="this worker's id in a fleet; response ids carry it (resp_<id>_...) so a "
+        "proxy can route a continuation by previous_response_id (default: from --host and "
+        "--port)",
+    )
+    drain_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="on SIGTERM, seconds running responses may take to finish while new "
+        "sockets and creates are refused (503) and /healthz answers 503; then it stops",
+    )
     # --- process ---
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     self_test: bool = Field(
@@ -241,6 +257,11 @@ class Config(BaseSettings):
         if self.prefill_stall_factor != 0 and self.prefill_stall_factor <= 1:
             raise ValueError("--prefill-stall-factor must be above 1 (or 0 for fixed chunks)")
         return self
+
+    @property
+    def worker(self) -> str:
+        """The worker id: --worker-id, else derived from the listening address."""
+        return self.worker_id or derive_worker_id(self.host, self.port)
 
     def model_path(self) -> Path:
         return self.model if self.model is not None else embedded_model_path()

@@ -220,3 +220,31 @@ def test_a_store_from_before_versions_is_adopted(tmp_path: Path) -> None:
         )
         assert store_sql.migrate(db) == (0, len(store_sql.MIGRATIONS))
         assert db.execute("SELECT id FROM responses").fetchall() == [("resp_o",)]
+
+
+def test_a_restart_fails_only_its_own_unfinished_responses(store: str) -> None:
+    """Workers of a fleet share one database: a worker that starts marks failed only the
+    background responses it stopped under (its id is in theirs), never another's that
+    is still running; ids from before worker ids count as its own."""
+    from warmloop.app import build_store
+    from warmloop.config import Config
+    from warmloop.fleet.keys import response_id
+
+    mine, theirs, legacy = response_id("w1"), response_id("w2"), "resp_" + "ab" * 12
+    opened = build_store(Config(store=store))
+    try:
+        with _connect(store) as db:
+            for rid in (mine, theirs, legacy):
+                db.execute(
+                    "INSERT INTO responses (id, owner, created_at, status, response, input_items,"
+                    " output_items, history) VALUES "
+                    + ("(%s, 'o', 0, 'in_progress', '{}', '[]', '[]', '[]')"
+                       if store.startswith("postgresql://")
+                       else "(?, 'o', 0, 'in_progress', '{}', '[]', '[]', '[]')"),
+                    (rid,),
+                )  # fmt: skip
+        assert opened.fail_unfinished("stopped", "w1") == 2
+    finally:
+        opened.close()
+    status = {rid: s for rid, s, _ in stored_rows(store)}
+    assert status == {mine: "failed", legacy: "failed", theirs: "in_progress"}

@@ -86,7 +86,7 @@ def check_cut_short(server: LiveServer, sock: socket.socket) -> None:
         "a whole response fit into the socket buffers: the writes never blocked, "
         "so this test proved nothing (make the outputs longer)"
     )
-    ids = set(re.findall(rb"resp_[0-9A-Za-z]+", raw))
+    ids = set(re.findall(rb"resp_[0-9a-z-]+_[0-9a-f]{24}", raw))
     assert ids, f"no response was created: {raw[:500]!r}"
     for rid in ids:
         got = httpx.get(f"{server.base_url}/responses/{rid.decode()}", headers=A, timeout=30)

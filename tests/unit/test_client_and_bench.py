@@ -140,3 +140,20 @@ def test_summary_and_ratios() -> None:
         "cold_vs_ws": 4.5
     }
     assert percentile([1.0, 2.0, 3.0, 4.0], 95) == 4.0 and percentile([7.0], 50) == 7.0
+
+
+async def test_a_session_routes_by_its_id_then_by_the_worker_of_its_last_response() -> None:
+    from warmloop.client import AgentSession
+    from warmloop.fleet.keys import response_id
+
+    async with AgentSession(base_url="http://127.0.0.1:9/v1", session_id="s-1") as one:
+        assert one.routing_headers() == {"x-session-id": "s-1"}
+        one._previous = (response_id("w2"), 1)
+        assert one.routing_headers() == {"x-session-id": "s-1", "x-warmloop-worker": "w2"}
+        one._previous = ("resp_from_elsewhere", 1)  # not a worker's id: no worker header
+        assert one.routing_headers() == {"x-session-id": "s-1"}
+    async with (
+        AgentSession(base_url="http://127.0.0.1:9/v1") as a,
+        AgentSession(base_url="http://127.0.0.1:9/v1") as b,
+    ):
+        assert a.session_id != b.session_id

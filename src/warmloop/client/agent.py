@@ -15,6 +15,13 @@ The session keeps the whole conversation as input items too, because it may need
 
 A turn that was cut off is re-sent; tools only ever run for responses that completed,
 and each `call_id` runs once, so a reconnect never runs a tool twice.
+
+Behind a fleet's proxy (docs/fleet.md), every request carries the session's
+`x-session-id` (one per session, so all its turns and sockets hash to one worker) and,
+once there is a response, `x-warmloop-worker` naming the worker that made it, so a
+reconnect lands where the chain's KV is warm. A worker that is gone or draining makes
+the proxy pick another: a store:true chain continues there from the shared store; a
+store:false one answers `previous_response_not_found` and the turn is replayed once.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,6 +47,7 @@ from warmloop.client.transports import (
     UpgradeRefused,
     WebSocketTransport,
 )
+from warmloop.fleet.keys import WORKER_HEADER, worker_of
 
 log = logging.getLogger("warmloop.client")
 
@@ -121,6 +130,7 @@ class AgentSession:
         on_event: EventCallback | None = None,
         on_tool_call: ToolCallback | None = None,
         extra_body: dict[str, Any] | None = None,
+        session_id: str | None = None,
     ) -> None:
         self.client = client or openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key or "unused", max_retries=0
@@ -133,10 +143,11 @@ class AgentSession:
         self.on_event = on_event
         self.on_tool_call = on_tool_call
         self.extra_body = dict(extra_body or {})
+        self.session_id = session_id or uuid.uuid4().hex
         self.transport: Transport = (
-            WebSocketTransport(self.client)
+            WebSocketTransport(self.client, self.routing_headers)
             if transport == "websocket"
-            else HTTPTransport(self.client)
+            else HTTPTransport(self.client, self.routing_headers)
         )
         # What every turn's request carries, whatever its input.
         self._fixed: dict[str, Any] = {"model": model, "store": store, **self.extra_body}
@@ -153,6 +164,15 @@ class AgentSession:
         self._tool_outputs: dict[str, str] = {}  # call_id → output: each call runs once
         self._previous: tuple[str, int] | None = None  # (response id, transport generation)
         self._unsent: list[dict[str, Any]] = []  # tool outputs not yet sent to the model
+
+    def routing_headers(self) -> dict[str, str]:
+        """What a fleet's proxy routes by: this session, and the worker of its last
+        response (where its chain's KV is)."""
+        headers = {"x-session-id": self.session_id}
+        worker = worker_of(self._previous[0]) if self._previous else None
+        if worker is not None:
+            headers[WORKER_HEADER] = worker
+        return headers
 
     async def __aenter__(self) -> AgentSession:
         return self
@@ -238,7 +258,7 @@ class AgentSession:
                     raise
                 log.info("falling back to HTTP: %s", exc)
                 await self.transport.close()
-                self.transport = HTTPTransport(self.client)
+                self.transport = HTTPTransport(self.client, self.routing_headers)
                 continue
             except ConnectionLost as exc:
                 attempt += 1

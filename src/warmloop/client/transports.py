@@ -7,7 +7,8 @@ come out as three exceptions the agent loop can act on:
 - `UpgradeRefused`: the server will not do WebSocket mode (HTTP 426, or the upgrade
   failed): fall back to HTTP at once.
 - `ConnectionLost`: the socket dropped, or the server ended it
-  (`websocket_connection_limit_reached`): reconnect and go on.
+  (`websocket_connection_limit_reached`, or `server_draining` from a worker that is
+  shutting down): reconnect and go on.
 - `ResponseError`: the server answered the request with an error (bad request, unknown
   `previous_response_id`, rate limit...): not a transport problem.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import openai
@@ -26,6 +27,10 @@ from pydantic import TypeAdapter, ValidationError
 from warmloop.protocol.events import TERMINAL_EVENTS
 
 _EVENTS: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
+# Error codes that end the socket, not the turn: reconnect and send the turn again.
+_RECONNECT_CODES = ("websocket_connection_limit_reached", "server_draining")
+
+Headers = Callable[[], dict[str, str]]  # the routing headers of the next request
 
 
 class TransportError(Exception):
@@ -77,8 +82,9 @@ class WebSocketTransport:
 
     name = "websocket"
 
-    def __init__(self, client: openai.AsyncOpenAI) -> None:
+    def __init__(self, client: openai.AsyncOpenAI, headers: Headers = dict) -> None:
         self.client = client
+        self.headers = headers
         self.generation = 0
         self._conn: Any = None
 
@@ -88,7 +94,8 @@ class WebSocketTransport:
     async def _connection(self) -> Any:
         if self._conn is None:
             try:
-                self._conn = await self.client.responses.connect().enter()
+                connect = self.client.responses.connect(extra_headers=self.headers())
+                self._conn = await connect.enter()
             except Exception as exc:  # handshake refused (426, 4xx) or connection failed
                 raise UpgradeRefused(f"WebSocket upgrade failed: {exc}") from exc
             self.generation += 1
@@ -103,9 +110,9 @@ class WebSocketTransport:
                 raw = json.loads(await conn.recv_bytes())
                 if raw.get("type") == "error":
                     err = raw.get("error") or raw
-                    if err.get("code") == "websocket_connection_limit_reached":
+                    if err.get("code") in _RECONNECT_CODES:
                         await self.reset()
-                        raise ConnectionLost(err.get("message") or "connection limit reached")
+                        raise ConnectionLost(err.get("message") or "the server ended the socket")
                     raise ResponseError(
                         err.get("message") or "error",
                         code=err.get("code"),
@@ -144,8 +151,9 @@ class HTTPTransport:
 
     name = "http"
 
-    def __init__(self, client: openai.AsyncOpenAI) -> None:
+    def __init__(self, client: openai.AsyncOpenAI, headers: Headers = dict) -> None:
         self.client = client
+        self.headers = headers
         self.generation = 1
 
     def can_continue(self, store: bool) -> bool:
@@ -153,7 +161,8 @@ class HTTPTransport:
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[ResponseStreamEvent]:
         try:
-            events = await self.client.responses.create(**body, stream=True)
+            headers = self.headers()
+            events = await self.client.responses.create(**body, stream=True, extra_headers=headers)
             async with events:
                 async for event in events:
                     yield event

@@ -109,6 +109,14 @@ class UpgradeRefused(APIError):
     code = "websocket_capacity"
 
 
+class ServerDraining(APIError):
+    """The worker is shutting down (SIGTERM): retry on another one (a proxy does)."""
+
+    status = 503
+    type = "server_error"
+    code = "server_draining"
+
+
 class StoreUnavailable(APIError):
     """The response store (SQLite file, PostgreSQL) cannot be read or written right now."""
 

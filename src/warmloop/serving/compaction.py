@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from warmloop.fleet.keys import response_id
 from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.events import output_text
 from warmloop.protocol.items import CompactionItem, Item, MessageItem, item_to_wire, new_id
@@ -70,7 +71,7 @@ async def compact(
     ]
     output = [*kept, CompactionItem(new_id("cmp"), summary)]
     return {
-        "id": new_id("resp"),
+        "id": response_id(service.config.worker),
         "object": "response.compaction",
         "created_at": int(time.time()),
         "output": [item_to_wire(i) for i in output],

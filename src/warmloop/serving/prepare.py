@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from warmloop.config import Config
 from warmloop.engine.sampling import SamplingParams
+from warmloop.fleet.keys import response_id
 from warmloop.protocol.errors import InvalidRequest, ModelNotFound, PreviousResponseNotFound
 from warmloop.protocol.items import CompactionItem, Item, ItemReference, MessageItem, new_id
 from warmloop.protocol.requests import CreateRequest, TextFormat
@@ -163,7 +164,7 @@ class Preparer:
         )
         names = () if request.tool_choice == "none" else tuple(t.qualified for t in request.tools)
         return Prepared(
-            id=new_id("resp"),
+            id=response_id(self.config.worker),
             request=request,
             ctx=ctx,
             previous=previous,

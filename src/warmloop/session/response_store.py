@@ -59,11 +59,12 @@ class ResponseStore(Protocol):
     async def save(self, record: StoredResponse) -> None: ...
     def get(self, response_id: str, owner: str) -> StoredResponse | None: ...
     def delete(self, response_id: str, owner: str) -> bool: ...
-    def fail_unfinished(self, message: str) -> int:
-        """Mark every record still `queued` or `in_progress` (a background response the
-        server stopped under) `failed` with `message`; how many. At startup only, and
-        only while one server owns the database: servers sharing one (a fleet) must
-        scope this to their own records first."""
+    def fail_unfinished(self, message: str, worker_id: str) -> int:
+        """Mark the records of this worker still `queued` or `in_progress` (background
+        responses it stopped under) `failed` with `message`; how many. At startup. In a
+        fleet sharing one database, the worker id in the response id (`fleet/keys.py`)
+        keeps one worker's restart off the others' running responses; ids without one
+        (from before worker ids) count as this worker's."""
         ...
 
     def close(self) -> None: ...
@@ -90,7 +91,7 @@ class InMemoryResponseStore:
     async def save(self, record: StoredResponse) -> None:
         self.put(record)
 
-    def fail_unfinished(self, message: str) -> int:
+    def fail_unfinished(self, message: str, worker_id: str) -> int:
         return 0  # nothing in memory outlives the process
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from warmloop.fleet.keys import worker_of
 from warmloop.protocol.errors import StoreUnavailable
 from warmloop.protocol.items import Item, ItemReference, item_to_wire, parse_item
 from warmloop.session.response_store import InMemoryResponseStore, StoredResponse
@@ -296,12 +297,13 @@ class SQLResponseStore:
 
         return bool(self._wait(self._submit(remove)))
 
-    def fail_unfinished(self, message: str) -> int:
+    def fail_unfinished(self, message: str, worker_id: str) -> int:
         def sweep(db: Any) -> int:
             rows = db.execute(
                 self._q("SELECT id, response FROM responses WHERE status IN (?, ?)"),
                 ("queued", "in_progress"),
             ).fetchall()
+            rows = [r for r in rows if worker_of(r[0]) in (worker_id, None)]
             for response_id, raw in rows:
                 response = json.loads(raw)
                 response["status"] = "failed"

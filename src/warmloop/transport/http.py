@@ -112,6 +112,7 @@ class TimedStreamingResponse(StreamingResponse):
 async def create_response(request: Request) -> Response:
     rt = runtime(request)
     tenant = tenant_of(request)
+    rt.refuse_if_draining()
     raw = await read_json(request, rt.config.max_body_bytes, rt.config.max_json_depth)
     create = parse_create(raw)
     if create.body.background:
@@ -156,8 +157,9 @@ async def _until_done_or_gone(
 @router.post("/v1/responses/compact")
 async def compact_response(request: Request) -> Response:
     rt = runtime(request)
-    raw = await read_json(request, rt.config.max_body_bytes, rt.config.max_json_depth)
     ctx = CallContext(tenant=tenant_of(request))
+    rt.refuse_if_draining()
+    raw = await read_json(request, rt.config.max_body_bytes, rt.config.max_json_depth)
     work = compact(rt.service, raw, ctx, rt.config.compact_summary_tokens)
     return await _until_done_or_gone(request, work)
 

@@ -99,7 +99,10 @@ def uvicorn_config(config: Config, app: Any, *, log_level: str | None = None) ->
 
 
 def server(config: Config, *, log_level: str | None = None) -> Server:
-    """A uvicorn server for `create_app(config)` (not started)."""
+    """A uvicorn server for `create_app(config)` (not started); SIGTERM drains it."""
     from warmloop.app import create_app
+    from warmloop.transport.worker import DrainingServer, WorkerHeader
 
-    return Server(uvicorn_config(config, create_app(config), log_level=log_level))
+    app = create_app(config)
+    uvicorn = uvicorn_config(config, WorkerHeader(app, config.worker), log_level=log_level)
+    return DrainingServer(uvicorn, app, config.drain_timeout)

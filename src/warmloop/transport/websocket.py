@@ -22,6 +22,7 @@ from warmloop.protocol.errors import (
     APIError,
     ConnectionLimitReached,
     QueueFull,
+    ServerDraining,
     ServerError,
     StreamLimitReached,
     TooManyRequests,
@@ -124,8 +125,8 @@ class _Session:
         if isinstance(frame, FrameError):
             await self.send_error(frame.error, frame.stream_id)
         elif isinstance(frame, CreateFrame):
-            if self.expired:  # past --ws-max-age: finish what runs, start nothing new
-                await self.send_error(self._limit_reached())
+            if self.expired:  # past --ws-max-age or draining: finish what runs, start nothing
+                await self.send_error(self._ending(), frame.stream_id)
                 return
             try:
                 self._queue(frame)
@@ -193,13 +194,17 @@ class _Session:
                 await self.send(event, sid)
 
     async def watchdog(self) -> None:
-        await asyncio.sleep(self.config.ws_max_age)
+        """End the socket at --ws-max-age, or when the server drains (SIGTERM)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.rt.draining.wait(), self.config.ws_max_age)
         self.expired = True
         if not self.busy:
             await self._close_expired()
         # Otherwise the last lane to finish closes the socket.
 
-    def _limit_reached(self) -> ConnectionLimitReached:
+    def _ending(self) -> APIError:
+        if self.rt.draining.is_set():
+            return ServerDraining("This worker is shutting down; reconnect to continue.")
         minutes = self.config.ws_max_age / 60
         return ConnectionLimitReached(
             f"Responses websocket connection limit reached ({minutes:g} minutes). "
@@ -208,8 +213,13 @@ class _Session:
 
     async def _close_expired(self) -> None:
         with contextlib.suppress(Exception):
-            await self.send_error(self._limit_reached())
-            await self.ws.close(code=1000)
+            if self.rt.draining.is_set():
+                # 1012 "service restart": a client reconnects (through the proxy, to a
+                # worker that takes it) and continues its chain there.
+                await self.ws.close(code=1012, reason="worker draining; reconnect")
+            else:
+                await self.send_error(self._ending())
+                await self.ws.close(code=1000)
         self.closed.set()
 
 
@@ -220,6 +230,7 @@ def _admit(ws: WebSocket, rt: Runtime) -> str:
             "WebSocket mode is disabled on this server; use HTTP.", code="websocket_disabled"
         )
     tenant = rt.keys.tenant(ws.headers.get("authorization"))
+    rt.refuse_if_draining()
     if rt.connections >= rt.config.max_connections:
         raise UpgradeRefused("Too many WebSocket connections; use HTTP.")
     if rt.tenant_connections[tenant] >= rt.config.max_connections_per_key:
@@ -232,7 +243,7 @@ async def responses_socket(ws: WebSocket) -> None:
     rt: Runtime = ws.app.state.runtime
     try:
         tenant = _admit(ws, rt)
-    except (UpgradeRefused, Unauthorized, TooManyRequests) as exc:
+    except (UpgradeRefused, Unauthorized, TooManyRequests, ServerDraining) as exc:
         await ws.send_denial_response(http_error(exc))
         return
     rt.connections += 1
