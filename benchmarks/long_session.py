@@ -9,6 +9,9 @@ output (~150 words) and gets a short answer. Modes, each on a fresh server:
               the instructions' KV stays, the kept turns are computed again, exactly)
   compact     WebSocket; when the prompt passes --compact-at of the context the client
               calls POST /v1/responses/compact and goes on from its items
+  server-compact
+              WebSocket, `context_management` with compact_threshold = --compact-at of
+              the context: the server compacts inside the turn that passes it
   stateless   HTTP, truncation "auto", on a --no-kv-reuse server: what a server without
               a KV cache does, every prompt computed in full each turn
 
@@ -43,7 +46,7 @@ INSTRUCTIONS = (
     "You are a coding agent working in a repository. After each tool result, say in one "
     "short sentence what you will do next."
 )
-MODES = ("shift", "recompute", "compact", "stateless")
+MODES = ("shift", "recompute", "compact", "server-compact", "stateless")
 
 
 def tool_turn(k: int, words: int) -> list[dict[str, Any]]:
@@ -112,6 +115,11 @@ async def ws_mode(mode: str, server: LocalServer, args: argparse.Namespace) -> l
             body = create(turn, previous, args)
             if mode == "compact":  # stored, so POST /v1/responses/compact can find it
                 body["store"] = True
+            if mode == "server-compact":
+                threshold = int(args.compact_at * args.ctx)
+                body["context_management"] = [
+                    {"type": "compaction", "compact_threshold": threshold}
+                ]
             await conn.send({"type": "response.create", **body})
             response = None
             async for event in conn:
@@ -122,6 +130,8 @@ async def ws_mode(mode: str, server: LocalServer, args: argparse.Namespace) -> l
                     break
             assert response is not None and response.status != "failed", response
             rows.append(row(k, response, t0))
+            if response.output and response.output[0].type == "compaction":
+                rows[-1]["compacted"] = True  # its usage counts the summary's job too
             previous = response.id
             used = response.usage.input_tokens + response.usage.output_tokens
             if mode == "compact" and used > args.compact_at * args.ctx:
@@ -157,6 +167,11 @@ async def http_mode(server: LocalServer, args: argparse.Namespace) -> list[dict[
     return rows
 
 
+def compacted(r: dict[str, Any]) -> bool:
+    """The client compacted after this turn, or the server compacted within it."""
+    return "compaction_s" in r or bool(r.get("compacted"))
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Compute per turn after the context first filled, as a multiple of the delta.
 
@@ -166,12 +181,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     deltas = [
         b["input"] - a["input"] - a["output"]
         for a, b in itertools.pairwise(rows)
-        if not b["truncated_items"] and "compaction_s" not in a
+        if not b["truncated_items"] and not compacted(a) and not compacted(b)
     ]
     delta = statistics.median(deltas) if deltas else float("nan")
-    filled = next(
-        (i for i, r in enumerate(rows) if r["truncated_items"] or "compaction_s" in r), None
-    )
+    filled = next((i for i, r in enumerate(rows) if r["truncated_items"] or compacted(r)), None)
     after = rows[filled + 1 :] if filled is not None else []
     spent = sum(r["computed"] + r.get("compaction_computed", 0) for r in after)
     return {
@@ -182,7 +195,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "compute_per_turn_after_full": round(spent / len(after), 1) if after else None,
         "compute_over_delta": round(spent / len(after) / delta, 2) if after else None,
         "truncations": sum(1 for r in rows if r["truncated_items"]),
-        "compactions": sum(1 for r in rows if "compaction_s" in r),
+        "compactions": sum(1 for r in rows if compacted(r)),
         "turn_p50_s": round(statistics.median(r["latency_s"] for r in rows), 3),
     }
 
