@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import glob
 import itertools
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from warmloop.bench.server import LocalServer, free_port
+from warmloop.bench.server import LocalServer
+from warmloop.fleet.postgres import PostgresCluster
+from warmloop.fleet.postgres import missing as postgres_missing
 
 KEY_A = "sk-test-tenant-a"
 KEY_B = "sk-test-tenant-b"
@@ -65,58 +63,19 @@ def open_server() -> Iterator[LiveServer]:
     s.stop()
 
 
-class PostgresInstance:
-    """A throwaway PostgreSQL cluster on a free port (Debian's `postgresql` package, which
-    .ci/run installs), run as the `postgres` OS user. `stop()`/`start()` simulate an outage."""
-
-    def __init__(self, bindir: Path) -> None:
-        self.bindir = bindir
-        self.root = Path(tempfile.mkdtemp(prefix="warmloop-pg-"))
-        self.data = self.root / "data"
-        shutil.chown(self.root, "postgres")
-        self.port = free_port()
-        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", check=True)
-        self.start()
-
-    @property
-    def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _pg(self, tool: str, *args: str, check: bool) -> subprocess.CompletedProcess[bytes]:
-        cmd = ["runuser", "-u", "postgres", "--", str(self.bindir / tool), *args]
-        return subprocess.run(cmd, check=check, capture_output=True)
-
-    def start(self) -> None:
-        self._pg(
-            "pg_ctl",
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.root / "log"),
-            "-w",
-            "start",
-            "-o",
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1",
-            check=True,
-        )
-
-    def stop(self, mode: str = "immediate") -> None:
-        self._pg("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
-
-    def destroy(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
+# A throwaway PostgreSQL cluster on a free port (Debian's `postgresql` package, which
+# .ci/run installs); `stop()`/`start()` simulate an outage. `warmloop fleet up` uses it too.
+PostgresInstance = PostgresCluster
 
 
 def start_postgres() -> PostgresInstance:
     """A new PostgreSQL instance; skipped where PostgreSQL is missing, failed under CI=1."""
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not bins or shutil.which("runuser") is None:
-        missing = "PostgreSQL is not installed (apt-get install postgresql)"
+    why = postgres_missing()
+    if why is not None:
         if os.environ.get("CI"):  # .ci/run installs it: a skip there would hide a failure
-            pytest.fail(missing)
-        pytest.skip(missing)
-    return PostgresInstance(Path(bins[-1]).parent)
+            pytest.fail(why)
+        pytest.skip(why)
+    return PostgresInstance()
 
 
 @pytest.fixture(scope="session")
