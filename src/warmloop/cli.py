@@ -20,6 +20,7 @@ TOOLS = (
     ("demo", "run a small agent over WebSocket and HTTP on the embedded model", "warmloop.demo"),
     ("doctor", "check the CPU, the engine build and the model; run a short decode",
      "warmloop.doctor"),
+    ("fleet", "HAProxy config for a fleet of workers, or a whole fleet here", "warmloop.fleet.cli"),
 )  # fmt: skip
 
 
