@@ -121,7 +121,9 @@ class Fleet:
     def start(self) -> Fleet:
         try:
             if self.store is None:
-                self.postgres = PostgresCluster(root=self.dir)
+                # its own temporary directory: as root the cluster runs as `postgres`,
+                # which cannot enter ours (mode 700)
+                self.postgres = PostgresCluster()
                 self.store = self.postgres.dsn
             for n in range(1, self.workers + 1):
                 self.local.append(self.start_worker(f"w{n}"))
