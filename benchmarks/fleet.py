@@ -134,24 +134,18 @@ def churn_run(
     seen_epoch = np.zeros(s, dtype=np.int64)
     d, o, instr, turns = args.delta, args.output, args.instructions, args.turns
     totals = {"input": 0, "cached": 0, "reusable": 0, "restarts": 0, "moved_turns": 0}
-    hashed = place(ring, hashes, index)  # hash-only: recomputed when the ring changes
     rr = 0
     peak: list[float] = []
     for step in range(args.horizon + turns):
-        changed = False
         for w in np.flatnonzero((up_at == step) & (step > 0)):  # restarted workers return
             ring.set_up(names[w])
-            changed = True
         fails = np.flatnonzero((rng.random(n) < p_restart) & (up_at <= step))
         for w in fails:
             ring.set_down(names[w])
             up_at[w] = step + args.down_steps
             epoch[w] += 1
-            changed = True
         totals["restarts"] += len(fails)
         up = up_at <= step
-        if changed and policy == "hash-only":
-            hashed = place(ring, hashes, index)
         active = np.flatnonzero((start <= step) & (step < start + turns))
         if len(active) == 0:
             continue
@@ -164,7 +158,7 @@ def churn_run(
             if len(moving):
                 new[~stay] = place(ring, hashes[moving], index)
         elif policy == "hash-only":
-            new = hashed[active]
+            new = place(ring, hashes[active], index)
         else:
             live = np.flatnonzero(up)
             new = live[(rr + np.arange(len(active))) % len(live)]
