@@ -248,3 +248,24 @@ def test_a_restart_fails_only_its_own_unfinished_responses(store: str) -> None:
         opened.close()
     status = {rid: s for rid, s, _ in stored_rows(store)}
     assert status == {mine: "failed", legacy: "failed", theirs: "in_progress"}
+
+
+def test_workers_opening_one_fresh_postgres_at_once_all_start(postgres_dsn: str) -> None:
+    """A fleet's workers start together on one database: the schema is created once,
+    under an advisory lock (PostgreSQL's IF NOT EXISTS races: "duplicate key value")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psycopg
+
+    from warmloop.app import build_store
+    from warmloop.config import Config
+
+    for _ in range(3):
+        schema = "t" + uuid.uuid4().hex[:12]
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        dsn = f"{postgres_dsn}?options=-csearch_path%3D{schema}"
+        with ThreadPoolExecutor(6) as pool:
+            stores = list(pool.map(build_store, [Config(store=dsn)] * 6))
+        for s in stores:
+            s.close()

@@ -55,6 +55,9 @@ VERSION_TABLE = (
 )
 
 
+MIGRATION_LOCK = 0x7761726D  # PostgreSQL advisory lock key ("warm") held while migrating
+
+
 class SchemaTooNew(RuntimeError):
     """The database was migrated by a newer warmloop than this one."""
 
@@ -117,7 +120,7 @@ class SQLResponseStore:
         self._pending = 0  # submitted writes not yet finished (a leak gauge)
         self._pending_lock = threading.Lock()
         self._writer_db: Any = self._connect()  # fail at startup if the store is unusable
-        migrate(self._writer_db)
+        self._migrate()
         self._reader: Any = self._connect()
         self._read_lock = threading.Lock()
         ph = ", ".join([self.placeholder] * 9)
@@ -131,6 +134,9 @@ class SQLResponseStore:
 
     def _connect(self) -> Any:
         raise NotImplementedError
+
+    def _migrate(self) -> None:
+        migrate(self._writer_db)
 
     def _q(self, sql: str) -> str:
         return sql.replace("?", self.placeholder)
@@ -366,3 +372,13 @@ class PostgresResponseStore(SQLResponseStore):
         # A bounded connect: a stopped server must not hold a request for minutes.
         timeout = max(1, int(self.timeout_s))
         return psycopg.connect(self.dsn, autocommit=True, connect_timeout=timeout)
+
+    def _migrate(self) -> None:
+        """Workers of a fleet start together on one database: PostgreSQL's `IF NOT
+        EXISTS` is not safe against a concurrent create, so one migrates at a time."""
+        db = self._writer_db
+        db.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            migrate(db)
+        finally:
+            db.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
