@@ -97,6 +97,9 @@ class WebSocketTransport:
                 connect = self.client.responses.connect(extra_headers=self.headers())
                 self._conn = await connect.enter()
             except Exception as exc:  # handshake refused (426, 4xx) or connection failed
+                status = getattr(getattr(exc, "response", None), "status_code", 0)
+                if status >= 500:  # e.g. 503 from a draining worker: try again, still WS
+                    raise ConnectionLost(f"WebSocket upgrade answered {status}") from exc
                 raise UpgradeRefused(f"WebSocket upgrade failed: {exc}") from exc
             self.generation += 1
         return self._conn
