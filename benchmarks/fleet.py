@@ -270,32 +270,47 @@ def live(args: argparse.Namespace) -> dict[str, Any]:
     serve += ["--log-level", "warning", *args.server_arg]
     results: dict[str, Any] = {}
     OUT.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[tuple[float, list[TurnRecord]]]] = {}
     with Fleet(workers=args.workers, port=args.port, serve_args=serve) as fleet:
         k = 0
-        for config in ("affinity", "round-robin"):
-            fleet.write_proxy(replace(Settings(), roundrobin=config == "round-robin"))
-            for protocol in args.protocols:
-                name = f"{protocol}/{config}"
-                tagged = [tag_run(s, k) for s in scripts]  # nothing found from another run
-                k += 1
-                ep = Endpoint(fleet.base_url, key)
-                noop: Callable[[TurnRecord], None] = lambda _r: None  # noqa: E731
-                wall, records = asyncio.run(run_mode(ep, protocol, name, tagged, noop))
-                later = [r for r in records if r.turn > 0]  # the first turn is cold anyway
-                inp = sum(r.input_tokens for r in records)
-                cached = sum(r.cached_tokens for r in records)
-                lat = [r.latency_ms for r in later]
-                results[name] = {
-                    "turns": len(records),
-                    "wall_s": wall,
-                    "cached_ratio": cached / inp if inp else 0.0,
-                    "cached_ratio_after_first_turn": sum(r.cached_tokens for r in later)
-                    / max(1, sum(r.input_tokens for r in later)),
-                    "recomputed_tokens": inp - cached,
-                    "latency_ms_p50": percentile(lat, 50),
-                    "latency_ms_p95": percentile(lat, 95),
-                }
-                print(f"{name:>22}: {json.dumps(results[name])}", flush=True)
+        for round_ in range(args.rounds):  # alternating order: drift hits both alike
+            configs = ("affinity", "round-robin")
+            for config in configs if round_ % 2 == 0 else configs[::-1]:
+                fleet.write_proxy(replace(Settings(), roundrobin=config == "round-robin"))
+                for protocol in args.protocols:
+                    name = f"{protocol}/{config}"
+                    tagged = [tag_run(s, k) for s in scripts]  # nothing found from another run
+                    k += 1
+                    ep = Endpoint(fleet.base_url, key)
+                    noop: Callable[[TurnRecord], None] = lambda _r: None  # noqa: E731
+                    wall, records = asyncio.run(run_mode(ep, protocol, name, tagged, noop))
+                    runs.setdefault(name, []).append((wall, records))
+                    print(f"round {round_ + 1} {name}: {wall:.1f} s", flush=True)
+    for name, done in runs.items():
+        records = [r for _, rs in done for r in rs]
+        later = [r for r in records if r.turn > 0]  # the first turn is cold anyway
+        inp = sum(r.input_tokens for r in records)
+        cached = sum(r.cached_tokens for r in records)
+        lat = [r.latency_ms for r in later]
+        results[name] = {
+            "rounds": len(done),
+            "turns": len(records),
+            "wall_s": [round(w, 2) for w, _ in done],
+            "cached_ratio": cached / inp if inp else 0.0,
+            "cached_ratio_after_first_turn": sum(r.cached_tokens for r in later)
+            / max(1, sum(r.input_tokens for r in later)),
+            "recomputed_tokens": (inp - cached) / len(done),
+            "latency_ms_p50": percentile(lat, 50),
+            "latency_ms_p95": percentile(lat, 95),
+        }
+    for protocol in args.protocols:  # per round: affinity's wall time over round robin's
+        a, b = runs.get(f"{protocol}/affinity"), runs.get(f"{protocol}/round-robin")
+        if a and b:
+            results[f"{protocol}/affinity"]["wall_vs_round_robin"] = [
+                round(x[0] / y[0], 3) for x, y in zip(a, b, strict=True)
+            ]
+    for name, r in results.items():
+        print(f"{name:>22}: {json.dumps(r)}", flush=True)
     out = {
         "title": f"agent loop through HAProxy over {args.workers} workers",
         "workload": {
@@ -370,6 +385,7 @@ def main() -> None:
     run.add_argument("--ctx", type=int, default=4096)
     run.add_argument("--server-arg", action="append", default=[], help="extra worker flag")
     run.add_argument("--seed", type=int, default=7)
+    run.add_argument("--rounds", type=int, default=2, help="alternating affinity/round robin")
     run.set_defaults(func=live)
     args = p.parse_args()
     args.func(args)
