@@ -337,8 +337,8 @@ def plot_live(out: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, metric, label in zip(
         axes,
-        ("cached_ratio", "recomputed_tokens", "latency_ms_p50"),
-        ("cached / input tokens", "tokens computed again", "turn latency p50 (ms)"),
+        ("cached_ratio", "recomputed_tokens", "latency_ms_p95"),
+        ("cached / input tokens", "tokens computed again per round", "turn latency p95 (ms)"),
         strict=True,
     ):
         ax.bar(names, [out["results"][n][metric] for n in names])

@@ -154,7 +154,7 @@ def create_app(config: Config) -> FastAPI:
             "on" if config.kv_reuse else "off",
         )
         lost = runtime.service.store.fail_unfinished(
-            "The server stopped while this background response ran.", config.worker
+            "The server stopped while this background response ran.", config.worker_id
         )
         if lost:
             log.warning("%d background responses were cut off by a restart: now failed", lost)

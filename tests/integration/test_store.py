@@ -223,9 +223,9 @@ def test_a_store_from_before_versions_is_adopted(tmp_path: Path) -> None:
 
 
 def test_a_restart_fails_only_its_own_unfinished_responses(store: str) -> None:
-    """Workers of a fleet share one database: a worker that starts marks failed only the
-    background responses it stopped under (its id is in theirs), never another's that
-    is still running; ids from before worker ids count as its own."""
+    """Workers of a fleet share one database: a worker (--worker-id) that starts marks
+    failed only the background responses it stopped under (its id is in theirs), never
+    another's that is still running; ids from before worker ids count as its own."""
     from warmloop.app import build_store
     from warmloop.config import Config
     from warmloop.fleet.keys import response_id
@@ -244,10 +244,13 @@ def test_a_restart_fails_only_its_own_unfinished_responses(store: str) -> None:
                     (rid,),
                 )  # fmt: skip
         assert opened.fail_unfinished("stopped", "w1") == 2
+        status = {rid: s for rid, s, _ in stored_rows(store)}
+        assert status == {mine: "failed", legacy: "failed", theirs: "in_progress"}
+        # A server without --worker-id owns its database: every unfinished one is its own.
+        assert opened.fail_unfinished("stopped", None) == 1
     finally:
         opened.close()
-    status = {rid: s for rid, s, _ in stored_rows(store)}
-    assert status == {mine: "failed", legacy: "failed", theirs: "in_progress"}
+    assert {s for _, s, _ in stored_rows(store)} == {"failed"}
 
 
 def test_workers_opening_one_fresh_postgres_at_once_all_start(postgres_dsn: str) -> None:

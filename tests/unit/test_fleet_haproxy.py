@@ -16,13 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fleet_stub import StubWorker
 from warmloop.bench.server import free_port
 from warmloop.fleet import haproxy
 from warmloop.fleet.haproxy import Settings, Worker, render
 from warmloop.fleet.keys import WORKER_HEADER, response_id
 from warmloop.fleet.local import Proxy
 from warmloop.fleet.ring import Ring, server_ids
-from warmloop.fleet.stub import StubWorker
 
 
 @pytest.fixture(scope="module")

@@ -75,7 +75,10 @@ class Proxy:
         self.log = directory / "haproxy.log"
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
-                [binary, "-db", "-f", str(self.config_path)], stdout=out, stderr=subprocess.STDOUT
+                [binary, "-db", "-f", str(self.config_path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a terminal's Ctrl-C is for `fleet up`, not for it
             )
 
     @property
@@ -147,7 +150,10 @@ class Fleet:
             "--drain-timeout", str(self.drain_timeout), *flags,
         ]  # fmt: skip
         with open(log, "wb") as out:
-            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            # its own session: a terminal's Ctrl-C reaches `fleet up`, which drains it
+            process = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return LocalWorker(Worker(worker_id, "127.0.0.1", port), process, log)
 
     def write_proxy(self, settings: Settings | None = None) -> None:
