@@ -250,22 +250,14 @@ def plot_simulation(out: dict[str, Any], path: Path) -> None:
 def live(args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import replace
 
-    from warmloop.bench.cli import tag_run
+    from warmloop.bench.cli import tag_run, workload
     from warmloop.bench.report import percentile
     from warmloop.bench.runner import Endpoint, TurnRecord, run_mode
-    from warmloop.bench.workload import Workload
     from warmloop.fleet.haproxy import Settings
     from warmloop.fleet.local import Fleet
 
     key = "sk-warmloop-fleet-bench"
-    scripts = Workload(
-        sessions=args.sessions,
-        turns=args.turns,
-        instruction_words=args.instruction_words,
-        tool_words=args.tool_words,
-        output_tokens=args.output_tokens,
-        seed=args.seed,
-    ).scripts()
+    scripts = workload(args).scripts()
     serve = ["--slots", str(args.slots), "--ctx", str(args.ctx), "--api-key", key]
     serve += ["--log-level", "warning", *args.server_arg]
     results: dict[str, Any] = {}

@@ -32,11 +32,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from warmloop.bench.report import percentile, wide_console
 from warmloop.bench.runner import Endpoint, TurnRecord, run_mode
-from warmloop.bench.server import LocalServer, free_port
+from warmloop.bench.server import LocalServer, free_port, stop_process, wait_healthy
 from warmloop.bench.workload import WORDS, SessionScript, Turn
 from warmloop.config import embedded_model_path
 
@@ -126,31 +124,18 @@ class LlamaServer:
         ]  # fmt: skip
         self.log = open(OUT / "llama-server.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama-server exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError("llama-server did not start in 120 s")
+        try:
+            wait_healthy(f"{self.url}/health", self.process, 120)
+        except RuntimeError:
+            self.stop()
+            raise
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, signal.SIGINT)
         self.log.close()
 
 

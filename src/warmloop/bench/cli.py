@@ -104,10 +104,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _scripts(args: argparse.Namespace) -> list[SessionScript]:
     if args.trace is not None:
         return load_trace(args.trace, args.output_tokens)
-    return _workload(args).scripts()
+    return workload(args).scripts()
 
 
-def _workload(args: argparse.Namespace) -> Workload:
+def workload(args: argparse.Namespace) -> Workload:
     return Workload(
         sessions=args.sessions,
         turns=args.turns,
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "title": title,
         "modes": summaries,
         "ratios": report.ratios(summaries),
-        "workload": {"trace": str(args.trace)} if args.trace else asdict(_workload(args)),
+        "workload": {"trace": str(args.trace)} if args.trace else asdict(workload(args)),
         "server": args.target
         or {
             "slots": args.slots,

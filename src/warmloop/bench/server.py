@@ -7,11 +7,13 @@ user's client would see.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -21,6 +23,42 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_healthy(
+    health_url: str,
+    process: subprocess.Popen[bytes],
+    timeout_s: float,
+    log: Callable[[], str] = str,
+) -> None:
+    """Poll `health_url` until it answers 200; RuntimeError (with the end of the log)
+    if the process exits first or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log()[-4000:]
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}\n{tail}")
+        try:
+            if httpx.get(health_url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{health_url} was not healthy in {timeout_s:.0f} s\n{log()[-4000:]}")
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 20
+) -> None:
+    """Send `sig` and wait up to `timeout_s`, then kill."""
+    if process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class LocalServer:
@@ -71,28 +109,14 @@ class LocalServer:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
     def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {self.process.returncode}:\n{self.log()}".rstrip()
-                )
-            try:
-                self.health()
-                return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server did not start in {timeout_s:.0f} s:\n{self.log()}".rstrip())
+        try:
+            wait_healthy(f"{self.url}/healthz", self.process, timeout_s, self.log)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -19,36 +19,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import httpx
-
-from warmloop.bench.server import free_port
+from warmloop.bench.server import free_port, stop_process, wait_healthy
 from warmloop.fleet.haproxy import Settings, Worker, haproxy_binary, render
 from warmloop.fleet.postgres import PostgresCluster
 
 
 def _wait_healthy(url: str, deadline: float, process: subprocess.Popen[bytes], log: Path) -> None:
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            text = log.read_text(errors="replace") if log.exists() else ""
-            raise RuntimeError(f"{url}: exited with {process.returncode}\n{text[-4000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} was not healthy in time (log: {log})")
+    def text() -> str:
+        return log.read_text(errors="replace") if log.exists() else ""
 
-
-def _stop(process: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(sig)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    wait_healthy(f"{url}/healthz", process, deadline - time.monotonic(), text)
 
 
 @dataclass
@@ -89,7 +69,7 @@ class Proxy:
         _wait_healthy(self.url, time.monotonic() + timeout, self.process, self.log)
 
     def stop(self) -> None:
-        _stop(self.process, signal.SIGTERM, 10)  # SIGTERM: HAProxy's immediate stop
+        stop_process(self.process, signal.SIGTERM, 10)  # SIGTERM: HAProxy's immediate stop
 
 
 @dataclass
@@ -168,7 +148,7 @@ class Fleet:
         self.proxy.wait_healthy()
 
     def stop_worker(self, worker: LocalWorker, sig: int = signal.SIGTERM) -> None:
-        _stop(worker.process, sig, self.drain_timeout + 10)
+        stop_process(worker.process, sig, self.drain_timeout + 10)
 
     def stop(self) -> None:
         """Workers first (SIGTERM: they drain, in parallel), then HAProxy and PostgreSQL."""
