@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -258,9 +259,10 @@ class Config(BaseSettings):
             raise ValueError("--prefill-stall-factor must be above 1 (or 0 for fixed chunks)")
         return self
 
-    @property
+    @cached_property
     def worker(self) -> str:
-        """The worker id: --worker-id, else derived from the listening address."""
+        """The worker id: --worker-id, else derived from the listening address (once:
+        every response id carries it)."""
         return self.worker_id or derive_worker_id(self.host, self.port)
 
     def model_path(self) -> Path:

@@ -220,16 +220,15 @@ class ResponsesService:
         assert p.compaction is not None
         item_id = new_id("cmp")
         yield run.seq(ev.compaction_added(0, item_id))
-        text: list[str] = []
-        cached, tokens = 0, 0
+        text: list[str] = []  # one piece per sampled token
+        cached = 0
         async for e in self.engine.run(summary_job):
             if isinstance(e, Admitted):
                 cached = e.cached_tokens
             elif isinstance(e, TokenOut):
                 text.append(e.text)
-                if tokens % COMPACTING_EVERY == 0:
+                if len(text) % COMPACTING_EVERY == 1:
                     yield run.seq(ev.compaction_compacting(0, item_id))
-                tokens += 1
             elif isinstance(e, Finished):
                 run.compacted(p.compaction, cached, e)
             elif isinstance(e, Failed):
