@@ -19,7 +19,7 @@ from warmloop.config import Config, embedded_model_path
 from warmloop.engine.backend import BatchRow, LlamaBackend
 from warmloop.protocol.items import Item, MessageItem
 from warmloop.protocol.requests import FunctionTool
-from warmloop.serving.prompt import PromptRenderer, system_text
+from warmloop.serving.prompt import Head, PromptRenderer
 
 NEAR_TIE = 1e-3
 # Batch shapes a warm run may have used: the default --prefill-chunk (prefill beside
@@ -118,11 +118,12 @@ def assert_same_or_near_tie(
     for k, (u, a) in enumerate(history):
         items += [MessageItem(f"u{k}", "user", u), MessageItem(f"a{k}", "assistant", a)]
     items.append(MessageItem("u", "user", user_text))
-    assert_items_same_or_near_tie(system_text(instructions, tools), items, warm, cold, cached)
+    head = _backend()[1].head(instructions, tools)
+    assert_items_same_or_near_tie(head, items, warm, cold, cached)
 
 
 def assert_items_same_or_near_tie(
-    system: str | None, items: Sequence[Item], warm: str, cold: str, cached: int
+    system: Head, items: Sequence[Item], warm: str, cold: str, cached: int
 ) -> None:
     """`assert_same_or_near_tie` for a prompt of any items after a system text."""
     if warm == cold:

@@ -87,18 +87,25 @@ def build_store(config: Config) -> ResponseStore:
     return SQLiteResponseStore(path, cache=cache, ttl_s=ttl, timeout_s=timeout)
 
 
+def chat_template(config: Config, gguf_template: str | None) -> str | None:
+    """--chat-template-file when given, else the GGUF's own template."""
+    if config.chat_template_file is None:
+        return gguf_template
+    return config.chat_template_file.read_text(encoding="utf-8")
+
+
 def build_runtime(config: Config) -> tuple[Runtime, Engine]:
     model_path = config.model_path()
     metrics = Metrics()
     engine = build_engine(config, metrics)
     backend = engine.backend
     renderer = PromptRenderer(
-        backend.chat_template(),
+        chat_template(config, backend.chat_template()),
         bos_token=backend.special_text("bos"),
         eos_token=backend.special_text("eos"),
     )
     store = build_store(config)
-    grammars = Grammars(json_schema_to_gbnf, check=engine.check_grammar)
+    grammars = Grammars(json_schema_to_gbnf, renderer.family, check=engine.check_grammar)
     preparer = Preparer(
         config, store, renderer, backend.tokenize, backend.token_piece, grammars, model_path.stem
     )
@@ -146,9 +153,10 @@ def create_app(config: Config) -> FastAPI:
         engine.start()
         app.state.runtime = runtime
         log.info(
-            "warmloop worker %s serving %s on %d slots x %d tokens (kv reuse %s)",
+            "warmloop worker %s serving %s (%s tool calls) on %d slots x %d tokens (kv reuse %s)",
             config.worker,
             runtime.service.model_id,
+            runtime.service.preparer.renderer.family.name,
             config.slots,
             config.ctx,
             "on" if config.kv_reuse else "off",

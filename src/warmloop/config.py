@@ -86,6 +86,11 @@ class Config(BaseSettings):
     model_alias: Names = Field(
         (), description="another name clients may use for the model (repeatable)"
     )
+    chat_template_file: Path | None = Field(
+        None,
+        description="Jinja chat template to render prompts with instead of the GGUF's own "
+        "(llama.cpp's models/templates/*.jinja and Hugging Face's are this format)",
+    )
     ctx: int = Field(8192, ge=64, description="context tokens per sequence (slot)")
     slots: int = Field(4, ge=1, description="engine sequences (KV slots)")
     threads: int = Field(default_factory=default_threads, ge=1, description="CPU threads")
@@ -246,7 +251,7 @@ class Config(BaseSettings):
             return tuple(x.strip() for x in value.split(",") if x.strip())
         return value
 
-    @field_validator("model", "api_keys_file")
+    @field_validator("model", "api_keys_file", "chat_template_file")
     @classmethod
     def _is_file(cls, path: Path | None) -> Path | None:
         if path is not None and not path.is_file():

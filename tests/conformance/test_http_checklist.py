@@ -139,12 +139,22 @@ def test_4_tool_call_streams_argument_events(client: openai.OpenAI) -> None:
     )
     types = [e.type for e in events]
     i = types.index("response.output_item.added")
-    assert types[i : i + 4] == [
+    # the arguments stream as the model writes them: several deltas, then done
+    deltas = [e for e in events if e.type == "response.function_call_arguments.delta"]
+    assert len(deltas) > 1
+    collapsed = [t for k, t in enumerate(types) if k == 0 or t != types[k - 1]]
+    j = collapsed.index("response.output_item.added")
+    assert collapsed[j : j + 4] == [
         "response.output_item.added",
         "response.function_call_arguments.delta",
         "response.function_call_arguments.done",
         "response.output_item.done",
     ]
+    assert types[i + 1 : i + 1 + len(deltas)] == ["response.function_call_arguments.delta"] * len(
+        deltas
+    )
+    done = next(e for e in events if e.type == "response.function_call_arguments.done")
+    assert "".join(d.delta for d in deltas) == done.arguments
     assert types[-1] == "response.completed"
 
 

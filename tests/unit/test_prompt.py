@@ -16,14 +16,8 @@ from warmloop.protocol.items import (
     MessageItem,
 )
 from warmloop.protocol.requests import FunctionTool
-from warmloop.serving.prompt import (
-    CHATML_TEMPLATE,
-    PromptRenderer,
-    compacted,
-    system_text,
-    tool_call_text,
-    tools_system_text,
-)
+from warmloop.serving.families.generic import Generic, tool_call_text, tools_system_text
+from warmloop.serving.prompt import CHATML_TEMPLATE, Head, PromptRenderer, compacted
 
 SMOLLM2 = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -33,6 +27,11 @@ SMOLLM2 = (
     "{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 TOOL = FunctionTool("get_weather", "Weather.", {"type": "object", "properties": {}}, False)
+
+
+def system_text(instructions: str | None, tools: list[FunctionTool]) -> Head:
+    """The head of a request to a model whose template knows no tools (the generic frame)."""
+    return Head(Generic().system(instructions, tools), tuple(tools))
 
 
 def test_smollm2_default_system_prompt_and_generation_prompt() -> None:
@@ -102,8 +101,8 @@ def test_warmup_render_is_a_prefix_of_the_next_turn() -> None:
 
 
 def test_no_system_text_without_instructions_or_tools() -> None:
-    assert system_text(None, []) is None
-    assert system_text("", []) is None
+    assert system_text(None, []).system is None
+    assert system_text("", []).system is None
 
 
 # ----- exact renderings -----------------------------------------------------------------
@@ -115,14 +114,14 @@ def test_default_template_exact_rendering() -> None:
     assert r.render(None, [MessageItem("u", "user", "Hi")], add_generation_prompt=False) == (
         "<|im_start|>user\nHi<|im_end|>\n"
     )
-    assert PromptRenderer(CHATML_TEMPLATE).render("S", [MessageItem("u", "user", "Hi")]) == (
+    assert PromptRenderer(CHATML_TEMPLATE).render(Head("S"), [MessageItem("u", "user", "Hi")]) == (
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     )
 
 
 def test_smollm2_keeps_its_default_system_prompt_only_without_a_system_message() -> None:
     r = PromptRenderer(SMOLLM2)
-    text = r.render("Rules.", [MessageItem("u", "user", "Hi")], add_generation_prompt=False)
+    text = r.render(Head("Rules."), [MessageItem("u", "user", "Hi")], add_generation_prompt=False)
     assert text == "<|im_start|>system\nRules.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
     dev_first = r.render(None, [MessageItem("d", "developer", "Dev.")], add_generation_prompt=False)
     assert dev_first == "<|im_start|>system\nDev.<|im_end|>\n"  # developer counts as system
@@ -131,16 +130,16 @@ def test_smollm2_keeps_its_default_system_prompt_only_without_a_system_message()
 def test_instructions_and_tools_become_one_system_message() -> None:
     r = PromptRenderer(CHATML_TEMPLATE)
     system = system_text("Be brief.", [TOOL])
-    assert system == "Be brief.\n\n" + tools_system_text([TOOL])
-    msgs = r.messages(system, [MessageItem("u", "user", "Hi")])
+    assert system.system == "Be brief.\n\n" + tools_system_text([TOOL])
+    msgs = r.family.messages(system.system, [MessageItem("u", "user", "Hi")])
     assert [m["role"] for m in msgs] == ["system", "user"]
     assert msgs[0]["content"].startswith("Be brief.\n\n# Tools\n\n")
     assert (
         '<tools>\n{"name": "get_weather", "description": "Weather.", "parameters": {"type": "object", "properties": {}}}\n</tools>'
         in msgs[0]["content"]
     )
-    assert system_text(None, [TOOL]) == tools_system_text([TOOL])
-    assert system_text("Only.", []) == "Only."
+    assert system_text(None, [TOOL]).system == tools_system_text([TOOL])
+    assert system_text("Only.", []).system == "Only."
 
 
 def test_messages_merge_calls_into_one_assistant_turn_and_outputs_are_tool_turns() -> None:
@@ -155,12 +154,15 @@ def test_messages_merge_calls_into_one_assistant_turn_and_outputs_are_tool_turns
         FunctionCallItem("f3", "c3", "a", "[]"),
         MessageItem("s", "system", "Sys."),
     ]
-    assert r.messages(None, items) == [
+    # the text and the calls after it are one turn, as the model wrote them
+    assert r.family.messages(None, items) == [
         {"role": "user", "content": "Go"},
-        {"role": "assistant", "content": "Calling."},
         {
             "role": "assistant",
-            "content": tool_call_text("a", "{}") + "\n" + tool_call_text("ns.b", '{"x": 1}'),
+            "content": "Calling.\n"
+            + tool_call_text("a", "{}")
+            + "\n"
+            + tool_call_text("ns.b", '{"x": 1}'),
         },
         {"role": "tool", "content": "A"},
         {"role": "tool", "content": "B"},
@@ -207,14 +209,14 @@ MIDDLE = st.one_of(
 # A prompt's history ends with what the client sent: a message or a tool's output.
 LAST = st.one_of(OPENING, st.builds(FunctionCallOutputItem, st.just("o"), st.just("c"), TEXTS))
 HISTORIES = st.builds(lambda mid, last: [*mid, last], st.lists(MIDDLE, max_size=5), LAST)
-SYSTEMS = st.sampled_from([None, "Rules.", system_text("Rules.", [TOOL])])
+SYSTEMS = st.sampled_from([Head(None), Head("Rules."), system_text("Rules.", [TOOL])])
 TEMPLATES = st.sampled_from([SMOLLM2, CHATML_TEMPLATE])
 
 
 @settings(max_examples=150, deadline=None)
 @given(TEMPLATES, SYSTEMS, HISTORIES, TEXTS, st.lists(LAST, max_size=3))
 def test_assistant_text_continuation_is_prefix_stable(
-    template: str, system: str | None, history: list[Item], generated: str, new: list[Item]
+    template: str, system: Head, history: list[Item], generated: str, new: list[Item]
 ) -> None:
     r = PromptRenderer(template)
     prompt = r.render(system, history)
@@ -237,7 +239,7 @@ def test_assistant_text_continuation_is_prefix_stable(
 )
 def test_tool_call_continuation_is_prefix_stable(
     template: str,
-    system: str | None,
+    system: Head,
     history: list[Item],
     calls: list[tuple[str, str]],
     new: list[Item],
@@ -255,7 +257,7 @@ def test_tool_call_continuation_is_prefix_stable(
 @settings(max_examples=150, deadline=None)
 @given(TEMPLATES, SYSTEMS, HISTORIES, st.lists(MIDDLE, max_size=3), LAST)
 def test_warmup_is_a_prefix_of_any_next_turn(
-    template: str, system: str | None, history: list[Item], more: list[Item], last: Item
+    template: str, system: Head, history: list[Item], more: list[Item], last: Item
 ) -> None:
     r = PromptRenderer(template)
     warm = r.render(system, history, add_generation_prompt=False)

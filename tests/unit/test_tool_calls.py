@@ -5,17 +5,20 @@ from __future__ import annotations
 import ctypes
 import json
 import re
+from dataclasses import dataclass
 
 import pytest
 
 from warmloop.engine.sampling import json_schema_to_gbnf
 from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.requests import FunctionTool, TextFormat, parse_create
-from warmloop.serving.grammar import TOOL_CALL_TRIGGER, Grammars
-from warmloop.serving.prompt import tool_call_text
-from warmloop.serving.tool_calls import OutputParser, TextDelta, ToolCall, parse_call_body
+from warmloop.serving.families import ArgsDelta, CallEnd, CallParser, CallStart, Segment, TextDelta
+from warmloop.serving.families.generic import Generic, tool_call_text
+from warmloop.serving.grammar import Grammars
 
-GRAMMARS = Grammars(json_schema_to_gbnf)
+GENERIC = Generic()
+TOOL_CALL_TRIGGER = GENERIC.trigger()
+GRAMMARS = Grammars(json_schema_to_gbnf, GENERIC)
 tool_call_grammar = GRAMMARS.tool_calls
 text_format_grammar = GRAMMARS.text_format
 
@@ -45,8 +48,8 @@ def test_tool_grammar_namespaces_each_tools_rules() -> None:
     assert defined["root"] == "call"
     assert "t0-root" in defined and "t1-root" in defined
     assert not any(name in defined for name in ("space", "string", "char"))  # all prefixed
-    assert '"{\\"name\\": \\"get_weather\\", \\"arguments\\": " t0-root' in defined["call"]
-    assert '"{\\"name\\": \\"add\\", \\"arguments\\": " t1-root' in defined["call"]
+    assert '{\\"name\\": \\"get_weather\\", \\"arguments\\": " t0-root' in defined["call"]
+    assert '{\\"name\\": \\"add\\", \\"arguments\\": " t1-root' in defined["call"]
     # literals and character classes keep their text: nothing inside them was renamed
     assert all("t0-t0" not in body for body in defined.values())
     for body in defined.values():
@@ -74,11 +77,36 @@ def test_bad_schema_is_a_400() -> None:
     assert err.value.param == "text.format.schema"
 
 
-def feed_all(parser: OutputParser, chunks: list[str]) -> list[TextDelta | ToolCall]:
-    out: list[TextDelta | ToolCall] = []
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: str
+    complete: bool = True
+
+
+def OutputParser(names: list[str]) -> CallParser:
+    return GENERIC.parser([FunctionTool(n, "", {"type": "object"}, False) for n in names])
+
+
+def feed_all(parser: CallParser, chunks: list[str]) -> list[TextDelta | ToolCall]:
+    """Text deltas and whole calls (a call's start, argument deltas and end, joined)."""
+    segments: list[Segment] = []
     for c in chunks:
-        out += parser.feed(c)
-    return out + parser.finish()
+        segments += parser.feed(c)
+    segments += parser.finish()
+    out: list[TextDelta | ToolCall] = []
+    name, args = "", ""
+    for s in segments:
+        if isinstance(s, TextDelta):
+            out.append(s)
+        elif isinstance(s, CallStart):
+            name, args = s.name, ""
+        elif isinstance(s, ArgsDelta):
+            args += s.text
+        elif isinstance(s, CallEnd):
+            assert args == s.arguments  # the deltas add up to the arguments
+            out.append(ToolCall(name, s.arguments, s.complete))
+    return out
 
 
 def merge(segments: list[TextDelta | ToolCall]) -> list[object]:
@@ -106,24 +134,18 @@ def test_pure_tool_call_in_tiny_chunks() -> None:
 def test_text_then_call_and_parallel_calls() -> None:
     out = merge(feed_all(OutputParser(["add"]), ["Sure. ", CALL, "\n", CALL]))
     # whitespace between two calls is not message text, however it is chunked
-    assert out == ["Sure. ", ToolCall("add", '{ "a" : 1 }'), ToolCall("add", '{ "a" : 1 }')]
+    assert out == ["Sure.", ToolCall("add", '{ "a" : 1 }'), ToolCall("add", '{ "a" : 1 }')]
     only_calls = merge(feed_all(OutputParser(["add"]), ["\n", CALL, "\n", CALL]))
     assert only_calls == [ToolCall("add", '{ "a" : 1 }'), ToolCall("add", '{ "a" : 1 }')]
 
 
-def test_unterminated_call_is_dropped_and_bad_bodies_are_text() -> None:
-    assert merge(feed_all(OutputParser(["add"]), [CALL[:-5]])) == []
+def test_unterminated_call_is_incomplete_and_bad_bodies_are_text() -> None:
+    cut = merge(feed_all(OutputParser(["add"]), [CALL[:-5]]))
+    assert cut == [ToolCall("add", '{ "a" : 1 }')]  # the arguments were whole
     bad = "<tool_call>not json</tool_call>"
     assert merge(feed_all(OutputParser(["add"]), [bad])) == [bad]
     unknown = '<tool_call>{"name": "rm", "arguments": {}}</tool_call>'
     assert merge(feed_all(OutputParser(["add"]), [unknown])) == [unknown]
-
-
-def test_parse_call_body_keeps_raw_arguments() -> None:
-    call = parse_call_body('{"name": "add", "arguments": {"a":  2}}', {"add"})
-    assert call == ToolCall("add", '{"a":  2}')
-    assert parse_call_body('{"name": "add"}', {"add"}) == ToolCall("add", "{}")
-    assert parse_call_body("[]", {"add"}) is None
 
 
 # ----- llama.cpp's own GBNF parser (model-free: a NULL vocab only parses) ---------------
@@ -242,10 +264,10 @@ def test_call_frame_matches_the_rendered_tool_call_text() -> None:
     g = tool_call_grammar([WEATHER, UNICODE], parallel=True)
     call = rules(g)["call"]
     literals = [json.loads(x) for x in re.findall(r'"(?:[^"\\]|\\.)*"', call)]
-    open_, head0, close0, head1, close1, end = literals
+    head0, close0, head1, close1 = literals
     args = '{"city": "oslo"}'
-    assert open_ + head0 + args + close0 + end == tool_call_text("get_weather", args)
-    assert open_ + head1 + args + close1 + end == tool_call_text("ns.météo", args)
+    assert head0 + args + close0 == tool_call_text("get_weather", args)
+    assert head1 + args + close1 == tool_call_text("ns.météo", args)
     assert rules(g)["root"] == 'call ( "\\n" call ){0,7}'  # calls joined by one newline
 
 
@@ -275,16 +297,17 @@ def test_trigger_fires_on_the_tag_only() -> None:
 def test_text_only_with_tools_streams_without_holding_back() -> None:
     p = OutputParser(["add"])
     assert p.feed("Hello") == [TextDelta("Hello")]
-    assert p.feed(" world, <t") == [TextDelta(" world, ")]  # `<t` might open a call
-    assert p.feed("ag>") == [TextDelta("<tag>")]
+    # `<t` might open a call; the space before it waits to see whether one does
+    assert p.feed(" world, <t") == [TextDelta(" world,")]
+    assert p.feed("ag>") == [TextDelta(" <tag>")]
     assert p.finish() == []
 
 
 def test_leading_whitespace_is_dropped_and_partial_tag_flushed_at_finish() -> None:
     p = OutputParser(["add"])
     assert p.feed("\n  ") == []
-    assert p.feed("Hi <tool_ca") == [TextDelta("Hi ")]
-    assert p.finish() == [TextDelta("<tool_ca")]
+    assert p.feed("Hi <tool_ca") == [TextDelta("Hi")]
+    assert p.finish() == [TextDelta(" <tool_ca")]
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 11])
@@ -292,7 +315,8 @@ def test_call_split_into_tiny_chunks_including_the_tag(size: int) -> None:
     text = "Let me add. " + CALL
     chunks = [text[i : i + size] for i in range(0, len(text), size)]
     out = feed_all(OutputParser(["add"]), chunks)
-    assert merge(out) == ["Let me add. ", ToolCall("add", '{ "a" : 1 }')]
+    # the space before the call is the template's to write, not the message's
+    assert merge(out) == ["Let me add.", ToolCall("add", '{ "a" : 1 }')]
     assert not any(isinstance(s, TextDelta) and "<" in s.text for s in out)
 
 
@@ -314,14 +338,15 @@ def test_text_after_a_call_is_text() -> None:
     ]
 
 
-def test_unterminated_call_at_finish_is_dropped_even_after_text() -> None:
+def test_output_cut_before_the_tool_is_named_is_text() -> None:
     out = feed_all(OutputParser(["add"]), ["Sure. ", CALL[:20]])
-    assert merge(out) == ["Sure. "]
+    assert merge(out) == ["Sure. " + CALL[:20]]
 
 
-def test_invalid_json_and_unknown_names_fall_back_to_the_raw_text() -> None:
+def test_invalid_arguments_are_an_incomplete_call_and_unknown_names_text() -> None:
     bad = '<tool_call>\n{"name": "add", "arguments": {"a": }\n</tool_call>'
-    assert merge(feed_all(OutputParser(["add"]), ["x ", bad])) == ["x " + bad]
+    out = merge(feed_all(OutputParser(["add"]), ["x ", bad]))
+    assert out == ["x", ToolCall("add", '{"a": }\n', complete=False)]
     unknown = '<tool_call>{"name": "ad", "arguments": {}}</tool_call>'
     assert merge(feed_all(OutputParser(["add"]), [unknown, CALL])) == [
         unknown,
@@ -340,23 +365,20 @@ def test_whitespace_between_calls_does_not_depend_on_chunking() -> None:
     text = "Sure. " + CALL + "\n" + CALL
     whole = merge(feed_all(OutputParser(["add"]), [text]))
     per_char = merge(feed_all(OutputParser(["add"]), list(text)))
-    assert whole == ["Sure. ", ToolCall("add", '{ "a" : 1 }'), ToolCall("add", '{ "a" : 1 }')]
+    assert whole == ["Sure.", ToolCall("add", '{ "a" : 1 }'), ToolCall("add", '{ "a" : 1 }')]
     assert per_char == whole
 
 
-def test_parse_call_body_variants() -> None:
-    names = {"add", "ns.g"}
-    assert parse_call_body('{"name": "add", "arguments": {"a": [1, 2]} }', names) == ToolCall(
-        "add", '{"a": [1, 2]}'
-    )
-    assert parse_call_body('\n{"name": "ns.g", "arguments": {}}\n', names) == ToolCall("ns.g", "{}")
-    # key order the other way round: the arguments are re-serialised, not sliced wrongly
-    assert parse_call_body('{"arguments": {"a": 1}, "name": "add"}', names) == ToolCall(
-        "add", '{"a": 1}'
-    )
-    assert parse_call_body('{"name": "sub", "arguments": {}}', names) is None
-    assert parse_call_body('{"name": "add", "arguments": {}', names) is None
-    assert parse_call_body("", names) is None
+def test_call_variants_the_frame_allows() -> None:
+    p = ["add", "ns.g"]
+    spaced = '<tool_call>{"name": "add", "arguments": {"a": [1, 2]} }</tool_call>'
+    # whitespace after the value is the arguments' own (the template writes it back)
+    assert merge(feed_all(OutputParser(p), [spaced])) == [ToolCall("add", '{"a": [1, 2]} ')]
+    ns = '<tool_call>\n{"name": "ns.g", "arguments": {}}\n</tool_call>'
+    assert merge(feed_all(OutputParser(p), [ns])) == [ToolCall("ns.g", "{}")]
+    # the name must come first (the grammar writes it so): otherwise it is text
+    other_order = '<tool_call>{"arguments": {"a": 1}, "name": "add"}</tool_call>'
+    assert merge(feed_all(OutputParser(p), [other_order])) == [other_order]
 
 
 def test_for_request_picks_grammar_and_trigger_from_tool_choice() -> None:
@@ -381,7 +403,7 @@ def test_for_request_names_the_schema_the_checker_refuses() -> None:
         if "bad" in grammar:
             raise ValueError("repetition too large")
 
-    grammars = Grammars(json_schema_to_gbnf, check=check)
+    grammars = Grammars(json_schema_to_gbnf, GENERIC, check=check)
     ok = {"type": "function", "name": "ok", "parameters": {"type": "object"}}
     bad = {"type": "function", "name": "f", "parameters": {"enum": ["bad"]}}
     with pytest.raises(InvalidRequest) as err:

@@ -4,7 +4,7 @@ chain that a cut removes (against a one-token-per-character tokenizer)."""
 from __future__ import annotations
 
 from warmloop.protocol.items import FunctionCallItem, FunctionCallOutputItem, Item, MessageItem
-from warmloop.serving.prompt import PromptRenderer
+from warmloop.serving.prompt import Head, PromptRenderer
 from warmloop.serving.truncation import Truncation, cuts, token_starts, truncate
 from warmloop.session.response_store import ChainState
 
@@ -50,7 +50,7 @@ def test_token_starts_maps_text_offsets_to_token_indices_or_refuses() -> None:
 
 
 def test_truncate_drops_the_fewest_oldest_items_and_names_the_chain_range() -> None:
-    system = "You are terse."
+    system = Head("You are terse.")
     turns: list[Item] = []
     for t in range(6):
         turns += [msg("user", f"question {t} " + "x" * 40), msg("assistant", f"answer {t}")]

@@ -169,12 +169,14 @@ class LlamaBackend:
             )
         return list(buf[:n])
 
-    def token_bytes(self, token: int) -> bytes:
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
+        """The token's bytes (engine thread: one shared buffer); `special` spells out
+        special tokens."""
         buf = self._piece_buf
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
             big = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, big, len(big), 0, False)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, big, len(big), 0, special)
             return big.raw[:n]
         return buf.raw[:n]
 

@@ -322,7 +322,9 @@ class Engine:
         r.generated.append(token)
         if r.drafter is not None:
             r.drafter.append(token)
-        text = r.utf8.decode(self.backend.token_bytes(token))
+        # Special tokens spelled out: a family's parser reads its markers (harmony's
+        # <|channel|>, [TOOL_CALLS]) and the chain's text matches its rendering.
+        text = r.utf8.decode(self.backend.token_bytes(token, special=True))
         r.job.post(TokenOut(token, text))
         at_limit = len(r.generated) >= r.job.params.max_tokens
         ctx_full = len(r.slot.tokens) + 1 >= self.config.ctx_per_seq

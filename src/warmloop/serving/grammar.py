@@ -2,30 +2,21 @@
 the response starts.
 
 Tool schemas and `text.format` JSON schemas become GBNF through an injected converter
-(llama.cpp's maintained one, `engine.sampling.json_schema_to_gbnf`); this module
-namespaces each tool's rules, wraps them in the fixed `<tool_call>` frame that
-`prompt.py` renders, picks the grammar and its lazy trigger from `tool_choice`, and
-asks the injected checker whether llama.cpp accepts the result: a schema llama.cpp
-refuses is the client's 400 naming that schema, not a failed response.
+(llama.cpp's maintained one, `engine.sampling.json_schema_to_gbnf`); the model's family
+wraps each tool's rules in its own call syntax and names its lazy trigger; this module
+picks the grammar from `tool_choice` and asks the injected checker whether llama.cpp
+accepts the result: a schema llama.cpp refuses is the client's 400 naming that schema,
+not a failed response.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.requests import CreateRequest, FunctionTool, TextFormat
-from warmloop.serving.prompt import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
-
-MAX_PARALLEL_CALLS = 8
-# llama.cpp lazy grammars fire on a full-match regex over the generated text; group 1
-# marks where the constrained part starts.
-TOOL_CALL_TRIGGER = r"[\s\S]*?(" + re.escape(TOOL_CALL_OPEN) + r")[\s\S]*"
-
-_RULE_DEF = re.compile(r"^([a-zA-Z0-9-]+)\s*::=", re.MULTILINE)
+from warmloop.serving.families import Family
 
 SchemaToGBNF = Callable[[dict[str, Any]], str]  # raises on schemas it cannot convert
 # Raises ValueError (with llama.cpp's reason) when a grammar + lazy trigger is refused.
@@ -33,8 +24,11 @@ GrammarCheck = Callable[[str, str | None], None]
 
 
 class Grammars:
-    def __init__(self, to_gbnf: SchemaToGBNF, check: GrammarCheck | None = None) -> None:
+    def __init__(
+        self, to_gbnf: SchemaToGBNF, family: Family, check: GrammarCheck | None = None
+    ) -> None:
         self.to_gbnf = to_gbnf
+        self.family = family
         self.check = check
 
     def for_request(self, request: CreateRequest) -> tuple[str | None, str | None]:
@@ -55,21 +49,8 @@ class Grammars:
             raise InvalidRequest(f"Unsupported JSON schema: {exc}", param=param) from exc
 
     def tool_calls(self, tools: Sequence[FunctionTool], *, parallel: bool) -> str:
-        """One or more `<tool_call>` blocks whose arguments follow each tool's schema."""
-        rules: list[str] = []
-        alternatives: list[str] = []
-        for k, tool in enumerate(tools):
-            prefix = f"t{k}"
-            rules.append(_prefix_rules(self.schema(tool.parameters, tool.param), prefix))
-            head = '{"name": ' + json.dumps(tool.qualified) + ', "arguments": '
-            alternatives.append(f"{_gbnf_literal(head)} {prefix}-root {_gbnf_literal('}')}")
-        call = (
-            f"call ::= {_gbnf_literal(TOOL_CALL_OPEN + chr(10))} ( "
-            + " | ".join(alternatives)
-            + f" ) {_gbnf_literal(chr(10) + TOOL_CALL_CLOSE)}"
-        )
-        more = f' ( "\\n" call ){{0,{MAX_PARALLEL_CALLS - 1}}}' if parallel else ""
-        return "\n".join([f"root ::= call{more}", call, *rules])
+        """One or more calls in the family's syntax whose arguments follow each schema."""
+        return self.family.grammar(tools, parallel=parallel, schema=self.schema)
 
     def text_format(self, fmt: TextFormat) -> str | None:
         if fmt.kind == "json_schema":
@@ -93,7 +74,7 @@ class Grammars:
             if choice == "required":
                 return grammar, None
             if fmt_grammar is None:
-                return grammar, TOOL_CALL_TRIGGER
+                return grammar, self.family.trigger()
         return fmt_grammar, None
 
     def _refused(self, request: CreateRequest, reason: str) -> InvalidRequest:
@@ -120,39 +101,3 @@ class Grammars:
             param="tools",
             code="invalid_json_schema",
         )
-
-
-def _gbnf_literal(text: str) -> str:
-    return json.dumps(text)  # GBNF string literals use JSON escapes
-
-
-def _prefix_rules(grammar: str, prefix: str) -> str:
-    """Rename every rule defined in `grammar` to `prefix-<name>`, outside literals."""
-    names = set(_RULE_DEF.findall(grammar))
-    out: list[str] = []
-    i, n = 0, len(grammar)
-    while i < n:
-        c = grammar[i]
-        if c in '"[':
-            close = '"' if c == '"' else "]"
-            j = i + 1
-            while j < n and grammar[j] != close:
-                j += 2 if grammar[j] == "\\" else 1
-            out.append(grammar[i : j + 1])
-            i = j + 1
-        elif c == "#":  # comment to end of line
-            j = grammar.find("\n", i)
-            j = n if j < 0 else j
-            out.append(grammar[i:j])
-            i = j
-        elif c.isalnum() or c == "-":
-            j = i
-            while j < n and (grammar[j].isalnum() or grammar[j] == "-"):
-                j += 1
-            word = grammar[i:j]
-            out.append(f"{prefix}-{word}" if word in names else word)
-            i = j
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)

@@ -6,12 +6,13 @@ events (numbered by the caller's `Sequencer`). The event shapes are event_builde
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from warmloop.protocol.items import FunctionCallItem, Item, MessageItem, item_to_wire, new_id
 from warmloop.serving import event_builder as ev
+from warmloop.serving.families import ArgsDelta, CallEnd, CallParser, CallStart, Segment, TextDelta
 from warmloop.serving.prepare import Prepared
-from warmloop.serving.tool_calls import OutputParser, TextDelta, ToolCall
 
 
 def response_object(
@@ -67,13 +68,15 @@ def response_object(
 class OutputBuilder:
     """Turns parser segments into output items and their stream events."""
 
-    def __init__(self, seq: ev.Sequencer, parser: OutputParser, namespaced: set[str]) -> None:
+    def __init__(self, seq: ev.Sequencer, parser: CallParser, namespaced: set[str]) -> None:
         self.seq = seq
         self.parser = parser
         self.namespaced = namespaced  # qualified names of tools that live in a namespace
         self.items: list[Item] = []
         self._msg_id: str | None = None
         self._msg_text: list[str] = []
+        self._call: FunctionCallItem | None = None  # the call whose arguments stream
+        self._broken: set[str] = set()  # ids of calls the output ended inside
 
     def feed(self, text: str) -> list[ev.Event]:
         return self._segments(self.parser.feed(text))
@@ -87,9 +90,15 @@ class OutputBuilder:
         return self.seq(ev.output_item_done(len(self.items) - 1, item_to_wire(item)))
 
     def items_wire(self) -> list[dict[str, Any]]:
-        return [item_to_wire(i) for i in self.items]
+        return [self._wire(i) for i in self.items]
 
-    def _segments(self, segments: list[TextDelta | ToolCall]) -> list[ev.Event]:
+    def _wire(self, item: Item) -> dict[str, Any]:
+        wire = item_to_wire(item)
+        if item.id in self._broken:
+            wire["status"] = "incomplete"
+        return wire
+
+    def _segments(self, segments: list[Segment]) -> list[ev.Event]:
         events: list[ev.Event] = []
         for s in segments:
             if isinstance(s, TextDelta):
@@ -100,23 +109,40 @@ class OutputBuilder:
                     events.append(self.seq(ev.content_part_added(index, self._msg_id)))
                 self._msg_text.append(s.text)
                 events.append(self.seq(ev.text_delta(len(self.items), self._msg_id, s.text)))
-            else:
+            elif isinstance(s, CallStart):
                 events.extend(self._close_message())
-                index = len(self.items)
                 ns, _, name = (
                     s.name.rpartition(".") if s.name in self.namespaced else ("", "", s.name)
                 )
-                item = FunctionCallItem(new_id("fc"), new_id("call"), name, s.arguments, ns or None)
-                events.append(
-                    self.seq(ev.function_call_added(index, item.id, item.call_id, item.name))
+                call = FunctionCallItem(
+                    new_id("fc"), s.call_id or new_id("call"), name, "", ns or None
                 )
-                events.append(self.seq(ev.function_args_delta(index, item.id, item.arguments)))
+                self._call = call
                 events.append(
-                    self.seq(ev.function_args_done(index, item.id, item.name, item.arguments))
+                    self.seq(ev.function_call_added(len(self.items), call.id, call.call_id, name))
                 )
-                self.items.append(item)
-                events.append(self.seq(ev.output_item_done(index, item_to_wire(item))))
+            elif isinstance(s, ArgsDelta):
+                assert self._call is not None
+                events.append(
+                    self.seq(ev.function_args_delta(len(self.items), self._call.id, s.text))
+                )
+            else:
+                events.extend(self._end_call(s))
         return events
+
+    def _end_call(self, end: CallEnd) -> list[ev.Event]:
+        assert self._call is not None
+        index = len(self.items)
+        item = replace(self._call, arguments=end.arguments)
+        self._call = None
+        self.items.append(item)
+        if not end.complete:  # the output ended inside the call
+            self._broken.add(item.id)
+        wire = self._wire(item)
+        return [
+            self.seq(ev.function_args_done(index, item.id, item.name, item.arguments)),
+            self.seq(ev.output_item_done(index, wire)),
+        ]
 
     def _close_message(self) -> list[ev.Event]:
         if self._msg_id is None:

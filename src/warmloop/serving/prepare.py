@@ -11,6 +11,7 @@ prepared request that never starts costs nothing.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from warmloop.config import Config
@@ -18,9 +19,10 @@ from warmloop.engine.sampling import SamplingParams
 from warmloop.fleet.keys import response_id
 from warmloop.protocol.errors import InvalidRequest, ModelNotFound, PreviousResponseNotFound
 from warmloop.protocol.items import CompactionItem, Item, ItemReference, MessageItem, new_id
-from warmloop.protocol.requests import CreateRequest, TextFormat
+from warmloop.protocol.requests import CreateRequest, FunctionTool, TextFormat
+from warmloop.serving.families import CallParser
 from warmloop.serving.grammar import Grammars
-from warmloop.serving.prompt import PromptRenderer, compacted, system_text
+from warmloop.serving.prompt import Head, PromptRenderer, compacted
 from warmloop.serving.truncation import Piece, Tokenize, Truncation, truncate
 from warmloop.session.connection import Connection
 from warmloop.session.limits import output_budget
@@ -61,7 +63,10 @@ class Prepared:
     tokens: list[int]
     delta_only: bool  # the prompt reused the chain's tokens and tokenized only new text
     params: SamplingParams
-    tool_names: tuple[str, ...]
+    # the tools the model may call (none under tool_choice "none") and the parser that
+    # reads its output in the model family's syntax
+    tools: tuple[FunctionTool, ...]
+    parser: Callable[[], CallParser]
     shared_prefix: int  # tokens of the rendered instructions/tools message
     truncated_items: int = 0  # truncation "auto" dropped this many of the oldest items
     drop: tuple[int, int] | None = None  # ... and these tokens of the chain (see Job.drop)
@@ -127,7 +132,7 @@ class Preparer:
         history_in: tuple[Item, ...],
     ) -> Prepared:
         body = request.body
-        system = system_text(body.instructions, request.tools)
+        system = self.renderer.head(body.instructions, request.tools)
         # A warm-up (generate:false) stops before the assistant header so the next turn's
         # rendering extends it token for token.
         text = self.renderer.render(system, history_in, add_generation_prompt=request.generate)
@@ -162,7 +167,8 @@ class Preparer:
             grammar=grammar,
             grammar_trigger=trigger,
         )
-        names = () if request.tool_choice == "none" else tuple(t.qualified for t in request.tools)
+        offered = () if request.tool_choice == "none" else request.tools
+        family = self.renderer.family
         return Prepared(
             id=response_id(self.config.worker),
             request=request,
@@ -174,7 +180,8 @@ class Preparer:
             tokens=tokens,
             delta_only=delta_only,
             params=params,
-            tool_names=names,
+            tools=offered,
+            parser=lambda: family.parser(offered),
             shared_prefix=self._shared_prefix(system, history_in, text),
             truncated_items=truncated,
             drop=drop,
@@ -184,7 +191,7 @@ class Preparer:
     def _compaction_threshold(
         self,
         request: CreateRequest,
-        system: str | None,
+        system: Head,
         history: tuple[Item, ...],
         prompt_tokens: int,
     ) -> int | None:
@@ -226,7 +233,7 @@ class Preparer:
     def _truncate(
         self,
         request: CreateRequest,
-        system: str | None,
+        system: Head,
         history: tuple[Item, ...],
         full: str,
         previous: StoredResponse | None,
@@ -317,13 +324,16 @@ class Preparer:
             return list(chain.tokens) + self.tokenize(text[len(chain.text) :]), True
         return self.tokenize(text), False
 
-    def _shared_prefix(self, system: str | None, history: tuple[Item, ...], text: str) -> int:
+    def _shared_prefix(self, system: Head, history: tuple[Item, ...], text: str) -> int:
         """How many leading tokens are the conversation's fixed head: instructions, tools
         and leading system/developer messages (what sessions of one tenant share)."""
         lead = history[: _lead(history)]
-        if not system and not lead:
+        if not system.system and not system.tools and not lead:
             return 0
-        head = self.renderer.render(system, lead, add_generation_prompt=False)
+        try:
+            head = self.renderer.render(system, lead, add_generation_prompt=False)
+        except InvalidRequest:  # a template that will not render a head alone (Llama 3)
+            return 0
         if not text.startswith(head):
             return 0
         n = self._head_tokens.get(head)

@@ -14,7 +14,6 @@ from warmloop.metrics import Metrics
 from warmloop.serving import event_builder as ev
 from warmloop.serving.output import OutputBuilder, response_object
 from warmloop.serving.prepare import Prepared
-from warmloop.serving.tool_calls import OutputParser
 from warmloop.session.response_store import ChainState, StoredResponse
 
 log = logging.getLogger("warmloop.responses")
@@ -27,7 +26,7 @@ class ResponseRun:
         self.metrics = metrics
         self.seq = ev.Sequencer()
         namespaced = {t.qualified for t in p.request.tools if t.namespace}
-        self.out = OutputBuilder(self.seq, OutputParser(p.tool_names), namespaced)
+        self.out = OutputBuilder(self.seq, p.parser(), namespaced)
         self.t0 = time.perf_counter()
         self.cached = 0
         self.tier = "none"

@@ -19,8 +19,9 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.items import FunctionCallItem, FunctionCallOutputItem, Item
-from warmloop.serving.prompt import PromptRenderer
+from warmloop.serving.prompt import Head, PromptRenderer
 from warmloop.session.response_store import ChainState
 
 Tokenize = Callable[[str], list[int]]  # the model's tokenizer (safe on any thread)
@@ -55,7 +56,7 @@ def truncate(
     tokenize: Tokenize,
     piece: Piece,
     *,
-    system: str | None,
+    system: Head,
     history: tuple[Item, ...],
     full: str,
     lead: int,
@@ -92,7 +93,7 @@ def _cut_tokens(
     renderer: PromptRenderer,
     tokenize: Tokenize,
     piece: Piece,
-    system: str | None,
+    system: Head,
     lead: tuple[Item, ...],
     full: str,
     text: str,
@@ -106,7 +107,10 @@ def _cut_tokens(
     # The truncated text is the full one with one piece [a, b) taken out, right after
     # the head; the template must render it that way (ChatML does), and the piece must
     # lie in what the chain's tokens already cover.
-    a = len(renderer.render(system, lead, add_generation_prompt=False))
+    try:
+        a = len(renderer.render(system, lead, add_generation_prompt=False))
+    except InvalidRequest:  # a template that will not render the head alone
+        return fresh
     b = a + len(full) - len(text)
     if text != full[:a] + full[b:] or b > len(chain.text):
         return fresh

@@ -1,0 +1,25 @@
+"""Model families: each one owns a tool-call syntax's rendering, grammar and parser."""
+
+from warmloop.serving.families.base import (
+    ArgsDelta,
+    CallEnd,
+    CallParser,
+    CallStart,
+    Family,
+    Segment,
+    TextDelta,
+)
+from warmloop.serving.families.registry import FAMILIES, family_for, family_named
+
+__all__ = [
+    "FAMILIES",
+    "ArgsDelta",
+    "CallEnd",
+    "CallParser",
+    "CallStart",
+    "Family",
+    "Segment",
+    "TextDelta",
+    "family_for",
+    "family_named",
+]

@@ -1,0 +1,183 @@
+"""Qwen3-Coder (and Qwen3.5, Nemotron 3 with the same XML calls):
+
+    <tool_call>
+    <function=NAME>
+    <parameter=P>
+    VALUE
+    </parameter>
+    </function>
+    </tool_call>
+
+Values are raw text: a string parameter as it is, anything else as JSON. The arguments
+are built as a JSON object, one parameter at a time as each one ends; rendered back, a
+string stays text and anything else is written as JSON (the template would write a
+Python `True` for a boolean).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from warmloop.protocol.items import FunctionCallItem
+from warmloop.protocol.requests import FunctionTool
+from warmloop.serving.families.base import (
+    ArgsDelta,
+    CallEnd,
+    CallReader,
+    CallStart,
+    Family,
+    NotACall,
+    SchemaGrammar,
+    Segment,
+)
+from warmloop.serving.gbnf import literal, prefix_rules
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+_HEAD = re.compile(r"(?:<tool_call>\s*)?<function=(?P<name>[^>\n]+)>\n?")
+_PARAM = re.compile(r"\s*<parameter=(?P<name>[^>\n]+)>\n?")
+_VALUE_END = re.compile(r"\n?</parameter>")
+_END = re.compile(r"\s*</function>\s*(?:</tool_call>)?")
+NL = "\n"
+_PARAM_CLOSE = literal("\n</parameter>\n")
+# A value is any text without a line that starts with "</" (that would close it).
+_TEXT_RULE = 'xml-text ::= ( [^\\n] | "\\n" [^<] | "\\n<" [^/] )*'
+
+
+def _is_string(schema: Any) -> bool:
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    return kind == "string" or (isinstance(kind, list) and "string" in kind)
+
+
+def _text_value(schema: dict[str, Any]) -> str:
+    """GBNF for a string parameter's raw text: its enum's values, a bounded run of
+    characters on one line for a `maxLength`, else any text (`xml-text`)."""
+    if isinstance(schema.get("enum"), list) and all(isinstance(v, str) for v in schema["enum"]):
+        return "( " + " | ".join(literal(v) for v in schema["enum"]) + " )"
+    most = schema.get("maxLength")
+    if isinstance(most, int) and 0 <= most <= 2000:
+        least = schema.get("minLength")
+        least = least if isinstance(least, int) and 0 <= least <= most else 0
+        return f"[^<\\n]{{{least},{most}}}"
+    return "xml-text"
+
+
+class Qwen3CoderReader(CallReader):
+    HEAD_MAX = 256
+
+    def __init__(self, tools: Mapping[str, FunctionTool]) -> None:
+        self._tools = tools
+        self._tool: FunctionTool | None = None
+        self._pos = 0
+        self._args: dict[str, Any] = {}
+        self._sent = ""
+
+    def advance(self, buf: str, final: bool) -> tuple[list[Segment], int | None]:
+        out: list[Segment] = []
+        if self._tool is None:
+            m = _HEAD.match(buf)
+            if m is None:
+                named = buf.find("<function=")
+                if final or len(buf) > self.HEAD_MAX or (named >= 0 and ">" in buf[named:]):
+                    raise NotACall
+                return out, None
+            tool = self._tools.get(m.group("name").strip())
+            if tool is None:
+                raise NotACall
+            self._tool, self._pos = tool, m.end()
+            out.append(CallStart(tool.qualified))
+        while True:
+            end = _END.match(buf, self._pos)
+            rest = buf[end.end() :] if end is not None else ""
+            if end is not None and (final or buf.endswith(CLOSE) or not CLOSE.startswith(rest)):
+                out += self._delta(closed=True)
+                out.append(CallEnd(self._text(), True))
+                return out, end.end()
+            p = _PARAM.match(buf, self._pos)
+            if p is None:
+                break
+            v = _VALUE_END.search(buf, p.end())
+            if v is None:
+                break
+            self._args[p.group("name").strip()] = self._value(
+                p.group("name"), buf[p.end() : v.start()]
+            )
+            self._pos = v.end()
+            out += self._delta(closed=False)
+        if final:
+            out += self._delta(closed=True)
+            out.append(CallEnd(self._text(), False))
+            return out, len(buf)
+        return out, None
+
+    def _value(self, name: str, raw: str) -> Any:
+        assert self._tool is not None
+        schema = (self._tool.parameters.get("properties") or {}).get(name)
+        if _is_string(schema):
+            return raw
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+
+    def _text(self) -> str:
+        return json.dumps(self._args, ensure_ascii=False)
+
+    def _delta(self, *, closed: bool) -> list[Segment]:
+        """The arguments' JSON text grows by whole parameters: send what is new."""
+        text = self._text()
+        upto = text if closed else text[:-1]  # the closing brace only at the end
+        new = upto[len(self._sent) :]
+        self._sent = upto
+        return [ArgsDelta(new)] if new else []
+
+
+class Qwen3Coder(Family):
+    name = "qwen3-coder"
+    markers = (OPEN, "<function=")
+
+    @classmethod
+    def detect(cls, template: str) -> bool:
+        return "<tool_call>\\n<function=" in template and "<parameter=" in template
+
+    def arguments(self, item: FunctionCallItem) -> Any:
+        try:
+            args = json.loads(item.arguments)
+        except ValueError:
+            return {}
+        if not isinstance(args, dict):
+            return {}
+        return {
+            k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+            for k, v in args.items()
+        }
+
+    def reader(self, tools: Mapping[str, FunctionTool]) -> CallReader:
+        return Qwen3CoderReader(tools)
+
+    def grammar(
+        self, tools: Sequence[FunctionTool], *, parallel: bool, schema: SchemaGrammar
+    ) -> str:
+        rules = [_TEXT_RULE]
+        alternatives = []
+        for k, tool in enumerate(tools):
+            props = tool.parameters.get("properties") or {}
+            required = set(tool.parameters.get("required") or ())
+            parts = []
+            for j, (name, sub) in enumerate(props.items()):
+                if _is_string(sub):
+                    value = _text_value(sub)
+                else:
+                    where = f"{tool.param}.properties.{name}"
+                    sub_schema = sub if isinstance(sub, dict) else {}
+                    rules.append(prefix_rules(schema(sub_schema, where), f"t{k}p{j}"))
+                    value = f"t{k}p{j}-root"
+                one = f"{literal(f'<parameter={name}>' + NL)} {value} {_PARAM_CLOSE}"
+                parts.append(one if name in required else f"( {one} )?")
+            head = literal(f"{OPEN}\n<function={tool.qualified}>\n")
+            tail = literal(f"</function>\n{CLOSE}")
+            alternatives.append(" ".join([head, *parts, tail]))
+        more = ' ( "\\n" call ){0,7}' if parallel else ""
+        return "\n".join([f"root ::= call{more}", "call ::= " + " | ".join(alternatives), *rules])

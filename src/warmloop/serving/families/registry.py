@@ -1,0 +1,37 @@
+"""Which family a template belongs to: a table keyed by what the template contains,
+asked in order (most specific first); a template that knows no tools gets the generic
+frame. docs/models.md lists the families and what each was verified on."""
+
+from __future__ import annotations
+
+from warmloop.serving.families.base import Family
+from warmloop.serving.families.generic import Generic
+from warmloop.serving.families.hermes import Hermes
+from warmloop.serving.families.llama3 import Llama3
+from warmloop.serving.families.mistral import MistralArgs, MistralArgsWithIds, MistralNemo
+from warmloop.serving.families.qwen3_coder import Qwen3Coder
+
+FAMILIES: tuple[type[Family], ...] = (
+    Qwen3Coder,  # before Hermes: its templates also write <tool_call>
+    Hermes,
+    Llama3,
+    MistralArgsWithIds,  # before MistralArgs and MistralNemo: each is a narrower match
+    MistralArgs,
+    MistralNemo,
+)
+
+
+def family_for(template: str) -> Family:
+    """The family whose syntax `template` renders; the generic frame when none does."""
+    for family in FAMILIES:
+        if family.detect(template):
+            return family()
+    return Generic()
+
+
+def family_named(name: str) -> Family:
+    kinds: tuple[type[Family], ...] = (*FAMILIES, Generic)
+    for family in kinds:
+        if family.name == name:
+            return family()
+    raise KeyError(name)

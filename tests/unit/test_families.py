@@ -1,0 +1,278 @@
+"""Model families on their real templates (llama.cpp's corpus, tests/data/templates):
+which family each template gets, what the parser makes of outputs in the family's
+syntax (the forms llama.cpp's tests/test-chat.cpp expects), and the round trip that
+keeps a tool loop's KV warm: the parsed output rendered back as history is the very
+text the model generated."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_tool_calls import llama_accepts
+from warmloop.engine.sampling import json_schema_to_gbnf
+from warmloop.protocol.items import FunctionCallItem, FunctionCallOutputItem, Item, MessageItem
+from warmloop.protocol.requests import FunctionTool
+from warmloop.serving import event_builder as ev
+from warmloop.serving.chat_template import RawArgs, tojson
+from warmloop.serving.families import family_for
+from warmloop.serving.families.mistral import id9
+from warmloop.serving.grammar import Grammars
+from warmloop.serving.output import OutputBuilder
+from warmloop.serving.prompt import PromptRenderer
+
+TEMPLATES = Path(__file__).parent.parent / "data" / "templates"
+WEATHER = FunctionTool(
+    "get_weather",
+    "The weather in a city.",
+    {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        "required": ["city"],
+    },
+    False,
+)
+TIME = FunctionTool(
+    "get_time", "The time.", {"type": "object", "properties": {"zone": {"type": "string"}}}, False
+)
+TOOLS = (WEATHER, TIME)
+
+HERMES_1 = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+HERMES_2 = (
+    HERMES_1 + '\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>'
+)
+CODER_1 = (
+    "<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n</parameter>\n"
+    "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>"
+)
+CODER_2 = CODER_1 + (
+    "\n<tool_call>\n<function=get_time>\n<parameter=zone>\nCET\n</parameter>\n"
+    "</function>\n</tool_call>"
+)
+SMALL_1 = '[TOOL_CALLS]get_weather[CALL_ID]a1b2c3d4e[ARGS]{"city": "Oslo"}'
+SMALL_2 = SMALL_1 + '[TOOL_CALLS]get_time[CALL_ID]f5g6h7i8j[ARGS]{"zone": "CET"}'
+DEVSTRAL_1 = '[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}'
+NEMO_1 = '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}, "id": "a1b2c3d4e"}]'
+NEMO_2 = (
+    '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}, "id": "a1b2c3d4e"}, '
+    '{"name": "get_time", "arguments": {"zone": "CET"}, "id": "f5g6h7i8j"}]'
+)
+LLAMA_1 = '{"name": "get_weather", "parameters": {"city": "Oslo"}}'
+# llama.cpp's JSON grammars allow whitespace after a value: it is the arguments' own
+HERMES_SPACED = (
+    '<tool_call>\n{"name": "get_weather", "arguments": { "city": "Oslo" } \n}\n</tool_call>'
+)
+LLAMA_SPACED = '{"name": "get_weather", "parameters": {"city": "Oslo"}\n }'
+SMALL_SPACED = SMALL_1 + " \n" + SMALL_2[len(SMALL_1) :]
+
+# template file, its family, generated outputs with the calls each holds
+CASES = [
+    (
+        "Qwen-Qwen2.5-7B-Instruct",
+        "hermes",
+        [HERMES_1, HERMES_2, "Let me look.\n" + HERMES_1, HERMES_SPACED],
+    ),
+    ("Qwen-Qwen3-0.6B", "hermes", [HERMES_1, HERMES_2, "Let me look.\n" + HERMES_1]),
+    ("NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use", "hermes", [HERMES_1, HERMES_2]),
+    ("NousResearch-Hermes-3-Llama-3.1-8B-tool_use", "hermes", [HERMES_1, HERMES_2]),
+    ("Qwen3-Coder", "qwen3-coder", [CODER_1, CODER_2]),
+    ("meta-llama-Llama-3.1-8B-Instruct", "llama3", [LLAMA_1, LLAMA_SPACED]),
+    ("meta-llama-Llama-3.2-3B-Instruct", "llama3", [LLAMA_1]),
+    ("meta-llama-Llama-3.3-70B-Instruct", "llama3", [LLAMA_1]),
+    ("Mistral-Small-3.2-24B-Instruct-2506", "mistral-ids", [SMALL_1, SMALL_2, SMALL_SPACED]),
+    ("unsloth-mistral-Devstral-Small-2507", "mistral", [DEVSTRAL_1, "Let me look." + DEVSTRAL_1]),
+    ("mistralai-Mistral-Nemo-Instruct-2407", "mistral-nemo", [NEMO_1, NEMO_2]),
+]
+EXPECTED = {
+    "get_weather": {"city": "Oslo"},
+    "get_time": {"zone": "CET"},
+}
+
+
+def renderer(name: str) -> PromptRenderer:
+    source = (TEMPLATES / f"{name}.jinja").read_text()
+    return PromptRenderer(source, bos_token="<s>", eos_token="</s>")
+
+
+def parse(r: PromptRenderer, text: str, *, chunk: int = 1) -> tuple[list[Item], list[ev.Event]]:
+    """The output items (and their events) the server makes of `text` streamed in chunks."""
+    out = OutputBuilder(ev.Sequencer(), r.family.parser(TOOLS), set())
+    events = []
+    for i in range(0, len(text), chunk):
+        events += out.feed(text[i : i + chunk])
+    events += out.finish()
+    return out.items, events
+
+
+@pytest.mark.parametrize(("name", "family", "outputs"), CASES)
+def test_detected_family(name: str, family: str, outputs: list[str]) -> None:
+    assert renderer(name).family.name == family
+
+
+@pytest.mark.parametrize(("name", "family", "outputs"), CASES)
+@pytest.mark.parametrize("chunk", [1, 7, 10_000])
+def test_parse_calls_in_the_family_syntax(
+    name: str, family: str, outputs: list[str], chunk: int
+) -> None:
+    r = renderer(name)
+    for text in outputs:
+        items, events = parse(r, text, chunk=chunk)
+        calls = [i for i in items if isinstance(i, FunctionCallItem)]
+        assert calls, text
+        for call in calls:
+            args = json.loads(call.arguments)
+            assert {k: v for k, v in args.items() if k != "days"} == EXPECTED[call.name]
+        messages = [i for i in items if isinstance(i, MessageItem)]
+        assert [m.text for m in messages] == (["Let me look."] if "Let me" in text else [])
+        # the arguments streamed as deltas add up to the final arguments
+        for call in calls:
+            deltas = "".join(
+                e["delta"]
+                for e in events
+                if e["type"] == "response.function_call_arguments.delta" and e["item_id"] == call.id
+            )
+            assert deltas == call.arguments
+
+
+@pytest.mark.parametrize(("name", "family", "outputs"), CASES)
+def test_round_trip_renders_what_was_generated(name: str, family: str, outputs: list[str]) -> None:
+    """History + parsed output, rendered, starts with the prompt + the generated text: a
+    continuation with the calls' outputs computes only the new items."""
+    r = renderer(name)
+    # Nemo's template writes the system prompt into the last user message only while
+    # that message is the last one: instructions are the template's own break in reuse.
+    head = r.head(None if family == "mistral-nemo" else "You are terse.", TOOLS)
+    user = MessageItem("u1", "user", "What is the weather in Oslo?")
+    prompt = r.render(head, [user])
+    for text in outputs:
+        items, _ = parse(r, text)
+        results = [
+            FunctionCallOutputItem(f"o{k}", i.call_id, "sunny")
+            for k, i in enumerate(items)
+            if isinstance(i, FunctionCallItem)
+        ]
+        after = r.render(head, [user, *items, *results])
+        assert after.startswith(prompt + text), (prompt + text, after)
+        assert "sunny" in after
+
+
+def test_tool_calls_render_natively_not_as_a_system_frame() -> None:
+    r = renderer("Qwen-Qwen2.5-7B-Instruct")
+    text = r.render(r.head("Be brief.", TOOLS), [MessageItem("u", "user", "Hi")])
+    assert '"name": "get_weather"' in text and "<tools>" in text
+    assert "Each line is one function's JSON signature" not in text  # the generic frame
+    items, _ = parse(r, HERMES_1)
+    after = r.render(
+        r.head("Be brief.", TOOLS),
+        [
+            MessageItem("u", "user", "Hi"),
+            *items,
+            FunctionCallOutputItem("o", items[0].call_id, "7"),
+        ],  # type: ignore[union-attr]
+    )
+    assert "<tool_response>\n7\n</tool_response>" in after
+
+
+def test_text_without_tools_passes_through() -> None:
+    r = renderer("Qwen-Qwen2.5-7B-Instruct")
+    out = OutputBuilder(ev.Sequencer(), r.family.parser(()), set())
+    out.feed(HERMES_1)
+    out.finish()
+    assert [type(i).__name__ for i in out.items] == ["MessageItem"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        (
+            "Qwen-Qwen2.5-7B-Instruct",
+            '<tool_call>\n{"name": "nope", "arguments": {}}\n</tool_call>',
+        ),
+        ("Qwen-Qwen2.5-7B-Instruct", "<tool_call> not json at all"),
+        ("meta-llama-Llama-3.1-8B-Instruct", '{"answer": 42}'),
+        ("Qwen3-Coder", "<tool_call>\n<function=nope>\n</function>\n</tool_call>"),
+    ],
+)
+def test_what_is_not_a_call_to_a_known_tool_is_text(name: str, text: str) -> None:
+    items, _ = parse(renderer(name), text)
+    assert [type(i).__name__ for i in items] == ["MessageItem"]
+    assert isinstance(items[0], MessageItem) and items[0].text == text.strip()
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("Qwen-Qwen2.5-7B-Instruct", '<tool_call>\n{"name": "get_weather", "arguments": {"ci'),
+        (
+            "mistralai-Mistral-Nemo-Instruct-2407",
+            '[TOOL_CALLS][{"name": "get_weather", "arguments": {',
+        ),
+        ("Qwen3-Coder", "<tool_call>\n<function=get_weather>\n<parameter=city>\nOs"),
+    ],
+)
+def test_a_call_the_output_breaks_off_ends_incomplete(name: str, text: str) -> None:
+    r = renderer(name)
+    out = OutputBuilder(ev.Sequencer(), r.family.parser(TOOLS), set())
+    for c in text:
+        out.feed(c)
+    events = out.finish()
+    wire = out.items_wire()
+    assert [w["type"] for w in wire] == ["function_call"]
+    assert wire[0]["status"] == "incomplete"
+    assert events[-1]["type"] == "response.output_item.done"
+
+
+def test_raw_arguments_render_as_generated_even_inside_a_larger_object() -> None:
+    args = RawArgs('{ "city":"Oslo" }')
+    assert args == {"city": "Oslo"}
+    assert tojson(args) == '{ "city":"Oslo" }'
+    assert (
+        tojson({"name": "f", "arguments": args}) == '{"name": "f", "arguments": { "city":"Oslo" }}'
+    )
+    assert tojson({"x": "<&>"}) == '{"x": "<&>"}'  # no HTML escapes
+
+
+def test_mistral_ids_are_nine_characters_and_stable() -> None:
+    assert id9("a1b2c3d4e") == "a1b2c3d4e"
+    made = id9("call_0123456789abcdef")
+    assert len(made) == 9 and made.isalnum() and made == id9("call_0123456789abcdef")
+
+
+def test_client_call_ids_satisfy_a_template_that_demands_nine_characters() -> None:
+    r = renderer("Mistral-Small-3.2-24B-Instruct-2506")
+    head = r.head(None, TOOLS)
+    items = [
+        MessageItem("u", "user", "Weather?"),
+        FunctionCallItem("fc", "call_abc", "get_weather", '{"city": "Oslo"}'),
+        FunctionCallOutputItem("o", "call_abc", "sunny"),
+    ]
+    text = r.render(head, items)
+    assert f"[CALL_ID]{id9('call_abc')}" in text and f"[TOOL_RESULTS]{id9('call_abc')}" in text
+
+
+def test_unknown_templates_get_the_generic_frame() -> None:
+    assert family_for("{{ messages }}").name == "generic"
+    assert renderer("google-gemma-2-2b-it").family.name == "generic"
+
+
+@pytest.mark.parametrize("name", sorted({c[0] for c in CASES}))
+@pytest.mark.parametrize("parallel", [False, True])
+def test_each_family_grammar_parses_in_llama_cpp(name: str, parallel: bool) -> None:
+    family = renderer(name).family
+    grammar = Grammars(json_schema_to_gbnf, family).tool_calls(TOOLS, parallel=parallel)
+    assert llama_accepts(grammar)  # tool_choice required / named
+    assert llama_accepts(grammar, family.trigger())  # auto: lazy from the family's marker
+
+
+@pytest.mark.parametrize(("name", "family", "outputs"), CASES)
+def test_the_lazy_trigger_fires_at_the_family_marker(
+    name: str, family: str, outputs: list[str]
+) -> None:
+    trigger = re.compile(renderer(name).family.trigger())
+    for text in outputs:
+        m = trigger.fullmatch(text)
+        assert m is not None, text
+        assert text[: m.start(1)].strip() in ("", "Let me look."), text
