@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from warmloop.config import Config, default_store_path
+from warmloop.engine.backend import LlamaBackend
 from warmloop.engine.engine import Engine, EngineConfig
 from warmloop.engine.sampling import json_schema_to_gbnf
 from warmloop.kvcache.base import KVOps
@@ -22,6 +23,7 @@ from warmloop.kvcache.manager import KVCacheManager
 from warmloop.kvcache.policy import LRUPolicy
 from warmloop.metrics import Metrics
 from warmloop.protocol.errors import APIError, InvalidRequest, NotFound, ServerError
+from warmloop.serving.chat_template import fallback_template
 from warmloop.serving.grammar import Grammars
 from warmloop.serving.prepare import Preparer
 from warmloop.serving.prompt import PromptRenderer
@@ -87,11 +89,12 @@ def build_store(config: Config) -> ResponseStore:
     return SQLiteResponseStore(path, cache=cache, ttl_s=ttl, timeout_s=timeout)
 
 
-def chat_template(config: Config, gguf_template: str | None) -> str | None:
-    """--chat-template-file when given, else the GGUF's own template."""
-    if config.chat_template_file is None:
-        return gguf_template
-    return config.chat_template_file.read_text(encoding="utf-8")
+def chat_template(config: Config, backend: LlamaBackend) -> str:
+    """--chat-template-file when given, else the GGUF's own template, else the turn
+    format of the model's architecture (a GGUF may carry no template)."""
+    if config.chat_template_file is not None:
+        return config.chat_template_file.read_text(encoding="utf-8")
+    return backend.chat_template() or fallback_template(backend.architecture())
 
 
 def build_runtime(config: Config) -> tuple[Runtime, Engine]:
@@ -100,7 +103,7 @@ def build_runtime(config: Config) -> tuple[Runtime, Engine]:
     engine = build_engine(config, metrics)
     backend = engine.backend
     renderer = PromptRenderer(
-        chat_template(config, backend.chat_template()),
+        chat_template(config, backend),
         bos_token=backend.special_text("bos"),
         eos_token=backend.special_text("eos"),
     )

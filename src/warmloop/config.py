@@ -154,6 +154,11 @@ class Config(BaseSettings):
     )
     # --- keys and limits ---
     api_key: Names = Field((), description="accepted API key (repeatable); none = open server")
+    reasoning_key: str | None = Field(
+        None,
+        description="secret that seals reasoning items' encrypted_content (a fleet's workers "
+        "share one; none: a random key per process)",
+    )
     api_keys_file: Path | None = Field(
         None, description="file of 'KEY [TENANT]' lines; keys of one tenant share its responses"
     )

@@ -229,6 +229,7 @@ def test_sync_session(server: LiveServer) -> None:
         temperature=0,
         max_output_tokens=48,
         max_turns=2,
+        parallel_tool_calls=False,  # one call a turn (a cut-off second one is answered)
         on_text=texts.append,
     ) as s:
         first = s.run("Take one step.", tool_choice="required")

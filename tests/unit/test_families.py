@@ -14,15 +14,23 @@ import pytest
 
 from tests.unit.test_tool_calls import llama_accepts
 from warmloop.engine.sampling import json_schema_to_gbnf
-from warmloop.protocol.items import FunctionCallItem, FunctionCallOutputItem, Item, MessageItem
+from warmloop.protocol.errors import InvalidRequest
+from warmloop.protocol.items import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    Item,
+    MessageItem,
+    ReasoningItem,
+)
 from warmloop.protocol.requests import FunctionTool
 from warmloop.serving import event_builder as ev
-from warmloop.serving.chat_template import RawArgs, tojson
+from warmloop.serving.chat_template import CHATML_TEMPLATE, RawArgs, fallback_template, tojson
 from warmloop.serving.families import family_for
 from warmloop.serving.families.mistral import id9
 from warmloop.serving.grammar import Grammars
 from warmloop.serving.output import OutputBuilder
 from warmloop.serving.prompt import PromptRenderer
+from warmloop.serving.sealing import Sealer
 
 TEMPLATES = Path(__file__).parent.parent / "data" / "templates"
 WEATHER = FunctionTool(
@@ -276,3 +284,127 @@ def test_the_lazy_trigger_fires_at_the_family_marker(
         m = trigger.fullmatch(text)
         assert m is not None, text
         assert text[: m.start(1)].strip() in ("", "Let me look."), text
+
+
+def test_a_template_without_a_system_role_gets_the_system_text_in_the_first_user_turn() -> None:
+    r = renderer("google-gemma-2-2b-it")  # its template raises on a system message
+    assert not r.system_role
+    text = r.render(r.head("Be brief.", ()), [MessageItem("u", "user", "Hi")])
+    assert text == "<s><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+
+
+def test_gemma_gguf_without_a_template_gets_gemma_turns_and_keeps_tool_loops_warm() -> None:
+    r = PromptRenderer(fallback_template("gemma3"), bos_token="<bos>")
+    assert r.family.name == "generic" and r.system_role
+    head = r.head("Be brief.", TOOLS)
+    user = MessageItem("u", "user", "Weather in Oslo?")
+    warm = r.render(head, [], add_generation_prompt=False)  # a warm-up of the head alone
+    prompt = r.render(head, [user])
+    assert prompt.startswith(warm) and warm.startswith("<bos><start_of_turn>user\nBe brief.")
+    assert prompt.endswith("Weather in Oslo?<end_of_turn>\n<start_of_turn>model\n")
+    items, _ = parse(r, HERMES_2)
+    results = [
+        FunctionCallOutputItem(f"o{k}", i.call_id, "sunny")
+        for k, i in enumerate(items)
+        if isinstance(i, FunctionCallItem)
+    ]
+    after = r.render(head, [user, *items, *results])
+    assert after.startswith(prompt + HERMES_2 + "<end_of_turn>\n<start_of_turn>user\nsunny")
+    assert fallback_template("llama") == CHATML_TEMPLATE
+
+
+# ----- reasoning ----------------------------------------------------------------------------
+THOUGHT = "<think>\nThe user wants the weather.\nI will call the tool.\n</think>\n\n"
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 10_000])
+def test_think_becomes_a_reasoning_item_before_the_calls(chunk: int) -> None:
+    r = renderer("Qwen-Qwen3-0.6B")
+    assert r.family.thinks
+    items, events = parse(r, THOUGHT + HERMES_1, chunk=chunk)
+    reasoning, call = items
+    assert isinstance(reasoning, ReasoningItem) and isinstance(call, FunctionCallItem)
+    assert reasoning.text == "The user wants the weather.\nI will call the tool."
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.reasoning_text.delta")
+    assert deltas == reasoning.text
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "response.output_item.added" and events[0]["item"]["type"] == "reasoning"
+    assert kinds.index("response.reasoning_text.done") < kinds.index(
+        "response.function_call_arguments.done"
+    )
+
+
+def test_reasoning_round_trips_through_qwen3s_template_in_a_tool_loop() -> None:
+    r = renderer("Qwen-Qwen3-0.6B")
+    head = r.head("You are terse.", TOOLS)
+    user = MessageItem("u", "user", "Weather in Oslo?")
+    prompt = r.render(head, [user])
+    for text in (THOUGHT + HERMES_1, THOUGHT + "Let me look.\n" + HERMES_2):
+        items, _ = parse(r, text)
+        results = [
+            FunctionCallOutputItem(f"o{k}", i.call_id, "sunny")
+            for k, i in enumerate(items)
+            if isinstance(i, FunctionCallItem)
+        ]
+        after = r.render(head, [user, *items, *results])
+        assert after.startswith(prompt + text), (prompt + text, after)
+
+
+def test_reasoning_then_an_answer_and_an_unfinished_thought() -> None:
+    r = renderer("Qwen-Qwen3-0.6B")
+    items, _ = parse(r, "<think>\nEasy.\n</think>\n\nIt is sunny.")
+    assert [(type(i).__name__, getattr(i, "text", "")) for i in items] == [
+        ("ReasoningItem", "Easy."),
+        ("MessageItem", "It is sunny."),
+    ]
+    out = OutputBuilder(ev.Sequencer(), r.family.parser(TOOLS), set())
+    out.feed("<think>\nStill thinking")
+    out.finish()
+    assert [w["status"] for w in out.items_wire()] == ["incomplete"]
+    # no <think> at all: plain text, even from a thinking family
+    items, _ = parse(r, "Just text.")
+    assert [type(i).__name__ for i in items] == ["MessageItem"]
+
+
+def test_a_prompt_that_opens_the_reasoning_starts_the_parser_inside_it() -> None:
+    r = renderer("Qwen-Qwen3-0.6B")
+    parser = r.family.parser(TOOLS, "<|im_start|>assistant\n<think>\n")
+    out = OutputBuilder(ev.Sequencer(), parser, set())
+    out.feed("Hmm.\n</think>\n\nHi.")
+    out.finish()
+    assert [type(i).__name__ for i in out.items] == ["ReasoningItem", "MessageItem"]
+
+
+def test_reasoning_effort_none_turns_qwen3_thinking_off() -> None:
+    r = renderer("Qwen-Qwen3-0.6B")
+    head = r.head(None, (), (("enable_thinking", False),))
+    assert r.render(head, [MessageItem("u", "user", "Hi")]).endswith("<think>\n\n</think>\n\n")
+
+
+def test_the_generic_frame_renders_reasoning_as_it_was_generated() -> None:
+    r = PromptRenderer(CHATML_TEMPLATE)
+    items: list[Item] = [
+        MessageItem("u", "user", "Hi"),
+        ReasoningItem("r", "Think."),
+        MessageItem("a", "assistant", "Hello."),
+    ]
+    text = r.render(None, items)
+    assert "<|im_start|>assistant\n<think>\nThink.\n</think>\n\nHello.<|im_end|>" in text
+
+
+def test_sealed_reasoning_opens_only_for_its_tenant_and_key() -> None:
+    sealer = Sealer("fleet-secret")
+    blob = sealer.seal("Thinking, with ünïcode.", "tenant-a")
+    assert sealer.open(blob, "tenant-a", "p") == "Thinking, with ünïcode."
+    assert Sealer("fleet-secret").open(blob, "tenant-a", "p")  # another worker, same key
+    for bad_key, tenant, text in [
+        ("other-secret", "tenant-a", blob),
+        ("fleet-secret", "tenant-b", blob),
+        ("fleet-secret", "tenant-a", blob[:-2] + "xx"),
+        ("fleet-secret", "tenant-a", "wlr1.Zm9v"),
+        ("fleet-secret", "tenant-a", "not a blob"),
+    ]:
+        with pytest.raises(InvalidRequest) as err:
+            Sealer(bad_key).open(text, tenant, "input[0].encrypted_content")
+        assert err.value.code == "invalid_encrypted_content"
+        assert err.value.param == "input[0].encrypted_content"

@@ -88,7 +88,7 @@ def test_item_kinds_parse() -> None:
             "input[0].call_id",
         ),
         ({"input": [{"type": "function_call_output", "call_id": "c"}]}, "input[0].output"),
-        ({"input": [{"type": "reasoning"}]}, "input[0].type"),
+        ({"input": [{"type": "web_search_call"}]}, "input[0].type"),
         ({"input": 3}, "input"),
         ({"input": "x", "temperature": 3}, "temperature"),
         ({"input": "x", "top_p": 0}, "top_p"),

@@ -55,6 +55,8 @@ TransportName = Literal["websocket", "http"]
 ToolCallback = Callable[[str, str, str], Any]  # (name, arguments, output)
 ToolChoice = str | dict[str, Any]  # "auto" | "none" | "required" | {"type": "function", ...}
 
+CUT_OFF = "error: cut off by max_output_tokens, not run"
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -216,6 +218,9 @@ class AgentSession:
     async def _run_tools(
         self, calls: list[ResponseFunctionToolCall], result: AgentResult
     ) -> list[dict[str, Any]]:
+        for c in calls:  # cut off by max_output_tokens: answered, never run
+            if c.status == "incomplete" and c.call_id not in self._tool_outputs:
+                self._tool_outputs[c.call_id] = CUT_OFF
         todo = [c for c in calls if c.call_id not in self._tool_outputs]
         outputs = await asyncio.gather(*(self._call(c) for c in todo))
         for call, output in zip(todo, outputs, strict=True):

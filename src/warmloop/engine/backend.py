@@ -138,6 +138,12 @@ class LlamaBackend:
         raw = llama_cpp.llama_model_chat_template(self.model, None)
         return raw.decode("utf-8") if raw else None
 
+    def architecture(self) -> str:
+        """`general.architecture` of the GGUF ("llama", "gemma3", …; "" if absent)."""
+        buf = ctypes.create_string_buffer(128)
+        n = llama_cpp.llama_model_meta_val_str(self.model, b"general.architecture", buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n > 0 else ""
+
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 

@@ -87,13 +87,25 @@ def decode_summary(content: str, param: str) -> str:
 
 
 @dataclass(frozen=True)
+class ReasoningItem:
+    """The model's reasoning before its answer or calls (`<think>`, harmony's analysis
+    channel), kept as the text between the family's markers. `sealed` is a received
+    `encrypted_content` that serving has not yet opened (parsing knows no tenant)."""
+
+    id: str
+    text: str
+    sealed: str | None = None
+    type: Literal["reasoning"] = "reasoning"
+
+
+@dataclass(frozen=True)
 class ItemReference:
     """`{"type": "item_reference", "id": ...}`: resolved against stored items."""
 
     id: str
 
 
-Item = MessageItem | FunctionCallItem | FunctionCallOutputItem | CompactionItem
+Item = MessageItem | FunctionCallItem | FunctionCallOutputItem | CompactionItem | ReasoningItem
 
 
 def item_size(item: Item) -> int:
@@ -104,6 +116,8 @@ def item_size(item: Item) -> int:
         return 96 + len(item.arguments.encode()) + len(item.name)
     if isinstance(item, CompactionItem):
         return 64 + 2 * len(item.summary.encode())
+    if isinstance(item, ReasoningItem):
+        return 64 + len(item.text.encode()) + len(item.sealed or "")
     return 64 + len(item.output.encode())
 
 
@@ -138,6 +152,15 @@ def item_to_wire(item: Item) -> dict[str, Any]:
             "type": "compaction",
             "id": item.id,
             "encrypted_content": encode_summary(item.summary),
+        }
+    if isinstance(item, ReasoningItem):
+        return {
+            "type": "reasoning",
+            "id": item.id,
+            "summary": [],
+            "content": [{"type": "reasoning_text", "text": item.text}],
+            "encrypted_content": None,
+            "status": "completed",
         }
     return {
         "type": "function_call_output",
@@ -240,6 +263,8 @@ def parse_item(raw: Any, index: int) -> Item | ItemReference:
             raise InvalidRequest(f"'{param}.output' is required.", param=f"{param}.output")
         output = _output_text(raw["output"], f"{param}.output")
         return FunctionCallOutputItem(_item_id(raw, param, "fco"), call_id, output)
+    if kind == "reasoning":
+        return _reasoning(raw, param)
     if kind == "item_reference":
         return ItemReference(_str_field(raw, "id", param))
     if kind == "compaction":
@@ -248,9 +273,34 @@ def parse_item(raw: Any, index: int) -> Item | ItemReference:
         return CompactionItem(_item_id(raw, param, "cmp"), summary)
     raise InvalidRequest(
         f"Input item type '{kind}' is not supported (supported: message, function_call, "
-        "function_call_output, compaction, item_reference).",
+        "function_call_output, reasoning, compaction, item_reference).",
         param=f"{param}.type",
     )
+
+
+def _reasoning(raw: dict[str, Any], param: str) -> ReasoningItem:
+    """A reasoning item sent back: its text from `content` (reasoning_text parts) or from
+    `encrypted_content` (sealed by this server; opened by serving). A `summary` alone
+    (a client that kept neither) renders as no reasoning."""
+    for key in ("summary", "content"):
+        parts = raw.get(key)
+        if parts is None:
+            continue
+        if not isinstance(parts, list):
+            raise InvalidRequest(f"'{param}.{key}' must be a list.", param=f"{param}.{key}")
+        want = "summary_text" if key == "summary" else "reasoning_text"
+        for j, part in enumerate(parts):
+            where = f"{param}.{key}[{j}]"
+            if not isinstance(part, dict) or part.get("type") not in (want, "text"):
+                raise InvalidRequest(f"'{where}' must be a {want} part.", param=where)
+            _str_field(part, "text", where)
+    sealed = raw.get("encrypted_content")
+    if sealed is not None and not isinstance(sealed, str):
+        raise InvalidRequest(
+            f"'{param}.encrypted_content' must be a string.", param=f"{param}.encrypted_content"
+        )
+    text = "".join(p["text"] for p in raw.get("content") or [])
+    return ReasoningItem(_item_id(raw, param, "rs"), text, sealed or None)
 
 
 def parse_input(raw: Any) -> list[Item | ItemReference]:

@@ -304,6 +304,27 @@ def _parse_text_format(raw: dict[str, Any] | None) -> TextFormat:
     )
 
 
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+REASONING_SUMMARIES = ("auto", "concise", "detailed")
+
+
+def _check_reasoning(raw: dict[str, Any] | None) -> None:
+    """`reasoning`: an effort the template's knobs take, a summary mode (accepted; no
+    summaries are written: a summary needs a second model)."""
+    for key, value in (raw or {}).items():
+        allowed = {
+            "effort": REASONING_EFFORTS,
+            "summary": REASONING_SUMMARIES,
+            "generate_summary": REASONING_SUMMARIES,
+        }.get(key)
+        if allowed is None:
+            raise InvalidRequest(f"Unknown parameter: 'reasoning.{key}'.", param=f"reasoning.{key}")
+        if value is not None and value not in allowed:
+            raise InvalidRequest(
+                f"'reasoning.{key}' must be one of {', '.join(allowed)}.", param=f"reasoning.{key}"
+            )
+
+
 def parse_create(raw: Any, *, websocket: bool = False) -> CreateRequest:
     if not isinstance(raw, dict):
         raise InvalidRequest("The request body must be a JSON object.", param=None)
@@ -326,6 +347,7 @@ def parse_create(raw: Any, *, websocket: bool = False) -> CreateRequest:
         for i, inc in enumerate(body.include):
             if inc not in ("message.output_text.logprobs", "reasoning.encrypted_content"):
                 raise InvalidRequest(f"Unsupported include value '{inc}'.", param=f"include[{i}]")
+    _check_reasoning(body.reasoning)
     items = parse_input(body.input)
     tools = _parse_tools(body.tools)
     return CreateRequest(

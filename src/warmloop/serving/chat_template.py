@@ -84,6 +84,39 @@ class _Generation(Extension):
         return nodes.Scope(body, lineno=lineno)
 
 
+# For a GGUF that carries no template, the turn format of its architecture's family.
+# Gemma has no system role: its authors put the system text at the start of the first
+# user turn (a system-only prompt leaves that turn open, so it stays a prefix of the
+# next one); tool results are user turns.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- set ns = namespace(prefix='') -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set ns.prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else 'user' -%}"
+    "{{ '<start_of_turn>' + role + '\n' + ns.prefix + message['content'] + '<end_of_turn>\n' }}"
+    "{%- set ns.prefix = '' -%}"
+    "{%- endfor -%}"
+    "{%- if ns.prefix -%}{{ '<start_of_turn>user\n' + ns.prefix }}"
+    "{%- elif add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def fallback_template(architecture: str) -> str:
+    """The template for a GGUF without one: its architecture's turn format, else ChatML."""
+    return GEMMA_TEMPLATE if architecture.startswith("gemma") else CHATML_TEMPLATE
+
+
 def _raise(message: str) -> None:
     raise TemplateError(message)
 

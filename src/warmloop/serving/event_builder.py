@@ -24,7 +24,9 @@ class Sequencer:
         return event
 
 
-def usage(input_tokens: int, cached_tokens: int, output_tokens: int) -> dict[str, Any]:
+def usage(
+    input_tokens: int, cached_tokens: int, output_tokens: int, reasoning_tokens: int = 0
+) -> dict[str, Any]:
     return {
         "input_tokens": input_tokens,
         "input_tokens_details": {
@@ -32,7 +34,7 @@ def usage(input_tokens: int, cached_tokens: int, output_tokens: int) -> dict[str
             "cache_write_tokens": input_tokens - cached_tokens,
         },
         "output_tokens": output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
         "total_tokens": input_tokens + output_tokens,
     }
 
@@ -151,4 +153,38 @@ def compaction_compacting(output_index: int, item_id: str) -> Event:
         "type": "response.compaction.compacting",
         "output_index": output_index,
         "item_id": item_id,
+    }
+
+
+def reasoning_added(output_index: int, item_id: str) -> Event:
+    return {
+        "type": "response.output_item.added",
+        "output_index": output_index,
+        "item": {
+            "type": "reasoning",
+            "id": item_id,
+            "summary": [],
+            "content": [],
+            "status": "in_progress",
+        },
+    }
+
+
+def reasoning_delta(output_index: int, item_id: str, delta: str) -> Event:
+    return {
+        "type": "response.reasoning_text.delta",
+        "output_index": output_index,
+        "item_id": item_id,
+        "content_index": 0,
+        "delta": delta,
+    }
+
+
+def reasoning_done(output_index: int, item_id: str, text: str) -> Event:
+    return {
+        "type": "response.reasoning_text.done",
+        "output_index": output_index,
+        "item_id": item_id,
+        "content_index": 0,
+        "text": text,
     }

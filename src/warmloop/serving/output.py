@@ -6,12 +6,29 @@ events (numbered by the caller's `Sequencer`). The event shapes are event_builde
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from warmloop.protocol.items import FunctionCallItem, Item, MessageItem, item_to_wire, new_id
+from warmloop.protocol.items import (
+    FunctionCallItem,
+    Item,
+    MessageItem,
+    ReasoningItem,
+    item_to_wire,
+    new_id,
+)
 from warmloop.serving import event_builder as ev
-from warmloop.serving.families import ArgsDelta, CallEnd, CallParser, CallStart, Segment, TextDelta
+from warmloop.serving.families import (
+    ArgsDelta,
+    CallEnd,
+    CallParser,
+    CallStart,
+    ReasoningDelta,
+    ReasoningEnd,
+    Segment,
+    TextDelta,
+)
 from warmloop.serving.prepare import Prepared
 
 
@@ -44,7 +61,10 @@ def response_object(
         "parallel_tool_calls": body.parallel_tool_calls is not False,
         "previous_response_id": body.previous_response_id,
         "prompt_cache_key": body.prompt_cache_key,
-        "reasoning": {"effort": None, "summary": None},
+        "reasoning": {
+            "effort": (body.reasoning or {}).get("effort"),
+            "summary": (body.reasoning or {}).get("summary"),
+        },
         "safety_identifier": body.safety_identifier,
         "service_tier": "default",
         "store": p.request.store,
@@ -68,8 +88,18 @@ def response_object(
 class OutputBuilder:
     """Turns parser segments into output items and their stream events."""
 
-    def __init__(self, seq: ev.Sequencer, parser: CallParser, namespaced: set[str]) -> None:
+    def __init__(
+        self,
+        seq: ev.Sequencer,
+        parser: CallParser,
+        namespaced: set[str],
+        seal: Callable[[str], str] | None = None,
+    ) -> None:
         self.seq = seq
+        self.seal = seal  # include reasoning.encrypted_content: seals a reasoning text
+        self.reasoning_tokens = 0  # feeds that were reasoning (one per sampled token)
+        self._reasoning: list[str] | None = None  # the reasoning item's text, while open
+        self._reasoning_id = ""
         self.parser = parser
         self.namespaced = namespaced  # qualified names of tools that live in a namespace
         self.items: list[Item] = []
@@ -79,7 +109,11 @@ class OutputBuilder:
         self._broken: set[str] = set()  # ids of calls the output ended inside
 
     def feed(self, text: str) -> list[ev.Event]:
-        return self._segments(self.parser.feed(text))
+        thinking = self.parser.in_reasoning
+        segments = self.parser.feed(text)
+        if thinking or any(isinstance(s, ReasoningDelta) for s in segments):
+            self.reasoning_tokens += 1
+        return self._segments(segments)
 
     def finish(self) -> list[ev.Event]:
         return self._segments(self.parser.finish()) + self._close_message()
@@ -96,6 +130,8 @@ class OutputBuilder:
         wire = item_to_wire(item)
         if item.id in self._broken:
             wire["status"] = "incomplete"
+        if isinstance(item, ReasoningItem) and self.seal is not None:
+            wire["encrypted_content"] = self.seal(item.text)
         return wire
 
     def _segments(self, segments: list[Segment]) -> list[ev.Event]:
@@ -121,14 +157,37 @@ class OutputBuilder:
                 events.append(
                     self.seq(ev.function_call_added(len(self.items), call.id, call.call_id, name))
                 )
+            elif isinstance(s, ReasoningDelta):
+                if self._reasoning is None:
+                    self._reasoning, self._reasoning_id = [], new_id("rs")
+                    events.append(self.seq(ev.reasoning_added(len(self.items), self._reasoning_id)))
+                self._reasoning.append(s.text)
+                delta = ev.reasoning_delta(len(self.items), self._reasoning_id, s.text)
+                events.append(self.seq(delta))
+            elif isinstance(s, ReasoningEnd):
+                events.extend(self._end_reasoning(s))
             elif isinstance(s, ArgsDelta):
                 assert self._call is not None
                 events.append(
                     self.seq(ev.function_args_delta(len(self.items), self._call.id, s.text))
                 )
-            else:
+            elif isinstance(s, CallEnd):
                 events.extend(self._end_call(s))
         return events
+
+    def _end_reasoning(self, end: ReasoningEnd) -> list[ev.Event]:
+        if self._reasoning is None:  # <think></think>: nothing was reasoned
+            return []
+        index = len(self.items)
+        item = ReasoningItem(self._reasoning_id, "".join(self._reasoning))
+        self._reasoning = None
+        self.items.append(item)
+        if not end.complete:
+            self._broken.add(item.id)
+        return [
+            self.seq(ev.reasoning_done(index, item.id, item.text)),
+            self.seq(ev.output_item_done(index, self._wire(item))),
+        ]
 
     def _end_call(self, end: CallEnd) -> list[ev.Event]:
         assert self._call is not None

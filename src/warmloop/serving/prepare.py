@@ -13,16 +13,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from warmloop.config import Config
 from warmloop.engine.sampling import SamplingParams
 from warmloop.fleet.keys import response_id
 from warmloop.protocol.errors import InvalidRequest, ModelNotFound, PreviousResponseNotFound
-from warmloop.protocol.items import CompactionItem, Item, ItemReference, MessageItem, new_id
+from warmloop.protocol.items import (
+    CompactionItem,
+    Item,
+    ItemReference,
+    MessageItem,
+    ReasoningItem,
+    new_id,
+)
 from warmloop.protocol.requests import CreateRequest, FunctionTool, TextFormat
 from warmloop.serving.families import CallParser
 from warmloop.serving.grammar import Grammars
 from warmloop.serving.prompt import Head, PromptRenderer, compacted
+from warmloop.serving.sealing import Sealer
 from warmloop.serving.truncation import Piece, Tokenize, Truncation, truncate
 from warmloop.session.connection import Connection
 from warmloop.session.limits import output_budget
@@ -63,6 +72,8 @@ class Prepared:
     tokens: list[int]
     delta_only: bool  # the prompt reused the chain's tokens and tokenized only new text
     params: SamplingParams
+    # include reasoning.encrypted_content: seals a reasoning text for this tenant
+    seal: Callable[[str], str] | None
     # the tools the model may call (none under tool_choice "none") and the parser that
     # reads its output in the model family's syntax
     tools: tuple[FunctionTool, ...]
@@ -88,6 +99,7 @@ class Preparer:
         piece: Piece,
         grammars: Grammars,
         model_id: str,
+        sealer: Sealer | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -96,6 +108,7 @@ class Preparer:
         self.piece = piece
         self.grammars = grammars
         self.model_id = model_id
+        self.sealer = sealer or Sealer(config.reasoning_key)
         self.model_names = {model_id, "default", *config.model_alias}
         self._head_tokens: dict[str, int] = {}
 
@@ -104,7 +117,7 @@ class Preparer:
         self._check_model(body.model)
         previous = self._previous(body.previous_response_id, ctx)
         base_history = previous.history if previous else ()
-        new_items = tuple(self._resolve(request.items, base_history))
+        new_items = tuple(self._resolve(request.items, base_history, ctx.tenant))
         history_in = compacted(base_history + new_items)
         if not history_in and request.generate:
             raise InvalidRequest("'input' must contain at least one item.", param="input")
@@ -132,7 +145,7 @@ class Preparer:
         history_in: tuple[Item, ...],
     ) -> Prepared:
         body = request.body
-        system = self.renderer.head(body.instructions, request.tools)
+        system = self.renderer.head(body.instructions, request.tools, _knobs(body.reasoning))
         # A warm-up (generate:false) stops before the assistant header so the next turn's
         # rendering extends it token for token.
         text = self.renderer.render(system, history_in, add_generation_prompt=request.generate)
@@ -181,7 +194,8 @@ class Preparer:
             delta_only=delta_only,
             params=params,
             tools=offered,
-            parser=lambda: family.parser(offered),
+            parser=lambda: family.parser(offered, text),
+            seal=self._sealing(request, ctx),
             shared_prefix=self._shared_prefix(system, history_in, text),
             truncated_items=truncated,
             drop=drop,
@@ -301,10 +315,21 @@ class Preparer:
             )
         return record
 
-    def _resolve(self, items: list[Item | ItemReference], history: tuple[Item, ...]) -> list[Item]:
+    def _sealing(self, request: CreateRequest, ctx: CallContext) -> Callable[[str], str] | None:
+        if "reasoning.encrypted_content" not in (request.body.include or ()):
+            return None
+        sealer, tenant = self.sealer, ctx.tenant
+        return lambda text: sealer.seal(text, tenant)
+
+    def _resolve(
+        self, items: list[Item | ItemReference], history: tuple[Item, ...], tenant: str
+    ) -> list[Item]:
         out: list[Item] = []
         known = {i.id: i for i in history}
         for n, item in enumerate(items):
+            if isinstance(item, ReasoningItem) and item.sealed is not None:
+                where = f"input[{n}].encrypted_content"
+                item = replace(item, text=self.sealer.open(item.sealed, tenant, where), sealed=None)
             if isinstance(item, ItemReference):
                 found = known.get(item.id)
                 if found is None:
@@ -344,6 +369,15 @@ class Preparer:
             self._head_tokens[head] = n
         # The head ends at a special token, so its tokens are a prefix of the prompt's.
         return n
+
+
+def _knobs(reasoning: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """`reasoning.effort` as the template knobs that read it: `enable_thinking` (Qwen3,
+    Granite, …: off for none/minimal) and `reasoning_effort` (gpt-oss)."""
+    effort = (reasoning or {}).get("effort")
+    if not isinstance(effort, str):
+        return ()
+    return (("enable_thinking", effort not in ("none", "minimal")), ("reasoning_effort", effort))
 
 
 def _lead(history: tuple[Item, ...]) -> int:

@@ -10,21 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from jinja2.exceptions import TemplateError
 
 from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.items import CompactionItem, Item, MessageItem
 from warmloop.protocol.requests import FunctionTool
-from warmloop.serving.chat_template import ChatTemplate
+from warmloop.serving.chat_template import CHATML_TEMPLATE, ChatTemplate
 from warmloop.serving.families import Family, family_for
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 @dataclass(frozen=True)
@@ -34,6 +28,7 @@ class Head:
 
     system: str | None
     tools: tuple[FunctionTool, ...] = ()
+    knobs: tuple[tuple[str, Any], ...] = ()  # the template's own (enable_thinking, …)
 
 
 class PromptRenderer:
@@ -48,19 +43,45 @@ class PromptRenderer:
         source = template or CHATML_TEMPLATE
         self.template = ChatTemplate(source, bos_token=bos_token, eos_token=eos_token)
         self.family = family or family_for(source)
+        self.system_role = self._has_system_role()
 
-    def head(self, instructions: str | None, tools: Sequence[FunctionTool]) -> Head:
-        return Head(self.family.system(instructions, tools), tuple(tools))
+    def _has_system_role(self) -> bool:
+        """Whether the template renders a system message (Gemma 2's refuses one: its
+        authors put system text at the start of the first user turn instead)."""
+        probe = [{"role": "system", "content": "\x01"}, {"role": "user", "content": "u"}]
+        try:
+            return "\x01" in self.template.render(probe)
+        except TemplateError:
+            return False
+
+    def head(
+        self,
+        instructions: str | None,
+        tools: Sequence[FunctionTool],
+        knobs: tuple[tuple[str, Any], ...] = (),
+    ) -> Head:
+        return Head(self.family.system(instructions, tools), tuple(tools), knobs)
 
     def render(
         self, head: Head | None, items: Sequence[Item], *, add_generation_prompt: bool = True
     ) -> str:
         head = head or Head(None)
+        messages = self.family.messages(head.system, items)
+        if not self.system_role and messages and messages[0]["role"] == "system":
+            first, *messages = messages
+            if messages:
+                messages[0] = {
+                    **messages[0],
+                    "content": f"{first['content']}\n\n{messages[0]['content']}",
+                }
+            else:
+                messages = [{"role": "user", "content": first["content"]}]
         try:
             return self.template.render(
-                self.family.messages(head.system, items),
+                messages,
                 tools=self.family.template_tools(head.tools),
                 add_generation_prompt=add_generation_prompt,
+                **dict(head.knobs),
             )
         except TemplateError as exc:
             raise InvalidRequest(

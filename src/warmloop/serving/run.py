@@ -26,7 +26,7 @@ class ResponseRun:
         self.metrics = metrics
         self.seq = ev.Sequencer()
         namespaced = {t.qualified for t in p.request.tools if t.namespace}
-        self.out = OutputBuilder(self.seq, p.parser(), namespaced)
+        self.out = OutputBuilder(self.seq, p.parser(), namespaced, p.seal)
         self.t0 = time.perf_counter()
         self.cached = 0
         self.tier = "none"
@@ -90,7 +90,7 @@ class ResponseRun:
             status, kind, reason = "incomplete", "incomplete", "max_output_tokens"
         else:
             status, kind, reason = "completed", "completed", None
-        usage = ev.usage(prompt, cached, output)
+        usage = ev.usage(prompt, cached, output, min(self.out.reasoning_tokens, output))
         final = self.response(status, usage=usage, incomplete_reason=reason, extra=timings)
         output_items = tuple(self.out.items)
         # A compaction's summary is already the last item of the prompt's history.

@@ -6,6 +6,8 @@ from warmloop.serving.families.base import (
     CallParser,
     CallStart,
     Family,
+    ReasoningDelta,
+    ReasoningEnd,
     Segment,
     TextDelta,
 )
@@ -18,6 +20,8 @@ __all__ = [
     "CallParser",
     "CallStart",
     "Family",
+    "ReasoningDelta",
+    "ReasoningEnd",
     "Segment",
     "TextDelta",
     "family_for",

@@ -23,6 +23,7 @@ from warmloop.protocol.items import (
     FunctionCallOutputItem,
     Item,
     MessageItem,
+    ReasoningItem,
 )
 from warmloop.protocol.requests import FunctionTool
 from warmloop.serving.chat_template import RawArgs
@@ -59,7 +60,18 @@ class CallEnd:
     complete: bool = True  # False: the output ended inside the call
 
 
-Segment = TextDelta | CallStart | ArgsDelta | CallEnd
+@dataclass(frozen=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ReasoningEnd:
+    complete: bool = True  # False: the output ended inside the reasoning
+
+
+Segment = TextDelta | CallStart | ArgsDelta | CallEnd | ReasoningDelta | ReasoningEnd
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 class NotACall(Exception):
@@ -85,7 +97,9 @@ class CallParser:
     separator there; kept before more text or at the end). Whitespace between calls is
     dropped, so an answer of calls only has no message."""
 
-    def __init__(self, family: Family, tools: Sequence[FunctionTool]) -> None:
+    def __init__(
+        self, family: Family, tools: Sequence[FunctionTool], *, reasoning: str = "no"
+    ) -> None:
         self._family = family
         self._tools = {t.qualified: t for t in tools}
         self._buf = ""
@@ -93,21 +107,82 @@ class CallParser:
         self._text_started = False
         self._after_call = False
         self._gap = ""  # whitespace before a marker: text again if no call follows
+        # Reasoning comes first when it comes: "start" (it may open with <think>),
+        # "in" (the prompt opened it), "no" (the family does not think, or it is over).
+        self._think = reasoning
+        self._rbuf = ""
+        self._r_started = False
+
+    @property
+    def in_reasoning(self) -> bool:
+        return self._think == "in"
 
     def feed(self, text: str) -> list[Segment]:
+        out: list[Segment] = []
+        if self._think != "no":
+            out, text = self._reason(text, final=False)
+            if not text:
+                return out
         if not self._tools:
-            return [TextDelta(text)] if text else []
+            return [*out, TextDelta(text)] if text else out
         self._buf += text
-        return self._run(final=False)
+        return out + self._run(final=False)
 
     def finish(self) -> list[Segment]:
+        out: list[Segment] = []
+        if self._think != "no":
+            out, text = self._reason("", final=True)
+            self._buf += text
         if not self._tools:
-            return []
-        out = self._run(final=True)
+            rest, self._buf = self._buf, ""
+            return [*out, TextDelta(rest)] if rest else out
+        out += self._run(final=True)
         if self._reader is None and self._buf and not self._after_call:
             out.extend(self._text(self._buf))
         self._buf = ""
         return out
+
+    def _reason(self, text: str, final: bool) -> tuple[list[Segment], str]:
+        """Reasoning segments, and what follows the reasoning (once it is over)."""
+        self._rbuf += text
+        out: list[Segment] = []
+        if self._think == "start":
+            stripped = self._rbuf.lstrip()
+            if stripped.startswith(THINK_OPEN):
+                self._rbuf = stripped[len(THINK_OPEN) :]
+                self._think = "in"
+            elif not final and THINK_OPEN.startswith(stripped):
+                return out, ""  # undecided
+            else:
+                self._think = "no"
+                rest, self._rbuf = self._rbuf, ""
+                return out, rest
+        if not self._r_started:
+            self._rbuf = self._rbuf.lstrip("\n")
+        end = self._rbuf.find(THINK_CLOSE)
+        if end >= 0:
+            body = self._rbuf[:end].rstrip("\n")
+            rest = self._rbuf[end + len(THINK_CLOSE) :]
+            if body:
+                out.append(ReasoningDelta(body))
+            out.append(ReasoningEnd())
+            self._think, self._rbuf = "no", ""
+            return out, rest
+        keep = 0
+        for k in range(min(len(self._rbuf), len(THINK_CLOSE) - 1), 0, -1):
+            if THINK_CLOSE.startswith(self._rbuf[-k:]):
+                keep = k
+                break
+        ready = self._rbuf if final else self._rbuf[: len(self._rbuf) - keep]
+        body = ready if final else ready.rstrip("\n")  # newlines before </think> are its
+        if body:
+            self._r_started = True
+            out.append(ReasoningDelta(body))
+            self._rbuf = self._rbuf[len(body) :]
+        if final:
+            out.append(ReasoningEnd(complete=False))
+            self._think, self._rbuf = "no", ""
+        return out, ""
 
     def _run(self, final: bool) -> list[Segment]:
         out: list[Segment] = []
@@ -309,8 +384,10 @@ class JsonCallReader(CallReader):
         if m is not None:
             self._id = m.groupdict().get("id") or self._id
             return self._end(out, buf, m.end(), complete=True)
-        if final or len(buf) - self._args_end > self.TAIL_MAX:
-            return self._end(out, buf, len(buf) if final else self._args_end, complete=True)
+        if final:  # the output ended before the call's closing: it was cut off
+            return self._end(out, buf, len(buf), complete=False)
+        if len(buf) - self._args_end > self.TAIL_MAX:  # no closing: the call ends here
+            return self._end(out, buf, self._args_end, complete=True)
         return out, None
 
     def _end(
@@ -355,6 +432,10 @@ class Family:
     # Whether the template renders several calls in one assistant turn.
     parallel: ClassVar[bool] = True
 
+    def __init__(self, template: str = "") -> None:
+        # The model reasons in <think>…</think> first (Qwen3, QwQ, DeepSeek R1, …).
+        self.thinks = THINK_CLOSE in template
+
     @classmethod
     def detect(cls, template: str) -> bool:
         return False
@@ -382,6 +463,10 @@ class Family:
         """The id a template sees for a call (some want their own shape)."""
         return call_id
 
+    def reasoning_turn(self, text: str) -> dict[str, Any]:
+        """An assistant turn that starts with reasoning, under the names templates read."""
+        return {"role": "assistant", "content": "", "reasoning_content": text, "thinking": text}
+
     def arguments(self, item: FunctionCallItem) -> Any:
         return RawArgs(item.arguments)
 
@@ -392,6 +477,10 @@ class Family:
         names: dict[str, str] = {}
         turn: dict[str, Any] | None = None  # the assistant message calls join
         for item in items:
+            if isinstance(item, ReasoningItem):  # it opens the assistant's turn
+                turn = self.reasoning_turn(item.text)
+                out.append(turn)
+                continue
             if isinstance(item, FunctionCallItem):
                 names[item.call_id] = item.qualified
                 if turn is None:
@@ -405,14 +494,17 @@ class Family:
                     }
                 )
                 continue
+            if isinstance(item, MessageItem) and item.role == "assistant":
+                if turn is not None and not turn["content"] and "tool_calls" not in turn:
+                    turn["content"] = item.text  # the answer after the reasoning
+                    continue
+                turn = {"role": "assistant", "content": item.text}
+                out.append(turn)
+                continue
             turn = None
             if isinstance(item, MessageItem):
-                if item.role == "assistant":
-                    turn = {"role": "assistant", "content": item.text}
-                    out.append(turn)
-                else:
-                    role = "system" if item.role == "developer" else item.role
-                    out.append({"role": role, "content": item.text})
+                role = "system" if item.role == "developer" else item.role
+                out.append({"role": role, "content": item.text})
             elif isinstance(item, FunctionCallOutputItem):
                 out.append(
                     {
@@ -430,8 +522,16 @@ class Family:
     def reader(self, tools: Mapping[str, FunctionTool]) -> CallReader:
         raise NotImplementedError
 
-    def parser(self, tools: Sequence[FunctionTool]) -> CallParser:
-        return CallParser(self, tools)
+    def parser(self, tools: Sequence[FunctionTool], prompt: str = "") -> CallParser:
+        """A parser for one response; `prompt` is its prompt text (a template may open
+        the reasoning itself, ending the prompt with <think>)."""
+        if not self.thinks:
+            state = "no"
+        elif prompt.rstrip().endswith(THINK_OPEN):
+            state = "in"
+        else:
+            state = "start"
+        return CallParser(self, tools, reasoning=state)
 
     def trigger(self) -> str:
         """The lazy grammar's pattern: it must match the whole text generated so far;

@@ -11,7 +11,7 @@ from typing import Any
 
 from warmloop.protocol.items import Item
 from warmloop.protocol.requests import FunctionTool
-from warmloop.serving.families.base import Family
+from warmloop.serving.families.base import THINK_CLOSE, THINK_OPEN, Family
 from warmloop.serving.families.hermes import CLOSE, OPEN, Hermes
 
 
@@ -56,6 +56,8 @@ class Generic(Hermes):
     def messages(self, system: str | None, items: Sequence[Item]) -> list[dict[str, Any]]:
         out = Family.messages(self, system, items)
         for m in out:
+            reasoning = m.pop("reasoning_content", None)
+            m.pop("thinking", None)
             calls = m.pop("tool_calls", None)
             if calls:
                 text = "\n".join(
@@ -63,6 +65,8 @@ class Generic(Hermes):
                     for c in calls
                 )
                 m["content"] = f"{m['content']}\n{text}" if m["content"] else text
+            if reasoning is not None:  # as generated: the template knows no reasoning
+                m["content"] = f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n\n{m['content']}"
             if m["role"] == "tool":
                 del m["tool_call_id"], m["name"]
         return out

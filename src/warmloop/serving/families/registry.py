@@ -25,8 +25,8 @@ def family_for(template: str) -> Family:
     """The family whose syntax `template` renders; the generic frame when none does."""
     for family in FAMILIES:
         if family.detect(template):
-            return family()
-    return Generic()
+            return family(template)
+    return Generic(template)
 
 
 def family_named(name: str) -> Family:
