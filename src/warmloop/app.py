@@ -89,6 +89,15 @@ def build_store(config: Config) -> ResponseStore:
     return SQLiteResponseStore(path, cache=cache, ttl_s=ttl, timeout_s=timeout)
 
 
+def model_id(config: Config) -> str:
+    """The model's name on the wire: the file's stem, or the Hugging Face / Ollama name
+    that --model gave (an Ollama blob's file name says nothing)."""
+    path = config.model_path()
+    if config.model is None or Path(config.model).expanduser().is_file():
+        return path.stem
+    return config.model
+
+
 def chat_template(config: Config, backend: LlamaBackend) -> str:
     """--chat-template-file when given, else the GGUF's own template, else the turn
     format of the model's architecture (a GGUF may carry no template)."""
@@ -98,7 +107,6 @@ def chat_template(config: Config, backend: LlamaBackend) -> str:
 
 
 def build_runtime(config: Config) -> tuple[Runtime, Engine]:
-    model_path = config.model_path()
     metrics = Metrics()
     engine = build_engine(config, metrics)
     backend = engine.backend
@@ -110,7 +118,7 @@ def build_runtime(config: Config) -> tuple[Runtime, Engine]:
     store = build_store(config)
     grammars = Grammars(json_schema_to_gbnf, renderer.family, check=engine.check_grammar)
     preparer = Preparer(
-        config, store, renderer, backend.tokenize, backend.token_piece, grammars, model_path.stem
+        config, store, renderer, backend.tokenize, backend.token_piece, grammars, model_id(config)
     )
     service = ResponsesService(config, engine, store, preparer, metrics)
     runtime = Runtime(config=config, service=service, keys=keyring(config), metrics=metrics)

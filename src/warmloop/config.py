@@ -16,10 +16,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from warmloop.fleet.keys import derive_worker_id
+from warmloop.models import resolve_model
 
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ENV_PREFIX = "WARMLOOP_"
@@ -80,8 +81,13 @@ class Config(BaseSettings):
     # --- model and engine ---
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
-    model: Path | None = Field(
-        None, description="GGUF file (none: the embedded SmolLM2-135M-Instruct)"
+    model_download: bool = Field(
+        False, description="download a --model Hugging Face repo file that is not cached"
+    )
+    model: str | None = Field(
+        None,
+        description="GGUF file, Hugging Face repo file in the local cache (org/repo/file.gguf, "
+        "org/repo:Q4_K_M) or Ollama model (qwen3:8b); none: the embedded SmolLM2-135M-Instruct",
     )
     model_alias: Names = Field(
         (), description="another name clients may use for the model (repeatable)"
@@ -256,7 +262,22 @@ class Config(BaseSettings):
             return tuple(x.strip() for x in value.split(",") if x.strip())
         return value
 
-    @field_validator("model", "api_keys_file", "chat_template_file")
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_ref(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
+
+    @field_validator("model")
+    @classmethod
+    def _model_found(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            try:
+                resolve_model(value, download=info.data.get("model_download", False))
+            except FileNotFoundError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("api_keys_file", "chat_template_file")
     @classmethod
     def _is_file(cls, path: Path | None) -> Path | None:
         if path is not None and not path.is_file():
@@ -275,8 +296,16 @@ class Config(BaseSettings):
         every response id carries it)."""
         return self.worker_id or derive_worker_id(self.host, self.port)
 
+    @cached_property
+    def model_file(self) -> Path:
+        """The GGUF file: --model resolved (a path, the Hugging Face cache, Ollama's
+        store), else the embedded model."""
+        if self.model is None:
+            return embedded_model_path()
+        return resolve_model(self.model, download=self.model_download)
+
     def model_path(self) -> Path:
-        return self.model if self.model is not None else embedded_model_path()
+        return self.model_file
 
     def with_(self, **changes: Any) -> Config:
         """A copy with `changes`, validated like any new Config."""

@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> list[Row]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--turns", type=int, default=6, help="tool-calling turns before the answer")
-    p.add_argument("--model", type=Path, default=None, help="GGUF (default: embedded model)")
+    p.add_argument("--model", default=None, help="GGUF (default: embedded model); as serve's")
     p.add_argument("--ctx", type=int, default=4096)
     p.add_argument("--threads", type=int, default=Config().threads)
     p.add_argument("--skip-cold", action="store_true", help="skip the no-cache baseline")

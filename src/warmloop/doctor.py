@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from warmloop.config import default_threads, embedded_model_path
+from warmloop.models import resolve_model
 
 PREFILL_TOKENS = 64
 DECODE_TOKENS = 8
@@ -198,7 +199,11 @@ def _child(model: Path, threads: int) -> None:
 
 # ----- `warmloop doctor` --------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, default=None, help="GGUF (default: embedded)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="GGUF path, HF cache repo file or Ollama name (default: embedded)",
+    )
     parser.add_argument("--threads", type=int, default=default_threads())
 
 
@@ -244,7 +249,7 @@ def report(model: Path, threads: int) -> tuple[list[tuple[str, str]], bool]:
 
 
 def run(args: argparse.Namespace) -> None:
-    model = args.model if args.model is not None else embedded_model_path()
+    model = resolve_model(args.model) if args.model is not None else embedded_model_path()
     rows, ok = report(model, args.threads)
     width = max(len(what) for what, _ in rows)
     for what, finding in rows:

@@ -59,7 +59,7 @@ def test_flags(model: Path) -> None:
     assert c.api_key == ("k1", "k2")
     assert c.model_alias == ("gpt-x",)
     assert not c.kv_reuse and not c.websocket and not c.batching and not c.self_test
-    assert c.model == model and c.kv_host_budget == 1000 and c.ws_max_in_flight == 3
+    assert c.model_path() == model and c.kv_host_budget == 1000 and c.ws_max_in_flight == 3
 
 
 def test_every_field_is_a_flag() -> None:
@@ -121,7 +121,7 @@ def test_files_from_the_environment_must_exist(
     monkeypatch.setenv("WARMLOOP_MODEL", str(model))
     monkeypatch.setenv("WARMLOOP_API_KEYS_FILE", str(model))
     c = parse([])
-    assert c.model == model and c.api_keys_file == model
+    assert c.model_path() == model and c.api_keys_file == model
     monkeypatch.setenv("WARMLOOP_API_KEYS_FILE", "/etc/no-such-keys")
     with pytest.raises(SystemExit, match="--api-keys-file: /etc/no-such-keys: no such file"):
         parse([])

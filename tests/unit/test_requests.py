@@ -15,7 +15,7 @@ from warmloop.protocol.items import (
     parse_input,
 )
 from warmloop.protocol.requests import (
-    SKIPPABLE_TOOL_TYPES,
+    HOSTED_TOOL_TYPES,
     FunctionTool,
     TextFormat,
     parse_create,
@@ -316,8 +316,8 @@ def test_function_tools_parse() -> None:
     assert named.tool_choice == "function:noop"
 
 
-@pytest.mark.parametrize("kind", sorted(SKIPPABLE_TOOL_TYPES))
-def test_each_skippable_tool_type_is_dropped(kind: str) -> None:
+@pytest.mark.parametrize("kind", sorted(HOSTED_TOOL_TYPES))
+def test_each_hosted_tool_type_is_accepted_and_not_offered(kind: str) -> None:
     req = parse_create(
         {
             "input": "x",
@@ -333,9 +333,13 @@ def test_each_skippable_tool_type_is_dropped(kind: str) -> None:
         }
     )
     assert [t.qualified for t in req.tools] == ["f", "ns.g"]
+    assert req.not_offered == (kind,)
+    with pytest.raises(InvalidRequest) as err:  # it cannot be forced either
+        parse_create({"input": "x", "tools": [{"type": kind}], "tool_choice": {"type": kind}})
+    assert err.value.param == "tool_choice"
 
 
-@pytest.mark.parametrize("kind", ["banana", "computer", "shell", "apply_patch", None])
+@pytest.mark.parametrize("kind", ["banana", "computer", None])
 def test_unknown_tool_types_are_rejected(kind: str | None) -> None:
     with pytest.raises(InvalidRequest) as err:
         parse_create({"input": "x", "tools": [{"type": "function", "name": "f"}, {"type": kind}]})

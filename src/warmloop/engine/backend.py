@@ -92,6 +92,7 @@ class LlamaBackend:
         n_seq: int,
         n_threads: int,
         n_batch: int,
+        swa_full: bool = True,
     ) -> None:
         _init_once()
         if not model_path.is_file():
@@ -113,6 +114,10 @@ class LlamaBackend:
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
         cparams.kv_unified = False
+        # Sliding-window models (Gemma 3, gpt-oss) keep every position of their window
+        # layers too, so a chain can be cut back, snapshotted and shared anywhere; the
+        # windowed cache keeps only the last window (benchmarks/swa.py: the cost).
+        cparams.swa_full = swa_full
         cparams.no_perf = True
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:

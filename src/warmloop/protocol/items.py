@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from warmloop.protocol import tool_kinds
 from warmloop.protocol.errors import InvalidRequest
 
 Role = Literal["user", "system", "developer", "assistant"]
@@ -19,6 +20,10 @@ _ROLES: tuple[str, ...] = ("user", "system", "developer", "assistant")
 
 
 MAX_ID_CHARS = 256
+# keys of the store's own copy of a tool kind's call and output (item_to_wire(stored=True))
+RAW_ARGUMENTS = "warmloop_arguments"
+RAW_OUTPUT = "warmloop_output"
+RAW_ID = "warmloop_id"
 
 
 def new_id(prefix: str) -> str:
@@ -40,6 +45,8 @@ class FunctionCallItem:
     name: str
     arguments: str
     namespace: str | None = None
+    # a client-run tool kind besides functions (protocol/tool_kinds.py): its wire shape
+    kind: str = "function"
     type: Literal["function_call"] = "function_call"
 
     @property
@@ -52,6 +59,7 @@ class FunctionCallOutputItem:
     id: str
     call_id: str
     output: str
+    kind: str = "function"
     type: Literal["function_call_output"] = "function_call_output"
 
 
@@ -121,7 +129,22 @@ def item_size(item: Item) -> int:
     return 64 + len(item.output.encode())
 
 
-def item_to_wire(item: Item) -> dict[str, Any]:
+def item_to_wire(item: Item, *, stored: bool = False) -> dict[str, Any]:
+    """The item's wire shape; `stored` (the store's own copy) also keeps what a client
+    shape cannot carry exactly: a tool kind's arguments as the model wrote them, and an
+    output's text as the model read it."""
+    if isinstance(item, FunctionCallItem) and item.kind != "function":
+        wire = tool_kinds.call_wire(
+            item.kind, item.id, item.call_id, item.name, item.arguments, "completed"
+        )
+        return {**wire, RAW_ARGUMENTS: item.arguments} if stored else wire
+    if isinstance(item, FunctionCallOutputItem) and item.kind != "function":
+        wire = tool_kinds.output_wire(item.kind, item.id, item.call_id, item.output)
+        return {**wire, RAW_OUTPUT: item.output, RAW_ID: item.id} if stored else wire
+    return _wire(item)
+
+
+def _wire(item: Item) -> dict[str, Any]:
     if isinstance(item, MessageItem):
         part = "output_text" if item.role == "assistant" else "input_text"
         content: dict[str, Any] = {"type": part, "text": item.text}
@@ -265,6 +288,31 @@ def parse_item(raw: Any, index: int) -> Item | ItemReference:
         return FunctionCallOutputItem(_item_id(raw, param, "fco"), call_id, output)
     if kind == "reasoning":
         return _reasoning(raw, param)
+    if kind in tool_kinds.KIND_OF_CALL:
+        tool = tool_kinds.KIND_OF_CALL[kind]
+        name, arguments = tool_kinds.call_arguments(tool, raw, param)
+        if isinstance(raw.get(RAW_ARGUMENTS), str):
+            arguments = raw[RAW_ARGUMENTS]
+        item_id = _item_id(raw, param, "fc")
+        ref = raw.get("call_id") if isinstance(raw.get("call_id"), str) else raw.get("id")
+        if not isinstance(ref, str) or not ref:
+            raise InvalidRequest(f"'{param}.call_id' is required.", param=f"{param}.call_id")
+        return FunctionCallItem(item_id, ref, name, arguments, None, tool)
+    if kind in tool_kinds.KIND_OF_OUTPUT:
+        tool = tool_kinds.KIND_OF_OUTPUT[kind]
+        # a local_shell output names its call by the call's id (they are one here)
+        ref = raw.get("call_id") if isinstance(raw.get("call_id"), str) else raw.get("id")
+        if not isinstance(ref, str) or not ref:
+            raise InvalidRequest(f"'{param}.call_id' is required.", param=f"{param}.call_id")
+        text = raw[RAW_OUTPUT] if isinstance(raw.get(RAW_OUTPUT), str) else None
+        output = text if text is not None else tool_kinds.output_text(tool, raw, param)
+        if isinstance(raw.get(RAW_ID), str):
+            item_id = raw[RAW_ID]
+        elif tool == "local_shell":  # its `id` is the call's
+            item_id = new_id("fco")
+        else:
+            item_id = _item_id(raw, param, "fco")
+        return FunctionCallOutputItem(item_id, ref, output, tool)
     if kind == "item_reference":
         return ItemReference(_str_field(raw, "id", param))
     if kind == "compaction":
@@ -273,7 +321,8 @@ def parse_item(raw: Any, index: int) -> Item | ItemReference:
         return CompactionItem(_item_id(raw, param, "cmp"), summary)
     raise InvalidRequest(
         f"Input item type '{kind}' is not supported (supported: message, function_call, "
-        "function_call_output, reasoning, compaction, item_reference).",
+        "function_call_output, reasoning, compaction, item_reference, and the calls and "
+        "outputs of custom, local_shell, shell and apply_patch tools).",
         param=f"{param}.type",
     )
 

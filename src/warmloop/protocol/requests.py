@@ -13,13 +13,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from warmloop.protocol import tool_kinds
 from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.items import Item, ItemReference, parse_input
 
-# Hosted or client-executed tool kinds that a local chat model cannot be given as
-# JSON-schema functions. They are left out of the prompt (and logged), as OpenAI's
-# docs allow for tools a model does not support; every other unknown kind is a 400.
-SKIPPABLE_TOOL_TYPES = frozenset(
+# Hosted tools run on OpenAI's side; this server cannot run them. They are accepted and
+# not offered to the model (the response's `warmloop.tools_not_offered` lists them);
+# a tool_choice that names one is a 400, and every other unknown kind is a 400 too.
+HOSTED_TOOL_TYPES = frozenset(
     {
         "web_search",
         "web_search_preview",
@@ -27,8 +28,6 @@ SKIPPABLE_TOOL_TYPES = frozenset(
         "code_interpreter",
         "image_generation",
         "computer_use_preview",
-        "local_shell",
-        "custom",
         "mcp",
         "tool_search",
     }
@@ -110,6 +109,8 @@ class FunctionTool:
     namespace: str | None = None  # from a `namespace` tool: a named group of functions
     # where its schema is in the request, e.g. "tools[2].parameters" (for error messages)
     param: str = field(default="tools", compare=False)
+    # "function", or a client-run kind offered as a function (protocol/tool_kinds.py)
+    kind: str = "function"
 
     @property
     def qualified(self) -> str:
@@ -134,6 +135,7 @@ class CreateRequest:
     tools: tuple[FunctionTool, ...]
     tool_choice: str  # "auto" | "none" | "required" | "function:<name>"
     text_format: TextFormat
+    not_offered: tuple[str, ...] = ()  # hosted tool types accepted, not given to the model
 
     @property
     def store(self) -> bool:
@@ -173,11 +175,14 @@ def validation_error(exc: ValidationError) -> InvalidRequest:
 
 def _parse_tools(raw: list[dict[str, Any]] | None) -> tuple[FunctionTool, ...]:
     tools: list[FunctionTool] = []
-    for t, kind, param in _tool_entries(raw or [], "tools", ("function", "namespace")):
+    served = ("function", "namespace", *tool_kinds.KINDS)
+    for t, kind, param in _tool_entries(raw or [], "tools", served):
         if kind == "namespace":
             tools.extend(_parse_namespace(t, param))
-        else:
+        elif kind == "function":
             tools.append(_parse_function(t, param))
+        else:
+            tools.append(_parse_client_tool(t, kind, param))
     names = [t.qualified for t in tools]
     if len(set(names)) != len(names):
         raise InvalidRequest("Tool names must be unique.", param="tools")
@@ -196,7 +201,7 @@ def _tool_entries(
         kind = t.get("type")
         if not isinstance(kind, str):
             raise InvalidRequest(f"'{param}.type' must be a string.", param=f"{param}.type")
-        if kind in SKIPPABLE_TOOL_TYPES:
+        if kind in HOSTED_TOOL_TYPES:
             continue
         if kind not in supported:
             raise InvalidRequest(f"Tool type '{kind}' is not supported.", param=f"{param}.type")
@@ -217,6 +222,31 @@ def _parse_namespace(t: dict[str, Any], param: str) -> list[FunctionTool]:
             FunctionTool(tool.name, tool.description, tool.parameters, tool.strict, ns, tool.param)
         )
     return out
+
+
+def _parse_client_tool(t: dict[str, Any], kind: str, param: str) -> FunctionTool:
+    """A custom tool, or local_shell / shell / apply_patch: offered as a function."""
+    if kind == "custom":
+        function = _parse_function(t, param)
+        parameters = tool_kinds.custom_parameters(t.get("format"), param)
+        return FunctionTool(
+            function.name, function.description, parameters, False, param=param, kind=kind
+        )
+    return FunctionTool(
+        kind,
+        tool_kinds.DESCRIPTIONS[kind],
+        tool_kinds.PARAMETERS[kind],
+        False,
+        param=param,
+        kind=kind,
+    )
+
+
+def not_offered(raw: list[dict[str, Any]] | None) -> tuple[str, ...]:
+    """The hosted tool types of a tools list (accepted, not offered)."""
+    return tuple(
+        t["type"] for t in raw or [] if isinstance(t, dict) and t.get("type") in HOSTED_TOOL_TYPES
+    )
 
 
 def _parse_function(t: dict[str, Any], param: str) -> FunctionTool:
@@ -255,13 +285,26 @@ def _parse_tool_choice(raw: str | dict[str, Any] | None, tools: tuple[FunctionTo
                 "'tool_choice' is 'required' but no tools were given.", param="tool_choice"
             )
         return raw
-    if raw.get("type") == "function" and isinstance(raw.get("name"), str):
+    kind = raw.get("type")
+    if kind in ("function", "custom") and isinstance(raw.get("name"), str):
         name = raw["name"]
-        if name not in {t.qualified for t in tools}:
+        if name not in {t.qualified for t in tools if (t.kind == "custom") == (kind == "custom")}:
             raise InvalidRequest(
                 f"Tool '{name}' in 'tool_choice' is not in 'tools'.", param="tool_choice"
             )
         return f"function:{name}"
+    if kind in ("local_shell", "shell", "apply_patch"):
+        if not any(t.kind == kind for t in tools):
+            raise InvalidRequest(
+                f"'tool_choice' names the {kind} tool, which is not in 'tools'.",
+                param="tool_choice",
+            )
+        return f"function:{kind}"
+    if kind in HOSTED_TOOL_TYPES:
+        raise InvalidRequest(
+            f"'tool_choice' names the hosted tool '{kind}', which this server cannot run.",
+            param="tool_choice",
+        )
     raise InvalidRequest(
         "Only function tool choices are supported ({'type': 'function', 'name': ...}).",
         param="tool_choice",
@@ -356,4 +399,5 @@ def parse_create(raw: Any, *, websocket: bool = False) -> CreateRequest:
         tools=tools,
         tool_choice=_parse_tool_choice(body.tool_choice, tools),
         text_format=_parse_text_format(body.text),
+        not_offered=not_offered(body.tools),
     )

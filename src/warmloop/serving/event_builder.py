@@ -188,3 +188,25 @@ def reasoning_done(output_index: int, item_id: str, text: str) -> Event:
         "content_index": 0,
         "text": text,
     }
+
+
+def output_item_added(output_index: int, item: dict[str, Any]) -> Event:
+    return {"type": "response.output_item.added", "output_index": output_index, "item": item}
+
+
+def custom_input_delta(output_index: int, item_id: str, delta: str) -> Event:
+    return {
+        "type": "response.custom_tool_call_input.delta",
+        "output_index": output_index,
+        "item_id": item_id,
+        "delta": delta,
+    }
+
+
+def custom_input_done(output_index: int, item_id: str, text: str) -> Event:
+    return {
+        "type": "response.custom_tool_call_input.done",
+        "output_index": output_index,
+        "item_id": item_id,
+        "input": text,
+    }

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from warmloop.protocol import tool_kinds
 from warmloop.protocol.items import (
     FunctionCallItem,
     Item,
@@ -30,6 +31,8 @@ from warmloop.serving.families import (
     TextDelta,
 )
 from warmloop.serving.prepare import Prepared
+
+ECHOED_TOOL_TYPES = ("function", "namespace", *tool_kinds.KINDS)  # not hosted ones
 
 
 def response_object(
@@ -71,7 +74,7 @@ def response_object(
         "temperature": p.params.temperature,
         "text": {"format": (body.text or {}).get("format") or {"type": "text"}},
         "tool_choice": body.tool_choice if body.tool_choice is not None else "auto",
-        "tools": [t for t in (body.tools or []) if t.get("type") in ("function", "namespace")],
+        "tools": [t for t in body.tools or [] if t.get("type") in ECHOED_TOOL_TYPES],
         "top_p": p.params.top_p,
         "truncation": body.truncation or "disabled",
         "usage": usage,
@@ -94,8 +97,10 @@ class OutputBuilder:
         parser: CallParser,
         namespaced: set[str],
         seal: Callable[[str], str] | None = None,
+        kinds: dict[str, str] | None = None,
     ) -> None:
         self.seq = seq
+        self.kinds = kinds or {}  # qualified name -> a client-run kind (not "function")
         self.seal = seal  # include reasoning.encrypted_content: seals a reasoning text
         self.reasoning_tokens = 0  # feeds that were reasoning (one per sampled token)
         self._reasoning: list[str] | None = None  # the reasoning item's text, while open
@@ -128,8 +133,8 @@ class OutputBuilder:
 
     def _wire(self, item: Item) -> dict[str, Any]:
         wire = item_to_wire(item)
-        if item.id in self._broken:
-            wire["status"] = "incomplete"
+        if item.id in self._broken and "status" in wire:
+            wire["status"] = "in_progress" if wire["type"] == "apply_patch_call" else "incomplete"
         if isinstance(item, ReasoningItem) and self.seal is not None:
             wire["encrypted_content"] = self.seal(item.text)
         return wire
@@ -150,13 +155,19 @@ class OutputBuilder:
                 ns, _, name = (
                     s.name.rpartition(".") if s.name in self.namespaced else ("", "", s.name)
                 )
-                call = FunctionCallItem(
-                    new_id("fc"), s.call_id or new_id("call"), name, "", ns or None
-                )
+                kind = self.kinds.get(s.name, "function")
+                # a local_shell output names its call by the call's id: one id for both
+                item_id = new_id("lsh" if kind == "local_shell" else "fc")
+                call_id = item_id if kind == "local_shell" else s.call_id or new_id("call")
+                call = FunctionCallItem(item_id, call_id, name, "", ns or None, kind)
                 self._call = call
-                events.append(
-                    self.seq(ev.function_call_added(len(self.items), call.id, call.call_id, name))
-                )
+                index = len(self.items)
+                if kind == "function":
+                    added = ev.function_call_added(index, call.id, call.call_id, name)
+                else:
+                    wire = tool_kinds.call_wire(kind, call.id, call_id, name, "{}", "in_progress")
+                    added = ev.output_item_added(index, wire)
+                events.append(self.seq(added))
             elif isinstance(s, ReasoningDelta):
                 if self._reasoning is None:
                     self._reasoning, self._reasoning_id = [], new_id("rs")
@@ -168,6 +179,8 @@ class OutputBuilder:
                 events.extend(self._end_reasoning(s))
             elif isinstance(s, ArgsDelta):
                 assert self._call is not None
+                if self._call.kind != "function":  # its item shape is told whole at the end
+                    continue
                 events.append(
                     self.seq(ev.function_args_delta(len(self.items), self._call.id, s.text))
                 )
@@ -198,10 +211,19 @@ class OutputBuilder:
         if not end.complete:  # the output ended inside the call
             self._broken.add(item.id)
         wire = self._wire(item)
-        return [
-            self.seq(ev.function_args_done(index, item.id, item.name, item.arguments)),
-            self.seq(ev.output_item_done(index, wire)),
-        ]
+        done = ev.output_item_done(index, wire)
+        if item.kind == "function":
+            args = ev.function_args_done(index, item.id, item.name, item.arguments)
+            return [self.seq(args), self.seq(done)]
+        if item.kind == "custom":
+            text = wire["input"]
+            delta = ev.custom_input_delta(index, item.id, text)
+            return [
+                *([self.seq(delta)] if text else []),
+                self.seq(ev.custom_input_done(index, item.id, text)),
+                self.seq(done),
+            ]
+        return [self.seq(done)]
 
     def _close_message(self) -> list[ev.Event]:
         if self._msg_id is None:

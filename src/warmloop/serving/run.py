@@ -25,8 +25,10 @@ class ResponseRun:
         self.model_id = model_id
         self.metrics = metrics
         self.seq = ev.Sequencer()
-        namespaced = {t.qualified for t in p.request.tools if t.namespace}
-        self.out = OutputBuilder(self.seq, p.parser(), namespaced, p.seal)
+        tools = p.request.tools
+        namespaced = {t.qualified for t in tools if t.namespace}
+        kinds = {t.qualified: t.kind for t in tools if t.kind != "function"}
+        self.out = OutputBuilder(self.seq, p.parser(), namespaced, p.seal, kinds)
         self.t0 = time.perf_counter()
         self.cached = 0
         self.tier = "none"
@@ -81,6 +83,8 @@ class ResponseRun:
             "accepted_tokens": fin.accepted,
             "truncated_items": p.truncated_items,
         }
+        if p.request.not_offered:  # hosted tools this server cannot run
+            timings["tools_not_offered"] = list(p.request.not_offered)
         if self.compaction is not None:
             keys = ("input_tokens", "cached_tokens", "output_tokens")
             timings["compaction"] = dict(zip(keys, self.compaction, strict=True))

@@ -87,7 +87,7 @@ COLUMNS = "id, owner, created_at, expires_at, status, response, input_items, out
 
 
 def _items_json(items: tuple[Item, ...]) -> str:
-    return json.dumps([item_to_wire(i) for i in items], ensure_ascii=False)
+    return json.dumps([item_to_wire(i, stored=True) for i in items], ensure_ascii=False)
 
 
 def _items(raw: str) -> tuple[Item, ...]:
