@@ -36,8 +36,9 @@ FAMILIES = {
     "mistral-ids": "Mistral-Small-3.2-24B-Instruct-2506",
     "devstral": "unsloth-mistral-Devstral-Small-2507",
     "mistral-nemo": "mistralai-Mistral-Nemo-Instruct-2407",
+    "gpt-oss": "openai-gpt-oss-120b",
 }
-SINGLE_CALL = {"llama3"}  # the template refuses two calls in one turn
+SINGLE_CALL = {"llama3", "gpt-oss"}  # the template renders one call per turn
 TOOL = {
     "type": "function",
     "name": "read_file",
@@ -65,9 +66,9 @@ def body(family: str, calls: int, **kw: Any) -> dict[str, Any]:
     }
 
 
-def outputs(first: Any) -> list[dict[str, Any]]:
+def outputs(first: Any, text: str) -> list[dict[str, Any]]:
     return [
-        {"type": "function_call_output", "call_id": o.call_id, "output": "done"}
+        {"type": "function_call_output", "call_id": o.call_id, "output": text}
         for o in first.output
         if o.type == "function_call"
     ]
@@ -80,7 +81,7 @@ def row(family: str, transport: str, calls: int, first: Any, second: Any) -> dic
         "family": family,
         "transport": transport,
         "calls_asked": calls,
-        "calls_made": len(outputs(first)),
+        "calls_made": sum(o.type == "function_call" for o in first.output),
         "turn1_prompt_plus_output": base,
         "turn2_cached": reused,
         "turn2_input": second.usage.input_tokens,
@@ -92,7 +93,7 @@ def http_loop(server: LocalServer, family: str, calls: int) -> dict[str, Any]:
     client = openai.OpenAI(base_url=server.base_url, api_key="unused")
     first = client.responses.create(**body(family, calls, tool_choice="required"))
     second = client.responses.create(
-        **body(family, calls, previous_response_id=first.id, input=outputs(first))
+        **body(family, calls, previous_response_id=first.id, input=outputs(first, "done"))
     )
     return row(family, "http", calls, first, second)
 
@@ -116,7 +117,8 @@ async def ws_loop(server: LocalServer, family: str, calls: int) -> dict[str, Any
                     calls,
                     store=False,
                     previous_response_id=first.id,
-                    input=outputs(first),
+                    # not the HTTP loop's text: its chain would be found too
+                    input=outputs(first, "finished"),
                 ),
             }
         )

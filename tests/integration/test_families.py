@@ -25,6 +25,7 @@ FAMILIES = {
     "mistral-ids": "Mistral-Small-3.2-24B-Instruct-2506",
     "mistral": "unsloth-mistral-Devstral-Small-2507",
     "mistral-nemo": "mistralai-Mistral-Nemo-Instruct-2407",
+    "harmony": "openai-gpt-oss-120b",
     "generic": "",  # the GGUF's own template (SmolLM2: no tools)
 }
 TOOLS = [

@@ -69,6 +69,11 @@ NEMO_2 = (
     '{"name": "get_time", "arguments": {"zone": "CET"}, "id": "f5g6h7i8j"}]'
 )
 LLAMA_1 = '{"name": "get_weather", "parameters": {"city": "Oslo"}}'
+HARMONY_1 = (
+    "<|channel|>analysis<|message|>The user wants the weather.<|end|>"
+    '<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Oslo"}'
+)
+HARMONY_BARE = ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Oslo"}'
 # llama.cpp's JSON grammars allow whitespace after a value: it is the arguments' own
 HERMES_SPACED = (
     '<tool_call>\n{"name": "get_weather", "arguments": { "city": "Oslo" } \n}\n</tool_call>'
@@ -93,6 +98,7 @@ CASES = [
     ("Mistral-Small-3.2-24B-Instruct-2506", "mistral-ids", [SMALL_1, SMALL_2, SMALL_SPACED]),
     ("unsloth-mistral-Devstral-Small-2507", "mistral", [DEVSTRAL_1, "Let me look." + DEVSTRAL_1]),
     ("mistralai-Mistral-Nemo-Instruct-2407", "mistral-nemo", [NEMO_1, NEMO_2]),
+    ("openai-gpt-oss-120b", "harmony", [HARMONY_1, HARMONY_BARE]),
 ]
 EXPECTED = {
     "get_weather": {"city": "Oslo"},
@@ -283,7 +289,14 @@ def test_the_lazy_trigger_fires_at_the_family_marker(
     for text in outputs:
         m = trigger.fullmatch(text)
         assert m is not None, text
-        assert text[: m.start(1)].strip() in ("", "Let me look."), text
+        before = text[: m.start(1)].strip()
+        if family == "harmony":  # the analysis message may come first
+            assert before in (
+                "",
+                "<|channel|>analysis<|message|>The user wants the weather.<|end|><|start|>assistant",
+            )
+        else:
+            assert before in ("", "Let me look."), text
 
 
 def test_a_template_without_a_system_role_gets_the_system_text_in_the_first_user_turn() -> None:
@@ -408,3 +421,31 @@ def test_sealed_reasoning_opens_only_for_its_tenant_and_key() -> None:
             Sealer(bad_key).open(text, tenant, "input[0].encrypted_content")
         assert err.value.code == "invalid_encrypted_content"
         assert err.value.param == "input[0].encrypted_content"
+
+
+def test_harmony_channels_become_reasoning_text_and_calls() -> None:
+    r = renderer("openai-gpt-oss-120b")
+    items, _ = parse(r, HARMONY_1, chunk=3)
+    assert [type(i).__name__ for i in items] == ["ReasoningItem", "FunctionCallItem"]
+    assert isinstance(items[0], ReasoningItem) and items[0].text == "The user wants the weather."
+    # the channel-header form the model also writes, and a final answer
+    other = (
+        '<|channel|>commentary to=functions.get_time <|constrain|>json<|message|>{"zone": "CET"}'
+    )
+    items, _ = parse(r, other, chunk=2)
+    assert isinstance(items[0], FunctionCallItem) and items[0].name == "get_time"
+    items, _ = parse(
+        r,
+        "<|channel|>analysis<|message|>Easy.<|end|><|start|>assistant<|channel|>final<|message|>Sunny.",
+    )
+    assert [(type(i).__name__, getattr(i, "text", "")) for i in items] == [
+        ("ReasoningItem", "Easy."),
+        ("MessageItem", "Sunny."),
+    ]
+
+
+def test_harmony_effort_reaches_the_template() -> None:
+    r = renderer("openai-gpt-oss-120b")
+    head = r.head("Be brief.", TOOLS, (("enable_thinking", True), ("reasoning_effort", "high")))
+    text = r.render(head, [MessageItem("u", "user", "Hi")])
+    assert "Reasoning: high" in text and text.endswith("<|start|>assistant")

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from warmloop.serving.families.base import Family
 from warmloop.serving.families.generic import Generic
+from warmloop.serving.families.harmony import Harmony
 from warmloop.serving.families.hermes import Hermes
 from warmloop.serving.families.llama3 import Llama3
 from warmloop.serving.families.mistral import MistralArgs, MistralArgsWithIds, MistralNemo
 from warmloop.serving.families.qwen3_coder import Qwen3Coder
 
 FAMILIES: tuple[type[Family], ...] = (
+    Harmony,  # gpt-oss: channels, not markers in text
     Qwen3Coder,  # before Hermes: its templates also write <tool_call>
     Hermes,
     Llama3,
