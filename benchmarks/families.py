@@ -37,6 +37,7 @@ FAMILIES = {
     "devstral": "unsloth-mistral-Devstral-Small-2507",
     "mistral-nemo": "mistralai-Mistral-Nemo-Instruct-2407",
     "gpt-oss": "openai-gpt-oss-120b",
+    "deepseek-v3.1": "deepseek-ai-DeepSeek-V3.1",
 }
 SINGLE_CALL = {"llama3", "gpt-oss"}  # the template renders one call per turn
 TOOL = {
@@ -58,7 +59,7 @@ def body(family: str, calls: int, **kw: Any) -> dict[str, Any]:
         "model": "default",
         "tools": [TOOL],
         "temperature": 0,
-        "max_output_tokens": 40 * calls + 20,
+        "max_output_tokens": 120 * calls + 40,  # DeepSeek's markers take ~40 tokens
         "instructions": instructions,
         "parallel_tool_calls": calls > 1,
         "input": f"Read each of these files: {files}.",

@@ -26,6 +26,7 @@ FAMILIES = {
     "mistral": "unsloth-mistral-Devstral-Small-2507",
     "mistral-nemo": "mistralai-Mistral-Nemo-Instruct-2407",
     "harmony": "openai-gpt-oss-120b",
+    "deepseek-v3": "deepseek-ai-DeepSeek-V3.1",
     "generic": "",  # the GGUF's own template (SmolLM2: no tools)
 }
 TOOLS = [
@@ -65,7 +66,8 @@ def _create(**kw: Any) -> dict[str, Any]:
         "model": "default",
         "tools": TOOLS,
         "temperature": 0,
-        "max_output_tokens": 60,
+        # DeepSeek's markers are ~40 of the embedded model's tokens
+        "max_output_tokens": 200,
         "parallel_tool_calls": False,  # parallel calls: tests/unit/test_families.py
         **kw,
     }

@@ -73,6 +73,26 @@ HARMONY_1 = (
     "<|channel|>analysis<|message|>The user wants the weather.<|end|>"
     '<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Oslo"}'
 )
+DS_CALL = "<｜tool▁call▁begin｜>{}<｜tool▁sep｜>{}<｜tool▁call▁end｜>"
+DS_1 = (
+    "<｜tool▁calls▁begin｜>"
+    + DS_CALL.format("get_weather", '{"city": "Oslo"}')
+    + "<｜tool▁calls▁end｜>"
+)
+DS_2 = (
+    "<｜tool▁calls▁begin｜>"
+    + DS_CALL.format("get_weather", '{"city": "Oslo"}')
+    + DS_CALL.format("get_time", '{"zone": "CET"}')
+    + "<｜tool▁calls▁end｜>"
+)
+R1_CALL = "<｜tool▁call▁begin｜>function<｜tool▁sep｜>{}\n```json\n{}\n```<｜tool▁call▁end｜>"
+R1_2 = (
+    "<｜tool▁calls▁begin｜>"
+    + R1_CALL.format("get_weather", '{"city": "Oslo"}')
+    + "\n"
+    + R1_CALL.format("get_time", '{"zone": "CET"}')
+    + "<｜tool▁calls▁end｜>"
+)
 HARMONY_BARE = ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Oslo"}'
 # llama.cpp's JSON grammars allow whitespace after a value: it is the arguments' own
 HERMES_SPACED = (
@@ -99,7 +119,13 @@ CASES = [
     ("unsloth-mistral-Devstral-Small-2507", "mistral", [DEVSTRAL_1, "Let me look." + DEVSTRAL_1]),
     ("mistralai-Mistral-Nemo-Instruct-2407", "mistral-nemo", [NEMO_1, NEMO_2]),
     ("openai-gpt-oss-120b", "harmony", [HARMONY_1, HARMONY_BARE]),
+    ("deepseek-ai-DeepSeek-V3.1", "deepseek-v3", [DS_1, DS_2]),
+    ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B", "deepseek-r1", [R1_2]),
 ]
+# Templates whose own rule changes what was generated when they render it back (the
+# R1 distills write a call turn without the <think> block their generation prompt
+# opened): reuse stops there, by the template's choice (docs/models.md).
+TEMPLATE_REWRITES = {"deepseek-r1"}
 EXPECTED = {
     "get_weather": {"city": "Oslo"},
     "get_time": {"zone": "CET"},
@@ -155,6 +181,8 @@ def test_parse_calls_in_the_family_syntax(
 def test_round_trip_renders_what_was_generated(name: str, family: str, outputs: list[str]) -> None:
     """History + parsed output, rendered, starts with the prompt + the generated text: a
     continuation with the calls' outputs computes only the new items."""
+    if family in TEMPLATE_REWRITES:
+        pytest.skip("the template rewrites the turn: see test_r1_distills_rewrite_the_call_turn")
     r = renderer(name)
     # Nemo's template writes the system prompt into the last user message only while
     # that message is the last one: instructions are the template's own break in reuse.
@@ -449,3 +477,19 @@ def test_harmony_effort_reaches_the_template() -> None:
     head = r.head("Be brief.", TOOLS, (("enable_thinking", True), ("reasoning_effort", "high")))
     text = r.render(head, [MessageItem("u", "user", "Hi")])
     assert "Reasoning: high" in text and text.endswith("<|start|>assistant")
+
+
+def test_r1_distills_rewrite_the_call_turn() -> None:
+    """The known cost: the prompt opened <think>, the rendered call turn has none."""
+    r = renderer("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B")
+    head = r.head(None, TOOLS)
+    user = MessageItem("u", "user", "Weather?")
+    prompt = r.render(head, [user])
+    assert prompt.endswith("<｜Assistant｜><think>\n</think>")
+    items, _ = parse(r, R1_2)
+    after = r.render(head, [user, *items])
+    assert not after.startswith(prompt)
+    assert (
+        "<｜Assistant｜><｜tool▁calls▁begin｜>" + R1_CALL.format("get_weather", '{"city": "Oslo"}')
+        in after
+    )

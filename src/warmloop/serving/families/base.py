@@ -376,7 +376,7 @@ class JsonCallReader(CallReader):
         after = len(buf) - len(buf[self._args_end :].lstrip())
         if after == len(buf) and not final:
             return out, None
-        if after > self._args_end:
+        if after > self._args_end and f.space_after_args_is_theirs:
             if not f.id_after_args:
                 out.append(ArgsDelta(buf[self._args_end : after]))
             self._args_end = after
@@ -555,6 +555,10 @@ class JsonCallFamily(Family):
     head: ClassVar[re.Pattern[str]]
     tail: ClassVar[re.Pattern[str]]
     id_after_args: ClassVar[bool] = False
+    # whitespace after the arguments belongs to them (the template writes the arguments
+    # and then the tail), unless the tail itself starts with whitespace (then `tail`
+    # matches it)
+    space_after_args_is_theirs: ClassVar[bool] = True
     block_open: ClassVar[str] = ""
     block_close: ClassVar[str] = ""
     separator: ClassVar[str] = "\n"
@@ -577,7 +581,8 @@ class JsonCallFamily(Family):
             alternatives.append(self.call_rule(tool.qualified, f"{prefix}-root"))
         more = ""
         if parallel and self.parallel:
-            more = f" ( {literal(self.separator)} call ){{0,{MAX_PARALLEL_CALLS - 1}}}"
+            sep = f"{literal(self.separator)} " if self.separator else ""
+            more = f" ( {sep}call ){{0,{MAX_PARALLEL_CALLS - 1}}}"
         root = "root ::= "
         root += f"{literal(self.block_open)} " if self.block_open else ""
         root += f"call{more}"

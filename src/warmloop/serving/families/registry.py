@@ -5,6 +5,7 @@ frame. docs/models.md lists the families and what each was verified on."""
 from __future__ import annotations
 
 from warmloop.serving.families.base import Family
+from warmloop.serving.families.deepseek import DeepSeekR1, DeepSeekV3
 from warmloop.serving.families.generic import Generic
 from warmloop.serving.families.harmony import Harmony
 from warmloop.serving.families.hermes import Hermes
@@ -14,6 +15,8 @@ from warmloop.serving.families.qwen3_coder import Qwen3Coder
 
 FAMILIES: tuple[type[Family], ...] = (
     Harmony,  # gpt-oss: channels, not markers in text
+    DeepSeekR1,  # before DeepSeekV3: the same block with fenced arguments
+    DeepSeekV3,
     Qwen3Coder,  # before Hermes: its templates also write <tool_call>
     Hermes,
     Llama3,
