@@ -38,6 +38,7 @@ FAMILIES = {
     "mistral-nemo": "mistralai-Mistral-Nemo-Instruct-2407",
     "gpt-oss": "openai-gpt-oss-120b",
     "deepseek-v3.1": "deepseek-ai-DeepSeek-V3.1",
+    "granite-3.3": "ibm-granite-granite-3.3-2B-Instruct",
 }
 SINGLE_CALL = {"llama3", "gpt-oss"}  # the template renders one call per turn
 TOOL = {

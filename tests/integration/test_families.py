@@ -27,6 +27,7 @@ FAMILIES = {
     "mistral-nemo": "mistralai-Mistral-Nemo-Instruct-2407",
     "harmony": "openai-gpt-oss-120b",
     "deepseek-v3": "deepseek-ai-DeepSeek-V3.1",
+    "granite": "ibm-granite-granite-3.3-2B-Instruct",
     "generic": "",  # the GGUF's own template (SmolLM2: no tools)
 }
 TOOLS = [

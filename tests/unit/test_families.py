@@ -93,6 +93,10 @@ R1_2 = (
     + R1_CALL.format("get_time", '{"zone": "CET"}')
     + "<｜tool▁calls▁end｜>"
 )
+GRANITE_2 = (
+    '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Oslo"}}, '
+    '{"name": "get_time", "arguments": {"zone": "CET"}}]'
+)
 HARMONY_BARE = ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Oslo"}'
 # llama.cpp's JSON grammars allow whitespace after a value: it is the arguments' own
 HERMES_SPACED = (
@@ -121,6 +125,7 @@ CASES = [
     ("openai-gpt-oss-120b", "harmony", [HARMONY_1, HARMONY_BARE]),
     ("deepseek-ai-DeepSeek-V3.1", "deepseek-v3", [DS_1, DS_2]),
     ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B", "deepseek-r1", [R1_2]),
+    ("ibm-granite-granite-3.3-2B-Instruct", "granite", [GRANITE_2, "Let me look." + GRANITE_2]),
 ]
 # Templates whose own rule changes what was generated when they render it back (the
 # R1 distills write a call turn without the <think> block their generation prompt

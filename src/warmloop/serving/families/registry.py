@@ -7,6 +7,7 @@ from __future__ import annotations
 from warmloop.serving.families.base import Family
 from warmloop.serving.families.deepseek import DeepSeekR1, DeepSeekV3
 from warmloop.serving.families.generic import Generic
+from warmloop.serving.families.granite import Granite
 from warmloop.serving.families.harmony import Harmony
 from warmloop.serving.families.hermes import Hermes
 from warmloop.serving.families.llama3 import Llama3
@@ -20,6 +21,7 @@ FAMILIES: tuple[type[Family], ...] = (
     Qwen3Coder,  # before Hermes: its templates also write <tool_call>
     Hermes,
     Llama3,
+    Granite,  # after Hermes: Granite 4 writes <tool_call> and is Hermes-shaped
     MistralArgsWithIds,  # before MistralArgs and MistralNemo: each is a narrower match
     MistralArgs,
     MistralNemo,
