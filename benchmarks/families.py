@@ -39,6 +39,7 @@ FAMILIES = {
     "gpt-oss": "openai-gpt-oss-120b",
     "deepseek-v3.1": "deepseek-ai-DeepSeek-V3.1",
     "granite-3.3": "ibm-granite-granite-3.3-2B-Instruct",
+    "glm-4.6": "GLM-4.6",
 }
 SINGLE_CALL = {"llama3", "gpt-oss"}  # the template renders one call per turn
 TOOL = {

@@ -33,6 +33,7 @@ def rss_mib() -> float:
 
 def measure(model: Path, ctx: int, slots: int, prefill: int, swa_full: bool) -> dict[str, Any]:
     import llama_cpp  # noqa: F401 (the library's own memory is not the context's)
+    import numpy as np
 
     from warmloop.engine.backend import BackendError, BatchRow, LlamaBackend
 
@@ -49,12 +50,18 @@ def measure(model: Path, ctx: int, slots: int, prefill: int, swa_full: bool) -> 
         b.decode([BatchRow(t, start + i, 0, False) for i, t in enumerate(chunk)])
     after_prefill = rss_mib()
     state = len(b.seq_state_get(0))
-    # cut the chain back to its middle and continue from there
+    # cut the chain back to its middle and continue from there; compare the next-token
+    # logits with the same prefix computed cold in another sequence
     half = prefill // 2
     try:
         b.seq_truncate(0, half)
         b.decode([BatchRow(tokens[half], half, 0, True)])
-        cut_back = "ok"
+        warm = np.ctypeslib.as_array(b.logits(0), shape=(b.n_vocab(),)).copy()
+        for start in range(0, half + 1, 512):
+            end = min(start + 512, half + 1)
+            b.decode([BatchRow(tokens[i], i, 1, i == half) for i in range(start, end)])
+        cold = np.ctypeslib.as_array(b.logits(-1), shape=(b.n_vocab(),)).copy()
+        cut_back = f"max logit difference {float(np.abs(warm - cold).max()):.3g} against cold"
     except BackendError as exc:
         cut_back = f"refused: {exc}"
     return {

@@ -28,6 +28,7 @@ FAMILIES = {
     "harmony": "openai-gpt-oss-120b",
     "deepseek-v3": "deepseek-ai-DeepSeek-V3.1",
     "granite": "ibm-granite-granite-3.3-2B-Instruct",
+    "glm": "GLM-4.6",
     "generic": "",  # the GGUF's own template (SmolLM2: no tools)
 }
 TOOLS = [

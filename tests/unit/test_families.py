@@ -97,6 +97,14 @@ GRANITE_2 = (
     '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Oslo"}}, '
     '{"name": "get_time", "arguments": {"zone": "CET"}}]'
 )
+GLM_CALL = "<tool_call>{}\n<arg_key>{}</arg_key>\n<arg_value>{}</arg_value>\n</tool_call>"
+GLM_1 = "\n<think>I should call.</think>\n" + GLM_CALL.format("get_weather", "city", "Oslo")
+GLM_2 = (
+    "\n<think></think>\n"
+    + GLM_CALL.format("get_weather", "city", "Oslo")
+    + "\n"
+    + GLM_CALL.format("get_time", "zone", "CET")
+)
 HARMONY_BARE = ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Oslo"}'
 # llama.cpp's JSON grammars allow whitespace after a value: it is the arguments' own
 HERMES_SPACED = (
@@ -126,6 +134,7 @@ CASES = [
     ("deepseek-ai-DeepSeek-V3.1", "deepseek-v3", [DS_1, DS_2]),
     ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B", "deepseek-r1", [R1_2]),
     ("ibm-granite-granite-3.3-2B-Instruct", "granite", [GRANITE_2, "Let me look." + GRANITE_2]),
+    ("GLM-4.6", "glm", [GLM_1, GLM_2]),
 ]
 # Templates whose own rule changes what was generated when they render it back (the
 # R1 distills write a call turn without the <think> block their generation prompt
@@ -322,7 +331,7 @@ def test_the_lazy_trigger_fires_at_the_family_marker(
     for text in outputs:
         m = trigger.fullmatch(text)
         assert m is not None, text
-        before = text[: m.start(1)].strip()
+        before = re.sub(r"^\s*<think>.*?</think>", "", text[: m.start(1)], flags=re.S).strip()
         if family == "harmony":  # the analysis message may come first
             assert before in (
                 "",

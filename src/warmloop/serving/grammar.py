@@ -48,9 +48,12 @@ class Grammars:
         except Exception as exc:  # the converter raises plain exceptions on bad schemas
             raise InvalidRequest(f"Unsupported JSON schema: {exc}", param=param) from exc
 
-    def tool_calls(self, tools: Sequence[FunctionTool], *, parallel: bool) -> str:
-        """One or more calls in the family's syntax whose arguments follow each schema."""
-        return self.family.grammar(tools, parallel=parallel, schema=self.schema)
+    def tool_calls(
+        self, tools: Sequence[FunctionTool], *, parallel: bool, forced: bool = False
+    ) -> str:
+        """One or more calls in the family's syntax whose arguments follow each schema;
+        `forced`: from the output's first token (else from the family's trigger on)."""
+        return self.family.grammar(tools, parallel=parallel, schema=self.schema, forced=forced)
 
     def text_format(self, fmt: TextFormat) -> str | None:
         if fmt.kind == "json_schema":
@@ -68,11 +71,11 @@ class Grammars:
             if choice.startswith("function:"):
                 name = choice.split(":", 1)[1]
                 chosen = tuple(t for t in tools if t.qualified == name)
-                return self.tool_calls(chosen, parallel=False), None
+                return self.tool_calls(chosen, parallel=False, forced=True), None
             parallel = request.body.parallel_tool_calls is not False
-            grammar = self.tool_calls(tools, parallel=parallel)
             if choice == "required":
-                return grammar, None
+                return self.tool_calls(tools, parallel=parallel, forced=True), None
+            grammar = self.tool_calls(tools, parallel=parallel)
             if fmt_grammar is None:
                 return grammar, self.family.trigger()
         return fmt_grammar, None

@@ -542,7 +542,12 @@ class Family:
         return r"[\s\S]*?(" + alts + r")[\s\S]*"
 
     def grammar(
-        self, tools: Sequence[FunctionTool], *, parallel: bool, schema: SchemaGrammar
+        self,
+        tools: Sequence[FunctionTool],
+        *,
+        parallel: bool,
+        schema: SchemaGrammar,
+        forced: bool = False,
     ) -> str:
         """GBNF (root `root`) for one call, or up to MAX_PARALLEL_CALLS, of `tools`."""
         raise NotImplementedError
@@ -571,7 +576,12 @@ class JsonCallFamily(Family):
         raise NotImplementedError
 
     def grammar(
-        self, tools: Sequence[FunctionTool], *, parallel: bool, schema: SchemaGrammar
+        self,
+        tools: Sequence[FunctionTool],
+        *,
+        parallel: bool,
+        schema: SchemaGrammar,
+        forced: bool = False,
     ) -> str:
         rules: list[str] = []
         alternatives: list[str] = []

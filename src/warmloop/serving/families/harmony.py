@@ -167,7 +167,12 @@ class Harmony(Family):
         return r"[\s\S]*?(" + re.escape(self.head) + r")[\s\S]*"
 
     def grammar(
-        self, tools: Sequence[FunctionTool], *, parallel: bool, schema: SchemaGrammar
+        self,
+        tools: Sequence[FunctionTool],
+        *,
+        parallel: bool,
+        schema: SchemaGrammar,
+        forced: bool = False,
     ) -> str:
         """One call in the template's form, right after the prompt's `<|start|>assistant`:
         ` to=functions.NAME<|channel|>commentary json<|message|>{…}` (a forced call does

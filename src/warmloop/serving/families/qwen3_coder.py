@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from warmloop.protocol.items import FunctionCallItem
 from warmloop.protocol.requests import FunctionTool
@@ -65,7 +65,18 @@ def _text_value(schema: dict[str, Any]) -> str:
 
 
 class Qwen3CoderReader(CallReader):
+    """A call whose arguments are tagged name/value pairs (Qwen3-Coder's; GLM's are a
+    subclass): the head names the tool, each pair ends at its value's closing tag, the
+    call ends at its closing tag(s)."""
+
     HEAD_MAX = 256
+    head: ClassVar[re.Pattern[str]] = _HEAD
+    param: ClassVar[re.Pattern[str]] = _PARAM
+    value_end: ClassVar[re.Pattern[str]] = _VALUE_END
+    end: ClassVar[re.Pattern[str]] = _END
+    named = "<function="  # where the head names the tool
+    name_end = ">"  # and what ends that name
+    close = CLOSE  # the last closing tag, which the end may still be waiting for
 
     def __init__(self, tools: Mapping[str, FunctionTool]) -> None:
         self._tools = tools
@@ -77,10 +88,11 @@ class Qwen3CoderReader(CallReader):
     def advance(self, buf: str, final: bool) -> tuple[list[Segment], int | None]:
         out: list[Segment] = []
         if self._tool is None:
-            m = _HEAD.match(buf)
+            m = self.head.match(buf)
             if m is None:
-                named = buf.find("<function=")
-                if final or len(buf) > self.HEAD_MAX or (named >= 0 and ">" in buf[named:]):
+                named = buf.find(self.named)
+                after = buf[named + len(self.named) :] if named >= 0 else ""
+                if final or len(buf) > self.HEAD_MAX or self.name_end in after:
                     raise NotACall
                 return out, None
             tool = self._tools.get(m.group("name").strip())
@@ -89,16 +101,17 @@ class Qwen3CoderReader(CallReader):
             self._tool, self._pos = tool, m.end()
             out.append(CallStart(tool.qualified))
         while True:
-            end = _END.match(buf, self._pos)
+            end = self.end.match(buf, self._pos)
             rest = buf[end.end() :] if end is not None else ""
-            if end is not None and (final or buf.endswith(CLOSE) or not CLOSE.startswith(rest)):
+            done = final or buf.endswith(self.close) or not self.close.startswith(rest)
+            if end is not None and done:
                 out += self._delta(closed=True)
                 out.append(CallEnd(self._text(), True))
                 return out, end.end()
-            p = _PARAM.match(buf, self._pos)
+            p = self.param.match(buf, self._pos)
             if p is None:
                 break
-            v = _VALUE_END.search(buf, p.end())
+            v = self.value_end.search(buf, p.end())
             if v is None:
                 break
             self._args[p.group("name").strip()] = self._value(
@@ -136,7 +149,7 @@ class Qwen3CoderReader(CallReader):
 
 class Qwen3Coder(Family):
     name = "qwen3-coder"
-    markers = (OPEN, "<function=")
+    markers: ClassVar[tuple[str, ...]] = (OPEN, "<function=")
 
     @classmethod
     def detect(cls, template: str) -> bool:
@@ -157,10 +170,31 @@ class Qwen3Coder(Family):
     def reader(self, tools: Mapping[str, FunctionTool]) -> CallReader:
         return Qwen3CoderReader(tools)
 
+    # the grammar's pieces (GLM's family overrides them)
+    text_rule: ClassVar[str] = _TEXT_RULE
+    separator: ClassVar[str] = "\n"
+
+    def call_head(self, name: str, *, forced: bool) -> str:
+        return literal(f"{OPEN}\n<function={name}>\n")
+
+    def call_tail(self) -> str:
+        return literal(f"</function>\n{CLOSE}")
+
+    def pair(self, name: str, value: str) -> str:
+        return f"{literal(f'<parameter={name}>' + NL)} {value} {_PARAM_CLOSE}"
+
+    def root(self, more: str, *, forced: bool) -> str:
+        return f"root ::= call{more}"
+
     def grammar(
-        self, tools: Sequence[FunctionTool], *, parallel: bool, schema: SchemaGrammar
+        self,
+        tools: Sequence[FunctionTool],
+        *,
+        parallel: bool,
+        schema: SchemaGrammar,
+        forced: bool = False,
     ) -> str:
-        rules = [_TEXT_RULE]
+        rules = [self.text_rule]
         alternatives = []
         for k, tool in enumerate(tools):
             props = tool.parameters.get("properties") or {}
@@ -174,10 +208,10 @@ class Qwen3Coder(Family):
                     sub_schema = sub if isinstance(sub, dict) else {}
                     rules.append(prefix_rules(schema(sub_schema, where), f"t{k}p{j}"))
                     value = f"t{k}p{j}-root"
-                one = f"{literal(f'<parameter={name}>' + NL)} {value} {_PARAM_CLOSE}"
+                one = self.pair(name, value)
                 parts.append(one if name in required else f"( {one} )?")
-            head = literal(f"{OPEN}\n<function={tool.qualified}>\n")
-            tail = literal(f"</function>\n{CLOSE}")
-            alternatives.append(" ".join([head, *parts, tail]))
-        more = ' ( "\\n" call ){0,7}' if parallel else ""
-        return "\n".join([f"root ::= call{more}", "call ::= " + " | ".join(alternatives), *rules])
+            head = self.call_head(tool.qualified, forced=forced)
+            alternatives.append(" ".join([head, *parts, self.call_tail()]))
+        more = f" ( {literal(self.separator)} call ){{0,7}}" if parallel else ""
+        call = "call ::= " + " | ".join(alternatives)
+        return "\n".join([self.root(more, forced=forced), call, *rules])

@@ -7,6 +7,7 @@ from __future__ import annotations
 from warmloop.serving.families.base import Family
 from warmloop.serving.families.deepseek import DeepSeekR1, DeepSeekV3
 from warmloop.serving.families.generic import Generic
+from warmloop.serving.families.glm import Glm
 from warmloop.serving.families.granite import Granite
 from warmloop.serving.families.harmony import Harmony
 from warmloop.serving.families.hermes import Hermes
@@ -19,6 +20,7 @@ FAMILIES: tuple[type[Family], ...] = (
     DeepSeekR1,  # before DeepSeekV3: the same block with fenced arguments
     DeepSeekV3,
     Qwen3Coder,  # before Hermes: its templates also write <tool_call>
+    Glm,  # before Hermes too
     Hermes,
     Llama3,
     Granite,  # after Hermes: Granite 4 writes <tool_call> and is Hermes-shaped
