@@ -74,6 +74,15 @@ Segment = TextDelta | CallStart | ArgsDelta | CallEnd | ReasoningDelta | Reasoni
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
+def partial_suffix(buf: str, markers: Sequence[str]) -> int:
+    """Length of the longest suffix of `buf` that is a proper prefix of a marker: text
+    that must wait for the next token before it can be told."""
+    for k in range(min(len(buf), max(len(m) for m in markers) - 1), 0, -1):
+        if any(m.startswith(buf[-k:]) for m in markers):
+            return k
+    return 0
+
+
 class NotACall(Exception):
     """What followed a call marker is not a call to a known tool: it is text."""
 
@@ -168,11 +177,7 @@ class CallParser:
             out.append(ReasoningEnd())
             self._think, self._rbuf = "no", ""
             return out, rest
-        keep = 0
-        for k in range(min(len(self._rbuf), len(THINK_CLOSE) - 1), 0, -1):
-            if THINK_CLOSE.startswith(self._rbuf[-k:]):
-                keep = k
-                break
+        keep = partial_suffix(self._rbuf, (THINK_CLOSE,))
         ready = self._rbuf if final else self._rbuf[: len(self._rbuf) - keep]
         body = ready if final else ready.rstrip("\n")  # newlines before </think> are its
         if body:
@@ -256,11 +261,7 @@ class CallParser:
             if any(m.startswith(stripped) for m in fam.markers):
                 return len(self._buf)
             return 0
-        buf = self._buf
-        for k in range(min(len(buf), max(len(m) for m in fam.markers) - 1), 0, -1):
-            if any(m.startswith(buf[-k:]) for m in fam.markers):
-                return k
-        return 0
+        return partial_suffix(self._buf, fam.markers)
 
     def _text(self, text: str) -> list[Segment]:
         if not self._text_started:

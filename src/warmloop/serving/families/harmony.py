@@ -32,6 +32,7 @@ from warmloop.serving.families.base import (
     ReasoningEnd,
     SchemaGrammar,
     Segment,
+    partial_suffix,
 )
 from warmloop.serving.gbnf import literal, prefix_rules
 
@@ -91,7 +92,7 @@ class HarmonyParser(CallParser):
                 if self._hbuf.startswith(START):
                     self._hbuf = self._hbuf[len(START) :]
                 continue
-            keep = 0 if final else _partial(self._hbuf)
+            keep = 0 if final else partial_suffix(self._hbuf, TERMINATORS)
             ready = self._hbuf[: len(self._hbuf) - keep]
             out += self._deliver(ready)
             self._hbuf = self._hbuf[len(ready) :]
@@ -133,14 +134,6 @@ class HarmonyParser(CallParser):
 
     def _say(self, text: str) -> list[Segment]:
         return self._text(text)
-
-
-def _partial(buf: str) -> int:
-    """Length of the longest suffix of `buf` that may still become a terminator."""
-    for k in range(min(len(buf), max(len(t) for t in TERMINATORS) - 1), 0, -1):
-        if any(t.startswith(buf[-k:]) for t in TERMINATORS):
-            return k
-    return 0
 
 
 class Harmony(Family):
