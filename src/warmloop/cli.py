@@ -71,6 +71,18 @@ def serve(config: Config) -> None:
             "warmloop: WARNING: no --api-key given; the server is open to anyone who can reach it",
             file=sys.stderr,
         )
+    if config.chat_template_file is not None:  # a template that does not compile: say so
+        from jinja2 import TemplateError
+
+        from warmloop.serving.chat_template import ChatTemplate
+
+        try:
+            ChatTemplate(config.chat_template_file.read_text(encoding="utf-8"))
+        except (TemplateError, UnicodeDecodeError) as exc:
+            where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+            raise SystemExit(
+                f"warmloop: --chat-template-file {config.chat_template_file}{where}: {exc}"
+            ) from None
     if config.self_test:
         # Before listening: an engine build this CPU cannot run dies here, in a child,
         # with one clear message, instead of killing the server on the first request.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from warmloop.cli import Parser
+from warmloop.cli import Parser, serve
 from warmloop.config import Config
 
 
@@ -190,3 +190,12 @@ def test_with_revalidates() -> None:
     assert c.with_(port=1234).port == 1234 and c.with_(port=1234).slots == 2
     with pytest.raises(ValueError):
         c.with_(slots=0)
+
+
+def test_a_chat_template_that_does_not_compile_stops_serve_with_its_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("{% for m in messages %}\n{{ m.content }\n{% endfor %}")
+    with pytest.raises(SystemExit) as err:
+        serve(Config(chat_template_file=bad, self_test=False))
+    message = str(err.value)
+    assert message.startswith(f"warmloop: --chat-template-file {bad} (line 2)"), message
