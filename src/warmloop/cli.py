@@ -79,7 +79,8 @@ def serve(config: Config) -> None:
         try:
             ChatTemplate(config.chat_template_file.read_text(encoding="utf-8"))
         except (TemplateError, UnicodeDecodeError) as exc:
-            where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+            line = getattr(exc, "lineno", None)  # a syntax error knows its line
+            where = f" (line {line})" if line else ""
             raise SystemExit(
                 f"warmloop: --chat-template-file {config.chat_template_file}{where}: {exc}"
             ) from None
