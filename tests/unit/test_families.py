@@ -135,6 +135,11 @@ CASES = [
     ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B", "deepseek-r1", [R1_2]),
     ("ibm-granite-granite-3.3-2B-Instruct", "granite", [GRANITE_2, "Let me look." + GRANITE_2]),
     ("GLM-4.6", "glm", [GLM_1, GLM_2]),
+    (
+        "mistralai-Ministral-3-14B-Reasoning-2512",
+        "mistral",
+        [DEVSTRAL_1, "[THINK]The user wants the weather.[/THINK]" + DEVSTRAL_1],
+    ),
 ]
 # Templates whose own rule changes what was generated when they render it back (the
 # R1 distills write a call turn without the <think> block their generation prompt
@@ -331,7 +336,9 @@ def test_the_lazy_trigger_fires_at_the_family_marker(
     for text in outputs:
         m = trigger.fullmatch(text)
         assert m is not None, text
-        before = re.sub(r"^\s*<think>.*?</think>", "", text[: m.start(1)], flags=re.S).strip()
+        before = re.sub(
+            r"^\s*(<think>.*?</think>|\[THINK\].*?\[/THINK\])", "", text[: m.start(1)], flags=re.S
+        ).strip()
         if family == "harmony":  # the analysis message may come first
             assert before in (
                 "",
@@ -507,3 +514,16 @@ def test_r1_distills_rewrite_the_call_turn() -> None:
         "<｜Assistant｜><｜tool▁calls▁begin｜>" + R1_CALL.format("get_weather", '{"city": "Oslo"}')
         in after
     )
+
+
+def test_mistral_think_is_reasoning_rendered_back_as_a_thinking_block() -> None:
+    r = renderer("mistralai-Ministral-3-14B-Reasoning-2512")
+    assert r.family.thinks
+    text = "[THINK]Let me check the weather.\nThen answer.[/THINK]" + DEVSTRAL_1
+    items, events = parse(r, text, chunk=2)
+    assert [type(i).__name__ for i in items] == ["ReasoningItem", "FunctionCallItem"]
+    assert isinstance(items[0], ReasoningItem)
+    assert items[0].text == "Let me check the weather.\nThen answer."  # newlines are its own
+    assert any(e["type"] == "response.reasoning_text.delta" for e in events)
+    items, _ = parse(r, "[THINK]Easy.[/THINK]Sunny.")
+    assert [getattr(i, "text", "") for i in items] == ["Easy.", "Sunny."]

@@ -155,31 +155,33 @@ class CallParser:
         """Reasoning segments, and what follows the reasoning (once it is over)."""
         self._rbuf += text
         out: list[Segment] = []
+        opening, closing = self._family.think_tags
+        newlines = "\n" if opening == THINK_OPEN else ""  # <think>'s own newlines
         if self._think == "start":
             stripped = self._rbuf.lstrip()
-            if stripped.startswith(THINK_OPEN):
-                self._rbuf = stripped[len(THINK_OPEN) :]
+            if stripped.startswith(opening):
+                self._rbuf = stripped[len(opening) :]
                 self._think = "in"
-            elif not final and THINK_OPEN.startswith(stripped):
+            elif not final and opening.startswith(stripped):
                 return out, ""  # undecided
             else:
                 self._think = "no"
                 rest, self._rbuf = self._rbuf, ""
                 return out, rest
         if not self._r_started:
-            self._rbuf = self._rbuf.lstrip("\n")
-        end = self._rbuf.find(THINK_CLOSE)
+            self._rbuf = self._rbuf.lstrip(newlines)
+        end = self._rbuf.find(closing)
         if end >= 0:
-            body = self._rbuf[:end].rstrip("\n")
-            rest = self._rbuf[end + len(THINK_CLOSE) :]
+            body = self._rbuf[:end].rstrip(newlines)
+            rest = self._rbuf[end + len(closing) :]
             if body:
                 out.append(ReasoningDelta(body))
             out.append(ReasoningEnd())
             self._think, self._rbuf = "no", ""
             return out, rest
-        keep = partial_suffix(self._rbuf, (THINK_CLOSE,))
+        keep = partial_suffix(self._rbuf, (closing,))
         ready = self._rbuf if final else self._rbuf[: len(self._rbuf) - keep]
-        body = ready if final else ready.rstrip("\n")  # newlines before </think> are its
+        body = ready if final else ready.rstrip(newlines)  # newlines before </think> are its
         if body:
             self._r_started = True
             out.append(ReasoningDelta(body))
@@ -432,10 +434,12 @@ class Family:
     continuation: ClassVar[str | None] = None
     # Whether the template renders several calls in one assistant turn.
     parallel: ClassVar[bool] = True
+    # How the model marks its reasoning (when its template mentions the closing tag).
+    think_tags: ClassVar[tuple[str, str]] = (THINK_OPEN, THINK_CLOSE)
 
     def __init__(self, template: str = "") -> None:
         # The model reasons in <think>…</think> first (Qwen3, QwQ, DeepSeek R1, …).
-        self.thinks = THINK_CLOSE in template
+        self.thinks = self.think_tags[1] in template
 
     @classmethod
     def detect(cls, template: str) -> bool:
@@ -528,7 +532,7 @@ class Family:
         the reasoning itself, ending the prompt with <think>)."""
         if not self.thinks:
             state = "no"
-        elif prompt.rstrip().endswith(THINK_OPEN):
+        elif prompt.rstrip().endswith(self.think_tags[0]):
             state = "in"
         else:
             state = "start"

@@ -16,8 +16,10 @@ import hashlib
 import json
 import re
 import string
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
+from warmloop.protocol.items import Item
 from warmloop.serving.families.base import JsonCallFamily
 from warmloop.serving.gbnf import literal
 
@@ -43,10 +45,12 @@ def id9(call_id: str) -> str:
 
 class MistralArgs(JsonCallFamily):
     """`[TOOL_CALLS]name[ARGS]{…}` (Devstral), `[TOOL_CALLS]name[CALL_ID]id[ARGS]{…}`
-    (Small 3.2: `with_ids`)."""
+    (Small 3.2: `with_ids`). Magistral and Ministral 3 reason in `[THINK]…[/THINK]`,
+    which their templates read back from a `thinking` content block."""
 
     name = "mistral"
     markers = (TOOL_CALLS,)
+    think_tags = ("[THINK]", "[/THINK]")
     separator = ""
     with_ids: ClassVar[bool] = False
     head: ClassVar[re.Pattern[str]] = re.compile(
@@ -60,6 +64,18 @@ class MistralArgs(JsonCallFamily):
 
     def call_id(self, call_id: str) -> str:
         return id9(call_id)
+
+    def messages(self, system: str | None, items: Sequence[Item]) -> list[dict[str, Any]]:
+        out = super().messages(system, items)
+        for m in out:
+            reasoning = m.pop("reasoning_content", None)
+            m.pop("thinking", None)
+            if reasoning is not None:  # content blocks: the thinking, then the text
+                blocks: list[dict[str, Any]] = [{"type": "thinking", "thinking": reasoning}]
+                if m["content"]:
+                    blocks.append({"type": "text", "text": m["content"]})
+                m["content"] = blocks
+        return out
 
     def call_rule(self, name: str, args_rule: str) -> str:
         head = literal(TOOL_CALLS + name)
