@@ -135,6 +135,12 @@ class Config(BaseSettings):
     kv_idle_snapshot_s: float = Field(
         0.0, ge=0, description="move chains idle this long to host RAM (0 = only when needed)"
     )
+    reasoning_history: Literal["template", "keep"] = Field(
+        "template",
+        description="earlier turns' reasoning as the chat template renders it (what the "
+        "model was trained on; templates that drop it change the prompt's middle, so reuse "
+        "stops there) or kept as it was generated (the turn stays a delta)",
+    )
     # --- long sessions ---
     truncation_kv: Literal["recompute", "shift"] = Field(
         "recompute",

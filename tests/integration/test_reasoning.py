@@ -154,3 +154,39 @@ def test_reasoning_sent_back_as_content_over_http_and_sealed_for_one_tenant(
         timeout=60,
     )
     assert r.status_code == 400 and r.json()["error"]["param"] == "reasoning.effort"
+
+
+def test_reasoning_history_keep_makes_the_next_turn_a_delta() -> None:
+    """QwQ drops every earlier turn's reasoning: by default the next turn recomputes from
+    there; with --reasoning-history keep it continues the chain as generated."""
+    results = {}
+    for mode in ("template", "keep"):
+        s = start_server(
+            "--chat-template-file", str(TEMPLATE), "--reasoning-history", mode, name=f"qwq-{mode}"
+        )
+        try:
+            client = openai.OpenAI(base_url=s.base_url, api_key="unused")
+            common: dict[str, Any] = {
+                "model": "default",
+                "reasoning": {"effort": "high"},
+                "temperature": 0,
+                "max_output_tokens": 10,
+            }
+            first = client.responses.create(input="Name a colour.", **common)
+            assert [o.type for o in first.output] == ["reasoning"]
+            second = client.responses.create(
+                previous_response_id=first.id, input="Another one.", **common
+            )
+            assert first.usage is not None and second.usage is not None
+            assert second.model_extra is not None
+            results[mode] = (
+                second.model_extra["warmloop"]["delta_only"],
+                second.usage.input_tokens_details.cached_tokens,
+                first.usage.input_tokens + first.usage.output_tokens,
+            )
+        finally:
+            s.stop()
+    delta, cached, chain = results["keep"]
+    assert delta is True and cached >= chain - 1  # the cut-off last token was never computed
+    delta, cached, chain = results["template"]
+    assert delta is False and cached < chain - 1

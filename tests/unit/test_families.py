@@ -29,7 +29,7 @@ from warmloop.serving.families import family_for
 from warmloop.serving.families.mistral import id9
 from warmloop.serving.grammar import Grammars
 from warmloop.serving.output import OutputBuilder
-from warmloop.serving.prompt import PromptRenderer
+from warmloop.serving.prompt import PromptRenderer, kept_reasoning
 from warmloop.serving.sealing import Sealer
 
 TEMPLATES = Path(__file__).parent.parent / "data" / "templates"
@@ -527,3 +527,47 @@ def test_mistral_think_is_reasoning_rendered_back_as_a_thinking_block() -> None:
     assert any(e["type"] == "response.reasoning_text.delta" for e in events)
     items, _ = parse(r, "[THINK]Easy.[/THINK]Sunny.")
     assert [getattr(i, "text", "") for i in items] == ["Easy.", "Sunny."]
+
+
+@pytest.mark.parametrize("answer", ["It is sunny.", ""])
+def test_reasoning_history_keep_restores_what_the_template_dropped(answer: str) -> None:
+    """Qwen3 drops a turn's reasoning once a new user message follows; `keep` continues
+    the chain as generated instead, so the new turn is the chain + only the new text."""
+    r = renderer("Qwen-Qwen3-0.6B")
+    head = r.head(None, ())
+    first = [MessageItem("u1", "user", "Weather?")]
+    generated = "<think>\nLet me think.\n</think>\n\n" + answer
+    chain = r.render(head, first) + generated
+    history: list[Item] = [*first, ReasoningItem("r", "Let me think.")]
+    if answer:
+        history.append(MessageItem("a", "assistant", answer))
+    text = r.render(head, [*history, MessageItem("u2", "user", "And tomorrow?")])
+    assert not text.startswith(chain)  # the template dropped the reasoning
+    markup = r.family.reasoning_markup
+    new = kept_reasoning(text, chain, ["Let me think."], markup)
+    assert new is not None and new.endswith("And tomorrow?<|im_end|>\n<|im_start|>assistant\n")
+    assert new.startswith("<|im_end|>\n<|im_start|>user\n")
+    # only reasoning may be restored: any other difference keeps the template's text
+    assert kept_reasoning(text, chain, ["something else"], markup) is None
+    changed = text.replace("Weather", "Climate")
+    assert kept_reasoning(changed, chain, ["Let me think."], markup) is None
+
+
+def test_reasoning_history_keep_on_harmony_after_a_final_answer() -> None:
+    r = renderer("openai-gpt-oss-120b")
+    head = r.head(None, ())
+    first = [MessageItem("u1", "user", "Weather?")]
+    generated = (
+        "<|channel|>analysis<|message|>Think it over.<|end|>"
+        "<|start|>assistant<|channel|>final<|message|>Sunny."
+    )
+    chain = r.render(head, first) + generated
+    history = [
+        *first,
+        ReasoningItem("r", "Think it over."),
+        MessageItem("a", "assistant", "Sunny."),
+    ]
+    text = r.render(head, [*history, MessageItem("u2", "user", "Tomorrow?")])
+    assert not text.startswith(chain)  # gpt-oss drops the analysis after a final answer
+    new = kept_reasoning(text, chain, ["Think it over."], r.family.reasoning_markup)
+    assert new is not None and new.startswith("<|end|><|start|>user<|message|>Tomorrow?")

@@ -30,7 +30,7 @@ from warmloop.protocol.items import (
 from warmloop.protocol.requests import CreateRequest, FunctionTool, TextFormat
 from warmloop.serving.families import CallParser
 from warmloop.serving.grammar import Grammars
-from warmloop.serving.prompt import Head, PromptRenderer, compacted
+from warmloop.serving.prompt import Head, PromptRenderer, compacted, kept_reasoning
 from warmloop.serving.sealing import Sealer
 from warmloop.serving.truncation import Piece, Tokenize, Truncation, truncate
 from warmloop.session.connection import Connection
@@ -149,7 +149,7 @@ class Preparer:
         # A warm-up (generate:false) stops before the assistant header so the next turn's
         # rendering extends it token for token.
         text = self.renderer.render(system, history_in, add_generation_prompt=request.generate)
-        tokens, delta_only = self._tokens(text, previous)
+        text, tokens, delta_only = self._tokens(text, previous)
         over = self._compaction_threshold(request, system, history_in, len(tokens))
         truncated = 0
         drop = None
@@ -341,13 +341,20 @@ class Preparer:
                 out.append(item)
         return out
 
-    def _tokens(self, text: str, previous: StoredResponse | None) -> tuple[list[int], bool]:
+    def _tokens(self, text: str, previous: StoredResponse | None) -> tuple[str, list[int], bool]:
+        """The prompt's text, its tokens, and whether they extend the chain's."""
         chain = previous.chain if previous else None
         if chain is not None and text.startswith(chain.text):
             # The earlier turns render exactly as before: keep the chain's own tokens
             # (including the model's sampled ones) and tokenize only the new text.
-            return list(chain.tokens) + self.tokenize(text[len(chain.text) :]), True
-        return self.tokenize(text), False
+            return text, list(chain.tokens) + self.tokenize(text[len(chain.text) :]), True
+        if chain is not None and previous is not None and self.config.reasoning_history == "keep":
+            reasonings = [i.text for i in previous.history if isinstance(i, ReasoningItem)]
+            markup = self.renderer.family.reasoning_markup
+            new = kept_reasoning(text, chain.text, reasonings, markup)
+            if new is not None:  # the template dropped reasoning: keep it as generated
+                return chain.text + new, list(chain.tokens) + self.tokenize(new), True
+        return text, self.tokenize(text), False
 
     def _shared_prefix(self, system: Head, history: tuple[Item, ...], text: str) -> int:
         """How many leading tokens are the conversation's fixed head: instructions, tools

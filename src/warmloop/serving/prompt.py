@@ -105,3 +105,49 @@ def compacted(history: Sequence[Item]) -> tuple[Item, ...]:
         if isinstance(item, MessageItem) and item.role in ("user", "system", "developer")
     ]
     return (*kept, *history[last:])
+
+
+def kept_reasoning(
+    text: str, chain_text: str, reasonings: Sequence[str], markup: Sequence[str]
+) -> str | None:
+    """`--reasoning-history keep`: the text that continues `chain_text` (the previous
+    prompt and what the model generated) when the template's rendering `text` differs
+    from it only by reasoning it dropped: `text` is P + S + R and the chain P + D + S,
+    where D is nothing but some of `reasonings` in the family's `markup` (its think tags)
+    and whitespace, and R is what is new; the kept prompt is the chain + R. None when
+    the difference is anything else (then the template's text is used)."""
+    shared = 0
+    for a, b in zip(text, chain_text, strict=False):
+        if a != b:
+            break
+        shared += 1
+    # The first difference may fall inside a tag both have ("<think>" / "<|im_end|>"):
+    # back off a little to where the dropped part starts.
+    for start in range(shared, max(shared - 32, 0) - 1, -1):
+        rest, tail = text[start:], chain_text[start:]
+        m = _overlap(tail, rest)  # S: the longest end of the chain that `rest` starts with
+        residue = tail[: len(tail) - m]
+        found = False
+        for r in reasonings:
+            if r.strip() and r.strip() in residue:
+                residue, found = residue.replace(r.strip(), "", 1), True
+        for tag in markup:
+            residue = residue.replace(tag, "")
+        if found and not residue.strip():
+            return rest[m:]
+    return None
+
+
+def _overlap(a: str, b: str) -> int:
+    """The length of the longest suffix of `a` that is a prefix of `b` (linear: the
+    prefix function of b + a separator + a)."""
+    s = b + "\x00" + a
+    pi = [0] * len(s)
+    for i in range(1, len(s)):
+        k = pi[i - 1]
+        while k and s[i] != s[k]:
+            k = pi[k - 1]
+        if s[i] == s[k]:
+            k += 1
+        pi[i] = k
+    return min(pi[-1], len(a), len(b)) if s else 0

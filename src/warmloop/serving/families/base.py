@@ -437,6 +437,11 @@ class Family:
     # How the model marks its reasoning (when its template mentions the closing tag).
     think_tags: ClassVar[tuple[str, str]] = (THINK_OPEN, THINK_CLOSE)
 
+    @property
+    def reasoning_markup(self) -> tuple[str, ...]:
+        """What surrounds a turn's reasoning in the output (--reasoning-history keep)."""
+        return self.think_tags
+
     def __init__(self, template: str = "") -> None:
         # The model reasons in <think>…</think> first (Qwen3, QwQ, DeepSeek R1, …).
         self.thinks = self.think_tags[1] in template

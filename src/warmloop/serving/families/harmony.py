@@ -150,6 +150,10 @@ class Harmony(Family):
     def detect(cls, template: str) -> bool:
         return "<|channel|>" in template and "<|message|>" in template
 
+    @property
+    def reasoning_markup(self) -> tuple[str, ...]:
+        return ("<|start|>assistant", "<|channel|>analysis", MESSAGE, END)
+
     def parser(self, tools: Sequence[FunctionTool], prompt: str = "") -> CallParser:
         return HarmonyParser(self, tools)
 
