@@ -59,6 +59,16 @@ class CallEnd:
     arguments: str  # exactly as generated
     complete: bool = True  # False: the output ended inside the call
 
+    @classmethod
+    def of(cls, arguments: str, complete: bool) -> CallEnd:
+        """The end of a call whose arguments should be JSON: arguments that are not
+        mean the model broke the call off, so it is incomplete whatever closed it."""
+        try:
+            json.loads(arguments)
+        except ValueError:
+            complete = False
+        return cls(arguments, complete)
+
 
 @dataclass(frozen=True)
 class ReasoningDelta:
@@ -400,24 +410,14 @@ class JsonCallReader(CallReader):
         begin = self._scan.begin
         stop = self._args_end if self._args_end is not None else len(buf)
         args = buf[begin:stop] if begin is not None else ""
-        if complete and not _is_json(args):  # the model broke the call off
-            complete = False
         if self._f.id_after_args:
             out += (
                 [CallStart(self._name, self._id), ArgsDelta(args)]
                 if args
                 else [CallStart(self._name, self._id)]
             )
-        out.append(CallEnd(args, complete))
+        out.append(CallEnd.of(args, complete))
         return out, end
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True
 
 
 # ----- the families -------------------------------------------------------------------

@@ -15,7 +15,6 @@ the model write the template's form, so a tool loop's next turn is a delta.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
@@ -123,11 +122,7 @@ class HarmonyParser(CallParser):
     def _close(self, *, complete: bool) -> list[Segment]:
         body, self._body = self._body, None
         if body == "call":
-            try:
-                json.loads(self._args)
-            except ValueError:
-                complete = False
-            return [CallEnd(self._args, complete)]
+            return [CallEnd.of(self._args, complete)]
         if body == "reasoning":
             return [ReasoningEnd(complete)]
         return []

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from warmloop.protocol.items import FunctionCallItem
 from warmloop.protocol.requests import FunctionTool
+from warmloop.serving.chat_template import RawArgs
 from warmloop.serving.families.base import (
     ArgsDelta,
     CallEnd,
@@ -156,15 +157,10 @@ class Qwen3Coder(Family):
         return "<tool_call>\\n<function=" in template and "<parameter=" in template
 
     def arguments(self, item: FunctionCallItem) -> Any:
-        try:
-            args = json.loads(item.arguments)
-        except ValueError:
-            return {}
-        if not isinstance(args, dict):
-            return {}
+        # the values as text: strings as they are, anything else as JSON
         return {
             k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
-            for k, v in args.items()
+            for k, v in RawArgs(item.arguments).items()
         }
 
     def reader(self, tools: Mapping[str, FunctionTool]) -> CallReader:
