@@ -40,7 +40,12 @@ FAMILIES = {
     "deepseek-v3.1": "deepseek-ai-DeepSeek-V3.1",
     "granite-3.3": "ibm-granite-granite-3.3-2B-Instruct",
     "glm-4.6": "GLM-4.6",
+    "gemma-4": "google-gemma-4-31B-it",
+    "gemma-4-keep": "google-gemma-4-31B-it",
 }
+# Gemma 4's template drops the empty thought channel of its generation prompt from the
+# call turn: measured as the template has it, and with the chain kept as generated.
+FLAGS = {"gemma-4-keep": ["--reasoning-history", "keep"]}
 TURN2_TOKENS = 8  # turn 2 is measured by its prompt: what it writes does not matter
 SINGLE_CALL = {"llama3", "gpt-oss"}  # the template renders one call per turn
 TOOL = {
@@ -154,6 +159,7 @@ def main() -> None:
         flags = ["--ctx", "4096", "--slots", "2"]
         if template:
             flags += ["--chat-template-file", str(TEMPLATES / f"{template}.jinja")]
+        flags += FLAGS.get(family, [])
         with LocalServer(flags) as server:
             for calls in (int(c) for c in args.calls.split(",")):
                 if calls > 1 and family in SINGLE_CALL:

@@ -29,8 +29,12 @@ FAMILIES = {
     "deepseek-v3": "deepseek-ai-DeepSeek-V3.1",
     "granite": "ibm-granite-granite-3.3-2B-Instruct",
     "glm": "GLM-4.6",
+    "gemma": "google-gemma-4-31B-it",
     "generic": "",  # the GGUF's own template (SmolLM2: no tools)
 }
+# Gemma 4's template drops the empty thought channel its generation prompt opens:
+# keeping the chain as generated is what keeps its tool loop a delta (docs/models.md).
+EXTRA = {"gemma": ["--reasoning-history", "keep"]}
 TOOLS = [
     {
         "type": "function",
@@ -52,6 +56,7 @@ def family_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, LiveSer
     family = request.param
     template = FAMILIES[family]
     args = ["--chat-template-file", str(TEMPLATES / f"{template}.jinja")] if template else []
+    args += EXTRA.get(family, [])
     s = start_server(*args, "--ctx", "4096", name=f"family-{family}")
     yield family, s
     s.stop()

@@ -105,6 +105,9 @@ GLM_2 = (
     + "\n"
     + GLM_CALL.format("get_time", "zone", "CET")
 )
+GEMMA_1 = '<|tool_call>call:get_weather{city:<|"|>Oslo<|"|>}<tool_call|>'
+GEMMA_2 = GEMMA_1 + '<|tool_call>call:get_time{zone:<|"|>CET<|"|>}<tool_call|>'
+GEMMA_DAYS = '<|tool_call>call:get_weather{city:<|"|>Oslo<|"|>,days:3}<tool_call|>'
 HARMONY_BARE = ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Oslo"}'
 # llama.cpp's JSON grammars allow whitespace after a value: it is the arguments' own
 HERMES_SPACED = (
@@ -140,11 +143,13 @@ CASES = [
         "mistral",
         [DEVSTRAL_1, "[THINK]The user wants the weather.[/THINK]" + DEVSTRAL_1],
     ),
+    ("google-gemma-4-31B-it", "gemma", [GEMMA_1, GEMMA_2, GEMMA_DAYS, "Let me look." + GEMMA_1]),
 ]
 # Templates whose own rule changes what was generated when they render it back (the
 # R1 distills write a call turn without the <think> block their generation prompt
-# opened): reuse stops there, by the template's choice (docs/models.md).
-TEMPLATE_REWRITES = {"deepseek-r1"}
+# opened, Gemma 4 without its empty thought channel): reuse stops there, by the
+# template's choice (docs/models.md).
+TEMPLATE_REWRITES = {"deepseek-r1", "gemma"}
 EXPECTED = {
     "get_weather": {"city": "Oslo"},
     "get_time": {"zone": "CET"},
@@ -255,6 +260,8 @@ def test_text_without_tools_passes_through() -> None:
         ("Qwen-Qwen2.5-7B-Instruct", "<tool_call> not json at all"),
         ("meta-llama-Llama-3.1-8B-Instruct", '{"answer": 42}'),
         ("Qwen3-Coder", "<tool_call>\n<function=nope>\n</function>\n</tool_call>"),
+        ("google-gemma-4-31B-it", "<|tool_call>call:nope{}<tool_call|>"),
+        ("google-gemma-4-31B-it", "<|tool_call>not a call"),
     ],
 )
 def test_what_is_not_a_call_to_a_known_tool_is_text(name: str, text: str) -> None:
@@ -272,6 +279,7 @@ def test_what_is_not_a_call_to_a_known_tool_is_text(name: str, text: str) -> Non
             '[TOOL_CALLS][{"name": "get_weather", "arguments": {',
         ),
         ("Qwen3-Coder", "<tool_call>\n<function=get_weather>\n<parameter=city>\nOs"),
+        ("google-gemma-4-31B-it", '<|tool_call>call:get_weather{city:<|"|>Os'),
     ],
 )
 def test_a_call_the_output_breaks_off_ends_incomplete(name: str, text: str) -> None:
@@ -571,3 +579,212 @@ def test_reasoning_history_keep_on_harmony_after_a_final_answer() -> None:
     assert not text.startswith(chain)  # gpt-oss drops the analysis after a final answer
     new = kept_reasoning(text, chain, ["Think it over."], r.family.reasoning_markup)
     assert new is not None and new.startswith("<|end|><|start|>user<|message|>Tomorrow?")
+
+
+# llama.cpp's tests/test-chat.cpp, Gemma 4: outputs and the arguments they carry
+GEMMA_FACTS = [
+    ('get_time{city:<|"|>San Francisco<|"|>}', {"city": "San Francisco"}),
+    ("empty_args{}", {}),
+    ("special_function{arg1:42}", {"arg1": 42}),
+    ("special_function{arg1:-7}", {"arg1": -7}),
+    ("amount{orig:3.14}", {"orig": 3.14}),
+    ("amount{orig:1.5e10}", {"orig": 1.5e10}),
+    ("toggle{enabled:true}", {"enabled": True}),
+    ("toggle{enabled:false}", {"enabled": False}),
+    ("set_nullable{value:null}", {"value": None}),
+    (
+        'todo_list{todos:[<|"|>buy milk<|"|>,<|"|>walk dog<|"|>]}',
+        {"todos": ["buy milk", "walk dog"]},
+    ),
+    (
+        'set_config{config:{count:3,theme:<|"|>dark<|"|>}}',
+        {"config": {"count": 3, "theme": "dark"}},
+    ),
+    ("todo_list{todos:[]}", {"todos": []}),
+    ("set_config{config:{}}", {"config": {}}),
+    ('get_time{city:<|"|>a{b},c:"d"<|"|>}', {"city": 'a{b},c:"d"'}),  # nothing escaped inside
+]
+# Google's parser reads a bare word as a string; the template writes it back quoted
+GEMMA_FACTS.append(("get_time{city:Oslo}", {"city": "Oslo"}))
+
+
+def test_a_broken_gemma_call_ends_incomplete_at_its_closing_tag() -> None:
+    items, _ = parse(
+        renderer("google-gemma-4-31B-it"),
+        "<|tool_call>call:get_weather{city<tool_call|>Sorry.",
+    )
+    assert [type(i).__name__ for i in items] == ["FunctionCallItem", "MessageItem"]
+    assert items[1].text == "Sorry."  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("call", "expected"), GEMMA_FACTS)
+def test_gemma4_notation_becomes_json_and_renders_back_as_generated(
+    call: str, expected: dict[str, object]
+) -> None:
+    r = renderer("google-gemma-4-31B-it")
+    name = call.split("{", 1)[0]
+    tools = (FunctionTool(name, "", {"type": "object"}, False),)
+    text = f"<|tool_call>call:{call}<tool_call|>"
+    out = OutputBuilder(ev.Sequencer(), r.family.parser(tools), set())
+    events = [e for c in text for e in out.feed(c)] + out.finish()
+    (item,) = out.items
+    assert isinstance(item, FunctionCallItem) and item.name == name
+    assert json.loads(item.arguments) == expected
+    deltas = "".join(e["delta"] for e in events if e["type"].endswith("arguments.delta"))
+    assert deltas == item.arguments
+    # the template writes the call back as it was generated: numbers as written, the
+    # keys sorted (the grammar writes them in that order), strings unescaped; a bare
+    # word goes back quoted
+    text = text.replace("city:Oslo", 'city:<|"|>Oslo<|"|>')
+    head = r.head(None, tools)
+    user = MessageItem("u", "user", "Go.")
+    after = r.render(head, [user, item, FunctionCallOutputItem("o", item.call_id, "ok")])
+    assert "<|turn>model\n" + text + "<|tool_response>" in after
+
+
+def test_gemma4_continues_a_tool_loop_from_what_it_generated() -> None:
+    """The template drops the generation prompt's empty thought channel from the call
+    turn: the rest of the turn renders as generated, and `--reasoning-history keep`
+    continues the chain itself, so the next turn is only the tool's output."""
+    r = renderer("google-gemma-4-31B-it")
+    head = r.head("You are terse.", TOOLS)
+    user = MessageItem("u1", "user", "What is the weather in Oslo?")
+    prompt = r.render(head, [user])
+    assert prompt.endswith("<|turn>model\n<|channel>thought\n<channel|>")
+    for text in (GEMMA_1, GEMMA_2, GEMMA_DAYS):
+        items, _ = parse(r, text)
+        results = [
+            FunctionCallOutputItem(f"o{k}", i.call_id, "sunny")
+            for k, i in enumerate(items)
+            if isinstance(i, FunctionCallItem)
+        ]
+        after = r.render(head, [user, *items, *results])
+        dropped = prompt.removesuffix("<|channel>thought\n<channel|>")
+        assert after.startswith(dropped + text + "<|tool_response>response:get_")
+        new = kept_reasoning(after, prompt + text, [], r.family.reasoning_markup)
+        assert new is not None and new.startswith("<|tool_response>response:get_")
+        assert new.endswith("<tool_response|>") and "sunny" in new
+
+
+def test_gemma4_reasons_in_its_thought_channel() -> None:
+    r = renderer("google-gemma-4-31B-it")
+    text = "<|channel>thought\nI'm\nthinking<channel|>" + GEMMA_1
+    items, events = parse(r, text)
+    assert isinstance(items[0], ReasoningItem) and items[0].text == "I'm\nthinking"
+    assert isinstance(items[1], FunctionCallItem)
+    assert any(e["type"] == "response.reasoning_text.delta" for e in events)
+
+
+FUNCTION_GEMMA = (
+    "{{ bos_token }}{%- for message in messages -%}{%- for tool_call in message.get("
+    "'tool_calls', []) -%}{{- '<start_function_call>call:' + tool_call['function']['name']"
+    " + '{' -}}{%- endfor -%}{%- endfor -%}"
+)
+
+
+def test_function_gemma_reads_googles_documented_call() -> None:
+    """FunctionGemma's template is not in llama.cpp's corpus: the family is found by its
+    marker and reads the call Google's documentation shows."""
+    family = family_for(FUNCTION_GEMMA)
+    assert family.name == "function-gemma" and not family.thinks
+    tool = FunctionTool(
+        "get_current_temperature",
+        "",
+        {"type": "object", "properties": {"location": {"type": "string"}}},
+        False,
+    )
+    text = (
+        "<start_function_call>call:get_current_temperature{location:<escape>London<escape>}"
+        "<end_function_call>"
+    )
+    out = OutputBuilder(ev.Sequencer(), family.parser((tool,)), set())
+    out.feed(text)
+    out.finish()
+    (item,) = out.items
+    assert isinstance(item, FunctionCallItem)
+    assert json.loads(item.arguments) == {"location": "London"}
+    grammar = Grammars(json_schema_to_gbnf, family).tool_calls((tool,), parallel=True)
+    assert '"<escape>"' in grammar and llama_accepts(grammar, family.trigger())
+
+
+def gbnf_regex(grammar: str) -> re.Pattern[str]:
+    """A GBNF grammar without recursion as a Python regex (literals, character classes,
+    groups, rule references, `*`, `+`, `?`, `{m,n}`, `|`), to see what it accepts."""
+    rules = dict(
+        (name, body)
+        for name, body in (line.split(" ::= ", 1) for line in grammar.splitlines() if line)
+    )
+    token = re.compile(
+        r'\s*("(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|[()|*+?]|\{\d+(?:,\d*)?\}|[\w-]+)'
+    )
+
+    def expand(name: str, depth: int = 0) -> str:
+        assert depth < 50, "recursive grammar"
+        out, body, pos = [], rules[name], 0
+        while pos < len(body.rstrip()):
+            m = token.match(body, pos)
+            assert m is not None, body[pos:]
+            t, pos = m.group(1), m.end()
+            if t.startswith('"'):
+                out.append(re.escape(json.loads(t)))
+            elif t.startswith("["):
+                out.append(t)
+            elif t == "(":
+                out.append("(?:")
+            elif t in ")|*+?" or t.startswith("{"):
+                out.append(t)
+            else:
+                out.append(f"(?:{expand(t, depth + 1)})")
+        return "".join(out)
+
+    return re.compile(expand("root"), re.S)
+
+
+def test_gemma_grammar_writes_keys_in_the_templates_order() -> None:
+    """Keys come sorted as dictsort sorts them (case-insensitively), optional ones may
+    be left out, required ones may not; values in Gemma's notation."""
+    tool = FunctionTool(
+        "f",
+        "",
+        {
+            "type": "object",
+            "properties": {
+                "zeta": {"type": "string", "enum": ["a", "b"]},
+                "Alpha": {"type": "integer"},
+                "mid": {
+                    "type": "object",
+                    "properties": {"y": {"type": "boolean"}, "x": {"type": "number"}},
+                    "required": ["y"],
+                },
+                "list": {"type": "array", "items": {"type": ["string", "null"]}},
+            },
+            "required": ["zeta", "list"],
+        },
+        False,
+    )
+    family = renderer("google-gemma-4-31B-it").family
+    grammar = Grammars(json_schema_to_gbnf, family).tool_calls((tool,), parallel=True)
+    assert llama_accepts(grammar) and llama_accepts(grammar, family.trigger())
+    accepts = gbnf_regex(grammar).fullmatch
+    q = '<|"|>'
+    call = "<|tool_call>call:f{{{}}}<tool_call|>".format
+    full = f"Alpha:-12,list:[{q}x, y{q},null],mid:{{x:1.5e3,y:true}},zeta:{q}a{q}"
+    assert accepts(call(full))
+    assert accepts(call(f"list:[],zeta:{q}b{q}") * 2)  # parallel calls, optional keys left out
+    assert accepts(call(f"list:[],mid:{{y:false}},zeta:{q}b{q}"))
+    assert not accepts(call(f"zeta:{q}a{q},list:[]"))  # not in the template's order
+    assert not accepts(call("list:[]"))  # zeta is required
+    assert not accepts(call(f"list:[],zeta:{q}c{q}"))  # not in the enum
+    assert not accepts(call(f"list:[],mid:{{x:1}},zeta:{q}a{q}"))  # mid.y is required
+    assert not accepts(call(f"list:[{q}a{q}b{q}],zeta:{q}a{q}"))  # a quote inside a string
+    # the grammar's output is what the parser reads back
+    out = OutputBuilder(ev.Sequencer(), family.parser((tool,)), set())
+    out.feed(call(full))
+    out.finish()
+    (item,) = out.items
+    assert json.loads(item.arguments) == {  # type: ignore[union-attr]
+        "Alpha": -12,
+        "list": ["x, y", None],
+        "mid": {"x": 1500.0, "y": True},
+        "zeta": "a",
+    }

@@ -132,6 +132,7 @@ def kept_reasoning(
             if r.strip() and r.strip() in residue:
                 residue, found = residue.replace(r.strip(), "", 1), True
         for tag in markup:
+            found = found or tag in residue  # an empty block the template dropped
             residue = residue.replace(tag, "")
         if found and not residue.strip():
             return rest[m:]

@@ -166,7 +166,7 @@ class CallParser:
         self._rbuf += text
         out: list[Segment] = []
         opening, closing = self._family.think_tags
-        newlines = "\n" if opening == THINK_OPEN else ""  # <think>'s own newlines
+        newlines = self._family.think_newlines
         if self._think == "start":
             stripped = self._rbuf.lstrip()
             if stripped.startswith(opening):
@@ -436,6 +436,8 @@ class Family:
     parallel: ClassVar[bool] = True
     # How the model marks its reasoning (when its template mentions the closing tag).
     think_tags: ClassVar[tuple[str, str]] = (THINK_OPEN, THINK_CLOSE)
+    # Newlines the tags bring with them: not part of the reasoning's text.
+    think_newlines: ClassVar[str] = "\n"
 
     @property
     def reasoning_markup(self) -> tuple[str, ...]:

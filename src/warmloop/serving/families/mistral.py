@@ -51,6 +51,7 @@ class MistralArgs(JsonCallFamily):
     name = "mistral"
     markers = (TOOL_CALLS,)
     think_tags = ("[THINK]", "[/THINK]")
+    think_newlines = ""
     separator = ""
     with_ids: ClassVar[bool] = False
     head: ClassVar[re.Pattern[str]] = re.compile(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from warmloop.serving.families.base import Family
 from warmloop.serving.families.deepseek import DeepSeekR1, DeepSeekV3
+from warmloop.serving.families.gemma import FunctionGemma, GemmaCalls
 from warmloop.serving.families.generic import Generic
 from warmloop.serving.families.glm import Glm
 from warmloop.serving.families.granite import Granite
@@ -27,6 +28,8 @@ FAMILIES: tuple[type[Family], ...] = (
     MistralArgsWithIds,  # before MistralArgs and MistralNemo: each is a narrower match
     MistralArgs,
     MistralNemo,
+    GemmaCalls,  # Gemma 4
+    FunctionGemma,
 )
 
 

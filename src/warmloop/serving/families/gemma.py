@@ -1,0 +1,415 @@
+"""Gemma's own call notation: Gemma 4 and FunctionGemma (Gemma 3 270M tuned for calls).
+
+    <|tool_call>call:get_weather{city:<|"|>Oslo<|"|>,days:3}<tool_call|>        Gemma 4
+    <start_function_call>call:get_weather{city:<escape>Oslo<escape>}<end_function_call>
+
+Arguments are an object in Gemma's notation, not JSON: bare keys, every string between
+two quote tokens (`<|"|>`, `<escape>`) with nothing escaped inside, numbers, `true`,
+`false`, `null`, `[…]` and `{…}` as in JSON (a bare word where a string belongs is read
+as that string, as Google's own parser does). The template writes a call's arguments
+back from the object with its keys sorted (Jinja's `dictsort`, case-insensitive), so
+the grammar makes the model write them in that order; numbers and `null` go back as the
+very text the model wrote (`Bare`), not as Python would print them.
+
+Gemma 4 reasons in `<|channel>thought\n…<channel|>`. With thinking off its generation
+prompt ends with an empty thought channel that the template does not render back
+(docs/models.md: reuse stops at the model turn's start unless `--reasoning-history keep`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from warmloop.protocol.items import FunctionCallItem
+from warmloop.protocol.requests import FunctionTool
+from warmloop.serving.families.base import (
+    MAX_PARALLEL_CALLS,
+    THINK_CLOSE,
+    THINK_OPEN,
+    ArgsDelta,
+    CallEnd,
+    CallReader,
+    CallStart,
+    Family,
+    NotACall,
+    SchemaGrammar,
+    Segment,
+)
+from warmloop.serving.gbnf import literal
+
+_NAME = re.compile(r"call:(?P<name>[A-Za-z0-9_.\-]+)\{")
+_BARE_END = re.compile(r"[,}\]]")
+_KEY = re.compile(r"\s*(?P<key>[^\s:{}\[\],<]+)\s*:")
+_JSON_LITERAL = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|true|false|null")
+
+
+class Bare:
+    """A JSON number or null as the text the model wrote: what the template's
+    `{{ argument }}` writes back (not a string, mapping, sequence or boolean to it)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def template_value(value: Any) -> Any:
+    """A parsed JSON value with its numbers and nulls made `Bare`."""
+    if value is None:
+        return Bare("null")
+    if isinstance(value, dict):
+        return {k: template_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [template_value(v) for v in value]
+    return value
+
+
+class _Incomplete(Exception):
+    """The text ends inside the value."""
+
+
+class _Broken(Exception):
+    """The text is not a value in Gemma's notation."""
+
+
+def read_value(buf: str, pos: int, quote: str) -> tuple[str, int]:
+    """The value in Gemma's notation at `buf[pos:]` as JSON text, and where it ends."""
+    while pos < len(buf) and buf[pos].isspace():
+        pos += 1
+    if pos >= len(buf) or quote.startswith(buf[pos:]):
+        raise _Incomplete
+    if buf.startswith(quote, pos):
+        end = buf.find(quote, pos + len(quote))
+        if end < 0:
+            raise _Incomplete
+        return json.dumps(buf[pos + len(quote) : end], ensure_ascii=False), end + len(quote)
+    if buf[pos] == "{":
+        pairs, end = read_pairs(buf, pos + 1, quote)
+        return "{" + ", ".join(f"{k}: {v}" for k, v in pairs) + "}", end
+    if buf[pos] == "[":
+        values: list[str] = []
+        pos += 1
+        while True:
+            while pos < len(buf) and buf[pos].isspace():
+                pos += 1
+            if pos >= len(buf):
+                raise _Incomplete
+            if buf[pos] == "]":
+                return "[" + ", ".join(values) + "]", pos + 1
+            if values:
+                if buf[pos] != ",":
+                    raise _Broken
+                pos += 1
+            value, pos = read_value(buf, pos, quote)
+            values.append(value)
+    m = _BARE_END.search(buf, pos)
+    if m is None:
+        raise _Incomplete
+    text = buf[pos : m.start()].strip()
+    if _JSON_LITERAL.fullmatch(text):
+        return text, m.start()
+    if not text or "<" in text:
+        raise _Broken
+    return json.dumps(text, ensure_ascii=False), m.start()  # a string left unquoted
+
+
+def read_pairs(buf: str, pos: int, quote: str) -> tuple[list[tuple[str, str]], int]:
+    """The `key:value` pairs of an object whose `{` ends before `pos`, up to its `}`."""
+    pairs: list[tuple[str, str]] = []
+    while True:
+        pair, pos = read_pair(buf, pos, quote, first=not pairs)
+        if pair is None:
+            return pairs, pos
+        pairs.append(pair)
+
+
+def read_pair(buf: str, pos: int, quote: str, *, first: bool) -> tuple[tuple[str, str] | None, int]:
+    """The next pair of an object as JSON texts (None and past the `}` at its end)."""
+    while pos < len(buf) and buf[pos].isspace():
+        pos += 1
+    if pos >= len(buf):
+        raise _Incomplete
+    if buf[pos] == "}":
+        return None, pos + 1
+    if not first:
+        if buf[pos] != ",":
+            raise _Broken
+        pos += 1
+    if buf.startswith(quote, pos):  # a quoted key (tool responses write them so)
+        end = buf.find(quote, pos + len(quote))
+        if end < 0:
+            raise _Incomplete
+        key, pos = buf[pos + len(quote) : end], end + len(quote)
+        if not buf.startswith(":", pos):
+            raise _Incomplete if pos >= len(buf) else _Broken
+        pos += 1
+    else:
+        m = _KEY.match(buf, pos)
+        if m is None:
+            if re.fullmatch(r"\s*[^\s:{}\[\],<]*", buf[pos:]):
+                raise _Incomplete
+            raise _Broken
+        key, pos = m.group("key"), m.end()
+    value, pos = read_value(buf, pos, quote)
+    return (json.dumps(key, ensure_ascii=False), value), pos
+
+
+class GemmaCallReader(CallReader):
+    """One call: `OPEN call:NAME{pairs}CLOSE`, its arguments sent as JSON one whole
+    top-level pair at a time."""
+
+    HEAD_MAX = 256
+
+    def __init__(self, family: GemmaCalls, tools: Mapping[str, FunctionTool]) -> None:
+        self._f = family
+        self._tools = tools
+        self._name: str | None = None
+        self._pos = 0
+        self._pairs: list[tuple[str, str]] = []
+        self._sent = ""
+
+    def advance(self, buf: str, final: bool) -> tuple[list[Segment], int | None]:
+        f = self._f
+        out: list[Segment] = []
+        if self._name is None:
+            m = _NAME.match(buf, len(f.call_open))
+            if m is None:
+                if final or len(buf) > self.HEAD_MAX or "{" in buf:
+                    raise NotACall
+                return out, None
+            if m.group("name") not in self._tools:
+                raise NotACall
+            self._name, self._pos = m.group("name"), m.end()
+            out.append(CallStart(self._name))
+        while True:
+            try:
+                pair, pos = read_pair(buf, self._pos, f.quote, first=not self._pairs)
+            except _Incomplete:
+                if final:
+                    return self._end(out, len(buf), complete=False)
+                return out, None
+            except _Broken:  # the call is broken: it ends at its closing tag
+                close = buf.find(f.call_close, self._pos)
+                if close >= 0 or final:
+                    end = close + len(f.call_close) if close >= 0 else len(buf)
+                    return self._end(out, end, complete=False)
+                return out, None
+            if pair is None:
+                break
+            self._pairs.append(pair)
+            self._pos = pos
+            out += self._delta(closed=False)
+        rest = buf[pos:]
+        if rest.startswith(f.call_close):
+            return self._end(out, pos + len(f.call_close), complete=True)
+        if f.call_close.startswith(rest) and not final:
+            return out, None  # the closing tag may still come
+        return self._end(out, pos, complete=True)  # closed by its brace alone
+
+    def _text(self) -> str:
+        return "{" + ", ".join(f"{k}: {v}" for k, v in self._pairs) + "}"
+
+    def _delta(self, *, closed: bool) -> list[Segment]:
+        text = self._text()
+        upto = text if closed else text[:-1]  # the closing brace only at the end
+        new = upto[len(self._sent) :]
+        self._sent = upto
+        return [ArgsDelta(new)] if new else []
+
+    def _end(self, out: list[Segment], end: int, *, complete: bool) -> tuple[list[Segment], int]:
+        out += self._delta(closed=True)
+        out.append(CallEnd.of(self._text(), complete))
+        return out, end
+
+
+class _Notation:
+    """GBNF for JSON schemas' values in Gemma's notation, keys in the template's order."""
+
+    def __init__(self, quote: str, prefix: str) -> None:
+        self.quote = quote
+        self.prefix = prefix
+        self.rules: list[str] = []
+        self._n = 0
+
+    def rule(self, body: str) -> str:
+        self._n += 1
+        name = f"{self.prefix}-{self._n}"
+        self.rules.append(f"{name} ::= {body}")
+        return name
+
+    def value(self, schema: Any) -> str:
+        if not isinstance(schema, dict) or not schema:
+            return "gm-value"
+        choices = schema.get("enum")
+        if "const" in schema:
+            choices = [schema["const"]]
+        if isinstance(choices, list) and choices:
+            return "( " + " | ".join(literal(self.write(c)) for c in choices) + " )"
+        for key in ("anyOf", "oneOf"):
+            if isinstance(schema.get(key), list) and schema[key]:
+                return "( " + " | ".join(self.value(s) for s in schema[key]) + " )"
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            return "( " + " | ".join(self.value({**schema, "type": k}) for k in kind) + " )"
+        if kind == "string":
+            return "gm-string"
+        if kind == "integer":
+            return "gm-integer"
+        if kind == "number":
+            return "gm-number"
+        if kind == "boolean":
+            return '( "true" | "false" )'
+        if kind == "null":
+            return '"null"'
+        if kind == "array":
+            item = self.value(schema.get("items"))
+            return f'"[" ( {item} ( "," {item} )* )? "]"'
+        props = schema.get("properties")
+        if kind == "object" or isinstance(props, dict):
+            if not isinstance(props, dict) or not props:
+                return "gm-object"
+            required = schema.get("required")
+            return (
+                '"{" ' + self.pairs(props, required if isinstance(required, list) else []) + ' "}"'
+            )
+        return "gm-value"
+
+    def pairs(self, props: dict[str, Any], required: list[Any]) -> str:
+        """The pairs of `props` in dictsort's order; any optional one may be left out."""
+        keys = sorted(props, key=str.lower)
+        kvs = [f"{literal(k + ':')} {self.value(props[k])}" for k in keys]
+        need = [k in required for k in keys]
+        after: dict[int, str] = {}  # at least one pair from i on, each after a comma
+
+        def rest(i: int) -> str:  # what follows once some pair has been written
+            if i == len(keys):
+                return ""
+            if i not in after:
+                after[i] = self.rule(self._chain(i, kvs, need, rest, comma=True))
+            return after[i] if any(need[i:]) else f"( {after[i]} )?"
+
+        body = self.rule(self._chain(0, kvs, need, rest, comma=False)) if keys else ""
+        return body if any(need) else f"( {body} )?"
+
+    @staticmethod
+    def _chain(i: int, kvs: list[str], need: list[bool], rest: Any, *, comma: bool) -> str:
+        """Alternatives for the first pair written from i on (up to the first required)."""
+        sep = '"," ' if comma else ""
+        alts = []
+        for j in range(i, len(kvs)):
+            alts.append(f"{sep}{kvs[j]} {rest(j + 1)}".strip())
+            if need[j]:
+                break
+        return " | ".join(alts)
+
+    def write(self, value: Any) -> str:
+        """A JSON value in the notation, as the template writes it."""
+        if isinstance(value, str):
+            return f"{self.quote}{value}{self.quote}"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if value is None:
+            return "null"
+        if isinstance(value, dict):
+            inner = ",".join(f"{k}:{self.write(value[k])}" for k in sorted(value, key=str.lower))
+            return "{" + inner + "}"
+        if isinstance(value, list):
+            return "[" + ",".join(self.write(v) for v in value) + "]"
+        return json.dumps(value)
+
+    def shared(self) -> list[str]:
+        q = self.quote
+        # any text without the quote token in it (and not ending with its first character)
+        inside = " | ".join(
+            (f"{literal(q[:i])} " if i else "") + f"[^{_class_char(q[i])}]" for i in range(len(q))
+        )
+        digits = '"-"? ( [0-9] | [1-9] [0-9]{1,15} )'
+        return [
+            f"gm-string ::= {literal(q)} ( {inside} )* {literal(q)}",
+            f"gm-integer ::= {digits}",
+            f'gm-number ::= {digits} ( "." [0-9]{{1,16}} )? ( [eE] [-+]? [0-9]{{1,3}} )?',
+            'gm-value ::= gm-string | gm-number | "true" | "false" | "null" | gm-object'
+            ' | "[" ( gm-value ( "," gm-value )* )? "]"',
+            'gm-object ::= "{" ( gm-key ":" gm-value ( "," gm-key ":" gm-value )* )? "}"',
+            "gm-key ::= [A-Za-z_] [A-Za-z0-9_]*",
+        ]
+
+
+def _class_char(c: str) -> str:
+    return "\\" + c if c in '\\]^-"' else c
+
+
+class GemmaCalls(Family):
+    name = "gemma"
+    call_open: ClassVar[str] = "<|tool_call>"
+    call_close: ClassVar[str] = "<tool_call|>"
+    quote: ClassVar[str] = '<|"|>'
+    markers: ClassVar[tuple[str, ...]] = (call_open,)
+    think_tags = ("<|channel>thought", "<channel|>")
+
+    @classmethod
+    def detect(cls, template: str) -> bool:
+        return f"'{cls.call_open}call:'" in template
+
+    def arguments(self, item: FunctionCallItem) -> Any:
+        try:
+            value = json.loads(item.arguments, parse_int=Bare, parse_float=Bare)
+        except ValueError:
+            return item.arguments
+        return template_value(value) if isinstance(value, dict) else item.arguments
+
+    def reader(self, tools: Mapping[str, FunctionTool]) -> CallReader:
+        return GemmaCallReader(self, tools)
+
+    def grammar(
+        self,
+        tools: Sequence[FunctionTool],
+        *,
+        parallel: bool,
+        schema: SchemaGrammar,
+        forced: bool = False,
+    ) -> str:
+        rules: list[str] = []
+        alternatives = []
+        notation = _Notation(self.quote, "gm")
+        for k, tool in enumerate(tools):
+            notation.prefix = f"t{k}"
+            props = tool.parameters.get("properties")
+            required = tool.parameters.get("required")
+            body = (
+                notation.pairs(props, required if isinstance(required, list) else [])
+                if isinstance(props, dict) and props
+                else '( gm-key ":" gm-value ( "," gm-key ":" gm-value )* )?'
+            )
+            head = literal(f"{self.call_open}call:{tool.qualified}{{")
+            alternatives.append(f"{head} {body} {literal('}' + self.call_close)}")
+        rules += notation.rules
+        more = f" call{{0,{MAX_PARALLEL_CALLS - 1}}}" if parallel and self.parallel else ""
+        return "\n".join(
+            [
+                f"root ::= call{more}",
+                "call ::= " + " | ".join(alternatives),
+                *rules,
+                *notation.shared(),
+            ]
+        )
+
+
+class FunctionGemma(GemmaCalls):
+    """FunctionGemma (google/functiongemma-270m-it): the same notation with its own
+    tokens; it does not reason."""
+
+    name = "function-gemma"
+    call_open = "<start_function_call>"
+    call_close = "<end_function_call>"
+    quote = "<escape>"
+    markers = (call_open,)
+    think_tags = (THINK_OPEN, THINK_CLOSE)  # which it never writes
+
+    @classmethod
+    def detect(cls, template: str) -> bool:
+        return cls.call_open in template
