@@ -1,5 +1,5 @@
 """Codex-shaped requests over WebSocket mode with every tool kind Codex sends: function,
-custom (Lark and regex formats), local_shell, shell, apply_patch and a hosted tool. Each
+custom (Lark and regex formats, both enforced), local_shell, shell, apply_patch and a hosted tool. Each
 turn forces one kind with tool_choice; the SDK parses each call in its own item shape,
 the outputs go back in theirs, and every continuation is a delta."""
 
@@ -15,13 +15,22 @@ import pytest
 
 from tests.conftest import LiveServer, start_server
 
+# a small patch language in Lark: rules, a terminal import, alternatives, repetition
+EDIT_GRAMMAR = """start: "*** Begin Patch" LF hunk~1..2 "*** End Patch"
+hunk: ("*** Add File: " | "*** Delete File: ") PATH LF
+PATH: /[a-z]{1,8}/ ".txt"
+%import common.LF
+"""
+EDIT = re.compile(
+    r"\*\*\* Begin Patch\n(\*\*\* (Add|Delete) File: [a-z]{1,8}\.txt\n){1,2}\*\*\* End Patch"
+)
 TOOLS: list[dict[str, Any]] = [
     {"type": "function", "name": "read_file", "parameters": {"type": "object"}},
     {
         "type": "custom",
         "name": "apply_edit",
         "description": "Edit files with a patch.",
-        "format": {"type": "grammar", "syntax": "lark", "definition": 'start: "*** Begin Patch"'},
+        "format": {"type": "grammar", "syntax": "lark", "definition": EDIT_GRAMMAR},
     },
     {
         "type": "custom",
@@ -108,7 +117,11 @@ def test_each_codex_tool_kind_round_trips_over_websocket(codexish: LiveServer) -
                 "call_id": call.call_id,
                 "status": "completed",
             }
-            r = await turn({"type": "local_shell"}, [patch_out], r)
+            r = await turn({"type": "custom", "name": "apply_edit"}, [patch_out], r)
+            (call,) = r.output
+            assert call.type == "custom_tool_call" and EDIT.fullmatch(call.input), call.input
+            edit_out = {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "ok"}
+            r = await turn({"type": "local_shell"}, [edit_out], r)
             (call,) = r.output
             assert call.type == "local_shell_call" and call.id == call.call_id
             shell_local_out = {"type": "local_shell_call_output", "id": call.id, "output": "ok"}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.gbnf_match import gbnf_regex
 from tests.unit.test_tool_calls import llama_accepts
 from warmloop.engine.sampling import json_schema_to_gbnf
 from warmloop.protocol.errors import InvalidRequest
@@ -705,39 +706,6 @@ def test_function_gemma_reads_googles_documented_call() -> None:
     assert json.loads(item.arguments) == {"location": "London"}
     grammar = Grammars(json_schema_to_gbnf, family).tool_calls((tool,), parallel=True)
     assert '"<escape>"' in grammar and llama_accepts(grammar, family.trigger())
-
-
-def gbnf_regex(grammar: str) -> re.Pattern[str]:
-    """A GBNF grammar without recursion as a Python regex (literals, character classes,
-    groups, rule references, `*`, `+`, `?`, `{m,n}`, `|`), to see what it accepts."""
-    rules = dict(
-        (name, body)
-        for name, body in (line.split(" ::= ", 1) for line in grammar.splitlines() if line)
-    )
-    token = re.compile(
-        r'\s*("(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|[()|*+?]|\{\d+(?:,\d*)?\}|[\w-]+)'
-    )
-
-    def expand(name: str, depth: int = 0) -> str:
-        assert depth < 50, "recursive grammar"
-        out, body, pos = [], rules[name], 0
-        while pos < len(body.rstrip()):
-            m = token.match(body, pos)
-            assert m is not None, body[pos:]
-            t, pos = m.group(1), m.end()
-            if t.startswith('"'):
-                out.append(re.escape(json.loads(t)))
-            elif t.startswith("["):
-                out.append(t)
-            elif t == "(":
-                out.append("(?:")
-            elif t in ")|*+?" or t.startswith("{"):
-                out.append(t)
-            else:
-                out.append(f"(?:{expand(t, depth + 1)})")
-        return "".join(out)
-
-    return re.compile(expand("root"), re.S)
 
 
 def test_gemma_grammar_writes_keys_in_the_templates_order() -> None:

@@ -111,6 +111,8 @@ class FunctionTool:
     param: str = field(default="tools", compare=False)
     # "function", or a client-run kind offered as a function (protocol/tool_kinds.py)
     kind: str = "function"
+    # a custom tool's grammar for its `input`: ("lark" | "regex", definition)
+    input_grammar: tuple[str, str] | None = field(default=None, compare=False)
 
     @property
     def qualified(self) -> str:
@@ -230,7 +232,13 @@ def _parse_client_tool(t: dict[str, Any], kind: str, param: str) -> FunctionTool
         function = _parse_function(t, param)
         parameters = tool_kinds.custom_parameters(t.get("format"), param)
         return FunctionTool(
-            function.name, function.description, parameters, False, param=param, kind=kind
+            function.name,
+            function.description,
+            parameters,
+            False,
+            param=param,
+            kind=kind,
+            input_grammar=tool_kinds.input_grammar(t.get("format")),
         )
     return FunctionTool(
         kind,

@@ -64,10 +64,10 @@ DESCRIPTIONS = {
 
 
 def custom_parameters(fmt: Any, param: str) -> dict[str, Any]:
-    """A custom tool's input as a JSON string: unconstrained text, or a `regex` grammar
-    as the string's pattern (llama.cpp's converter turns it into GBNF). A `lark`
-    grammar is accepted and described to the model, not enforced: GBNF has no
-    translation of Lark's terminals, priorities and %ignore here."""
+    """A custom tool's input as a JSON string: unconstrained text, or text in a grammar
+    (`input_grammar`), which the model is shown (a regex as the string's `pattern`, a
+    Lark grammar in its description) and which `serving/lark.py` enforces as far as
+    GBNF can say it."""
     text: dict[str, Any] = {"type": "string"}
     if fmt is None or fmt == {"type": "text"}:
         return {"type": "object", "properties": {"input": text}, "required": ["input"]}
@@ -88,6 +88,14 @@ def custom_parameters(fmt: Any, param: str) -> dict[str, Any]:
         else:
             text["description"] = f"text in this Lark grammar:\n{definition}"
     return {"type": "object", "properties": {"input": text}, "required": ["input"]}
+
+
+def input_grammar(fmt: Any) -> tuple[str, str] | None:
+    """A custom tool's grammar format (checked by custom_parameters) as (syntax,
+    definition); None for free text."""
+    if isinstance(fmt, dict) and fmt.get("type") == "grammar":
+        return str(fmt["syntax"]), str(fmt["definition"])
+    return None
 
 
 def _args(arguments: str) -> dict[str, Any]:

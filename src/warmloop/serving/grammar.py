@@ -17,10 +17,33 @@ from typing import Any
 from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.requests import CreateRequest, FunctionTool, TextFormat
 from warmloop.serving.families import Family
+from warmloop.serving.gbnf import literal
+from warmloop.serving.lark import JSON_STRING, input_rules
 
 SchemaToGBNF = Callable[[dict[str, Any]], str]  # raises on schemas it cannot convert
 # Raises ValueError (with llama.cpp's reason) when a grammar + lazy trigger is refused.
 GrammarCheck = Callable[[str, str | None], None]
+
+
+FREE_TEXT = {"type": "object", "properties": {"input": {"type": "string"}}, "required": ["input"]}
+
+
+def custom_input(tool: FunctionTool) -> str | None:
+    """GBNF for a custom tool's JSON arguments, `{"input": "…"}`, whose string holds
+    text in the tool's grammar (None when serving/lark.py cannot say it in GBNF)."""
+    assert tool.input_grammar is not None
+    found = input_rules(tool.input_grammar, JSON_STRING, "in")
+    if found is None:
+        return None
+    quote, key = literal('"'), literal('"input"')
+    return "\n".join(
+        [
+            f'root ::= "{{" space {key} space ":" space {quote} {found.start} {quote}'
+            ' space "}" space',
+            'space ::= | " " | "\\n" [ \\t]{0,20}',
+            *found.rules,
+        ]
+    )
 
 
 class Grammars:
@@ -53,7 +76,16 @@ class Grammars:
     ) -> str:
         """One or more calls in the family's syntax whose arguments follow each schema;
         `forced`: from the output's first token (else from the family's trigger on)."""
-        return self.family.grammar(tools, parallel=parallel, schema=self.schema, forced=forced)
+        custom = {id(t.parameters): t for t in tools if t.input_grammar is not None}
+
+        def schema(value: dict[str, Any], param: str) -> str:
+            tool = custom.get(id(value))
+            if tool is None:
+                return self.schema(value, param)
+            # what cannot be said in GBNF is shown to the model and not enforced
+            return custom_input(tool) or self.schema(FREE_TEXT, param)
+
+        return self.family.grammar(tools, parallel=parallel, schema=schema, forced=forced)
 
     def text_format(self, fmt: TextFormat) -> str | None:
         if fmt.kind == "json_schema":

@@ -39,6 +39,7 @@ from warmloop.serving.families.base import (
     Segment,
 )
 from warmloop.serving.gbnf import literal
+from warmloop.serving.lark import RAW, input_rules
 
 _NAME = re.compile(r"call:(?P<name>[A-Za-z0-9_.\-]+)\{")
 _BARE_END = re.compile(r"[,}\]]")
@@ -380,11 +381,17 @@ class GemmaCalls(Family):
             notation.prefix = f"t{k}"
             props = tool.parameters.get("properties")
             required = tool.parameters.get("required")
-            body = (
-                notation.pairs(props, required if isinstance(required, list) else [])
-                if isinstance(props, dict) and props
-                else '( gm-key ":" gm-value ( "," gm-key ":" gm-value )* )?'
-            )
+            found = None
+            if tool.input_grammar is not None:  # a custom tool's text, in its grammar
+                found = input_rules(tool.input_grammar, RAW, f"t{k}in")
+            if found is not None:
+                rules += found.rules
+                quote = literal(self.quote)
+                body = f"{literal('input:')} {quote} {found.start} {quote}"
+            elif isinstance(props, dict) and props:
+                body = notation.pairs(props, required if isinstance(required, list) else [])
+            else:
+                body = '( gm-key ":" gm-value ( "," gm-key ":" gm-value )* )?'
             head = literal(f"{self.call_open}call:{tool.qualified}{{")
             alternatives.append(f"{head} {body} {literal('}' + self.call_close)}")
         rules += notation.rules

@@ -35,6 +35,7 @@ from warmloop.serving.families.base import (
     Segment,
 )
 from warmloop.serving.gbnf import literal, prefix_rules
+from warmloop.serving.lark import RAW, input_rules
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _HEAD = re.compile(r"(?:<tool_call>\s*)?<function=(?P<name>[^>\n]+)>\n?")
@@ -197,7 +198,13 @@ class Qwen3Coder(Family):
             required = set(tool.parameters.get("required") or ())
             parts = []
             for j, (name, sub) in enumerate(props.items()):
-                if _is_string(sub):
+                found = None
+                if tool.input_grammar is not None and name == "input":  # a custom tool's text
+                    found = input_rules(tool.input_grammar, RAW, f"t{k}in")
+                if found is not None:
+                    rules += found.rules
+                    value = found.start
+                elif _is_string(sub):
                     value = _text_value(sub)
                 else:
                     where = f"{tool.param}.properties.{name}"
