@@ -1,4 +1,5 @@
-"""A custom tool's Lark grammar (or regex) as GBNF (serving/lark.py): Codex's own
+"""A custom tool's Lark grammar (or regex) as GBNF (serving/lark.py, regex.py and
+text_grammar.py): Codex's own
 apply_patch grammar, Lark's constructs one by one, regexes against Python's `re`, the
 constructs that are not translated, and the tool-call grammars that carry them."""
 
@@ -18,16 +19,9 @@ from warmloop.protocol.requests import FunctionTool
 from warmloop.serving import event_builder as ev
 from warmloop.serving.families import family_for
 from warmloop.serving.grammar import Grammars, custom_input
-from warmloop.serving.lark import (
-    JSON_STRING,
-    RAW,
-    Encoding,
-    Unsupported,
-    input_rules,
-    translate,
-    translate_regex,
-)
+from warmloop.serving.lark import input_rules, translate, translate_regex
 from warmloop.serving.output import OutputBuilder
+from warmloop.serving.text_grammar import JSON_STRING, RAW, Encoding, Unsupported
 
 DATA = Path(__file__).parent.parent / "data"
 APPLY_PATCH = (DATA / "codex" / "apply_patch.lark").read_text()

@@ -18,7 +18,8 @@ from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.requests import CreateRequest, FunctionTool, TextFormat
 from warmloop.serving.families import Family
 from warmloop.serving.gbnf import literal
-from warmloop.serving.lark import JSON_STRING, input_rules
+from warmloop.serving.lark import input_rules
+from warmloop.serving.text_grammar import JSON_STRING
 
 SchemaToGBNF = Callable[[dict[str, Any]], str]  # raises on schemas it cannot convert
 # Raises ValueError (with llama.cpp's reason) when a grammar + lazy trigger is refused.

@@ -39,7 +39,8 @@ from warmloop.serving.families.base import (
     Segment,
 )
 from warmloop.serving.gbnf import literal
-from warmloop.serving.lark import RAW, input_rules
+from warmloop.serving.lark import input_rules
+from warmloop.serving.text_grammar import RAW
 
 _NAME = re.compile(r"call:(?P<name>[A-Za-z0-9_.\-]+)\{")
 _BARE_END = re.compile(r"[,}\]]")

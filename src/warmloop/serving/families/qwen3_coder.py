@@ -35,7 +35,8 @@ from warmloop.serving.families.base import (
     Segment,
 )
 from warmloop.serving.gbnf import literal, prefix_rules
-from warmloop.serving.lark import RAW, input_rules
+from warmloop.serving.lark import input_rules
+from warmloop.serving.text_grammar import RAW
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _HEAD = re.compile(r"(?:<tool_call>\s*)?<function=(?P<name>[^>\n]+)>\n?")
