@@ -36,6 +36,7 @@ from warmloop.session.store_sql import (
 )
 from warmloop.transport import http, websocket
 from warmloop.transport.auth import KeyRing, read_keys_file
+from warmloop.transport.connections import Transports
 from warmloop.transport.errors import api_error_handler, http_error
 from warmloop.transport.runtime import Runtime
 
@@ -106,7 +107,7 @@ def chat_template(config: Config, backend: LlamaBackend) -> str:
     return backend.chat_template() or fallback_template(backend.architecture())
 
 
-def build_runtime(config: Config) -> tuple[Runtime, Engine]:
+def build_runtime(config: Config, transports: Transports) -> tuple[Runtime, Engine]:
     metrics = Metrics()
     engine = build_engine(config, metrics)
     backend = engine.backend
@@ -121,7 +122,13 @@ def build_runtime(config: Config) -> tuple[Runtime, Engine]:
         config, store, renderer, backend.tokenize, backend.token_piece, grammars, model_id(config)
     )
     service = ResponsesService(config, engine, store, preparer, metrics)
-    runtime = Runtime(config=config, service=service, keys=keyring(config), metrics=metrics)
+    runtime = Runtime(
+        config=config,
+        service=service,
+        keys=keyring(config),
+        metrics=metrics,
+        transports=transports,
+    )
     slots = engine.kv
     metrics.bind_gauge(metrics.slots_in_use, lambda: slots.in_use())
     metrics.bind_gauge(metrics.slots_leased, lambda: slots.leased())
@@ -157,10 +164,13 @@ async def purge_expired(store: ResponseStore, ttl_s: float) -> None:
             await asyncio.to_thread(store.purge_expired)
 
 
-def create_app(config: Config) -> FastAPI:
+def create_app(config: Config, transports: Transports | None = None) -> FastAPI:
+    """The app; `transports` is its server's (launcher.py), through which a route cuts
+    off a client that stops reading (without one, e.g. under a test client, it cannot)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime, engine = build_runtime(config)
+        runtime, engine = build_runtime(config, transports or Transports())
         engine.start()
         app.state.runtime = runtime
         log.info(

@@ -59,7 +59,7 @@ class Parser:
 
 def serve(config: Config) -> None:
     from warmloop.doctor import SelfTestFailed, self_test
-    from warmloop.transport.server import server
+    from warmloop.launcher import server
 
     logging.basicConfig(
         level=config.log_level.upper(),

@@ -81,7 +81,7 @@ class Project:
 @contextlib.contextmanager
 def serve_in_thread(config: Config) -> Iterator[str]:
     """Run `create_app(config)` with uvicorn on a thread; yields the base URL."""
-    from warmloop.transport.server import server as uvicorn_server
+    from warmloop.launcher import server as uvicorn_server
 
     server = uvicorn_server(config.with_(host="127.0.0.1"), log_level="warning")
     thread = threading.Thread(target=server.run, name="warmloop-demo-server", daemon=True)

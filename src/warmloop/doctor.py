@@ -118,11 +118,10 @@ def amx_instructions(library: Path) -> int | None:
 
 
 def build_features() -> dict[str, str]:
-    """What llama.cpp reports it was built with (`llama_print_system_info`)."""
-    import llama_cpp
+    """What llama.cpp reports it was built with."""
+    from warmloop.engine.backend import system_info
 
-    info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
-    return dict(re.findall(r"([A-Z0-9_]+) = (\w+)", info))
+    return system_info()
 
 
 # ----- the self-test --------------------------------------------------------------------
@@ -163,7 +162,8 @@ def self_test(model: Path, *, threads: int) -> SelfTestResult:
 def _child(model: Path, threads: int) -> None:
     """The self-test itself: load, prefill, decode greedily, print one JSON line."""
     from warmloop.engine.backend import BatchRow, LlamaBackend
-    from warmloop.engine.sampling import SamplingParams, make_sampler
+    from warmloop.engine.request import SamplingParams
+    from warmloop.engine.sampling import make_sampler
 
     backend = LlamaBackend(model, ctx_per_seq=256, n_seq=1, n_threads=threads, n_batch=128)
     try:

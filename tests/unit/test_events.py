@@ -9,7 +9,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from warmloop.engine.sampling import SamplingParams
+from warmloop.engine.request import SamplingParams
 from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.items import CompactionItem, FunctionCallItem, MessageItem, item_to_wire
 from warmloop.protocol.requests import FunctionTool, parse_create

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,12 @@ _forward_log = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_vo
     _log_to_python
 )
 _backend_initialised = False
+
+
+def system_info() -> dict[str, str]:
+    """What llama.cpp reports it was built with (`llama_print_system_info`)."""
+    info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    return dict(re.findall(r"([A-Z0-9_]+) = (\w+)", info))
 
 
 def _init_once() -> None:

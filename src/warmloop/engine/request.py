@@ -4,13 +4,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
-from warmloop.engine.sampling import SamplingParams
+from warmloop.kvcache.base import KVCache
 
 FinishReason = Literal["stop", "length", "cancelled", "prefilled"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    grammar: str | None = None
+    # With a trigger the grammar is lazy: it constrains output from the trigger's match on.
+    grammar_trigger: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        max_tokens: int,
+        temperature: float | None,
+        top_p: float | None,
+        seed: int | None,
+        default_temperature: float,
+        grammar: str | None = None,
+        grammar_trigger: str | None = None,
+    ) -> SamplingParams:
+        """What a request asked for; what it left out gets the server's temperature,
+        top_p 1 and a fresh random seed (OpenAI's defaults)."""
+        return cls(
+            max_tokens=max(max_tokens, 1),
+            temperature=default_temperature if temperature is None else temperature,
+            top_p=1.0 if top_p is None else top_p,
+            seed=random.getrandbits(32) if seed is None else seed,
+            grammar=grammar,
+            grammar_trigger=grammar_trigger if grammar is not None else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -77,3 +113,21 @@ class Job:
         # RuntimeError: the loop is closed, nobody is listening any more.
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.out.put_nowait, event)
+
+
+class EngineHandle(Protocol):
+    """What the serving layer asks of the engine (engine/engine.py's `Engine`; app.py
+    hands it over), so serving never imports the engine's llama.cpp side."""
+
+    @property
+    def kv(self) -> KVCache: ...
+
+    def run(self, job: Job) -> AsyncIterator[EngineEvent]:
+        """Submit `job` and yield its events until it finishes or fails."""
+        ...
+
+    def cancel(self, job: Job) -> None: ...
+
+    def release_lease(self, lease: str, *, drop_kv: bool = True) -> None: ...
+
+    def alive(self) -> bool: ...

@@ -1,7 +1,7 @@
-"""Sampling, in one place: the parameters a response samples with, and the llama.cpp
-sampler chain (grammar → top-p → temperature → seeded draw, or greedy) they become.
+"""Sampling on llama.cpp: the sampler chain (grammar → top-p → temperature → seeded
+draw, or greedy) a response's `SamplingParams` (engine/request.py) become.
 
-`SamplingParams.of` applies OpenAI's defaults to what a request left out; `make_sampler`
+`make_sampler`
 builds the chain; `json_schema_to_gbnf` and `check_grammar` turn a JSON schema into a
 grammar and ask llama.cpp whether it accepts it before a response starts. With
 `engine/backend.py`, the only module that imports the llama.cpp binding.
@@ -10,46 +10,12 @@ grammar and ask llama.cpp whether it accepts it before a response starts. With
 from __future__ import annotations
 
 import ctypes
-import random
-from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
 from llama_cpp.llama_grammar import SchemaConverter
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    grammar: str | None = None
-    # With a trigger the grammar is lazy: it constrains output from the trigger's match on.
-    grammar_trigger: str | None = None
-
-    @classmethod
-    def of(
-        cls,
-        *,
-        max_tokens: int,
-        temperature: float | None,
-        top_p: float | None,
-        seed: int | None,
-        default_temperature: float,
-        grammar: str | None = None,
-        grammar_trigger: str | None = None,
-    ) -> SamplingParams:
-        """What a request asked for; what it left out gets the server's temperature,
-        top_p 1 and a fresh random seed (OpenAI's defaults)."""
-        return cls(
-            max_tokens=max(max_tokens, 1),
-            temperature=default_temperature if temperature is None else temperature,
-            top_p=1.0 if top_p is None else top_p,
-            seed=random.getrandbits(32) if seed is None else seed,
-            grammar=grammar,
-            grammar_trigger=grammar_trigger if grammar is not None else None,
-        )
+from warmloop.engine.request import SamplingParams
 
 
 class GrammarRejected(ValueError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from warmloop.config import Config
-from warmloop.engine.sampling import SamplingParams
+from warmloop.engine.request import SamplingParams
 from warmloop.fleet.keys import response_id
 from warmloop.protocol.errors import InvalidRequest, ModelNotFound, PreviousResponseNotFound
 from warmloop.protocol.items import (

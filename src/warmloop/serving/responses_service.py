@@ -17,8 +17,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from warmloop.config import Config
-from warmloop.engine.engine import Engine
-from warmloop.engine.request import Admitted, Failed, Finished, Job, TokenOut
+from warmloop.engine.request import Admitted, EngineHandle, Failed, Finished, Job, TokenOut
 from warmloop.metrics import Metrics
 from warmloop.protocol.errors import APIError, ServerError, StoreUnavailable
 from warmloop.protocol.events import TERMINAL_EVENTS
@@ -43,7 +42,7 @@ class ResponsesService:
     def __init__(
         self,
         config: Config,
-        engine: Engine,
+        engine: EngineHandle,
         store: ResponseStore,
         preparer: Preparer,
         metrics: Metrics | None = None,

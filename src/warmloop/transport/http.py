@@ -19,7 +19,7 @@ from warmloop.protocol.errors import APIError, InvalidRequest, PayloadTooLarge
 from warmloop.protocol.requests import parse_create
 from warmloop.serving.compaction import compact
 from warmloop.serving.prepare import CallContext
-from warmloop.transport import server
+from warmloop.transport.connections import ClientGone, Transports
 from warmloop.transport.errors import sse_error
 from warmloop.transport.runtime import Runtime
 
@@ -81,13 +81,14 @@ class TimedStreamingResponse(StreamingResponse):
     client that stops reading is cut off (its TCP connection aborted), so it cannot
     hold a slot, a concurrency count and a buffer forever."""
 
-    def __init__(self, content: AsyncIterator[bytes], write_timeout_s: float) -> None:
+    def __init__(self, content: AsyncIterator[bytes], rt: Runtime) -> None:
         super().__init__(
             content,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-        self.write_timeout_s = write_timeout_s
+        self.write_timeout_s = rt.config.write_timeout_s
+        self.transports: Transports = rt.transports
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def timed_send(message: Message) -> None:
@@ -99,10 +100,10 @@ class TimedStreamingResponse(StreamingResponse):
                     scope.get("client"),
                     self.write_timeout_s,
                 )
-                server.abort(scope)
-                raise server.ClientGone() from None
+                self.transports.abort(scope)
+                raise ClientGone() from None
 
-        with contextlib.suppress(server.ClientGone, ClientDisconnect):
+        with contextlib.suppress(ClientGone, ClientDisconnect):
             await super().__call__(scope, receive, timed_send)
         if isinstance(self.body_iterator, AsyncGenerator):
             await self.body_iterator.aclose()  # ends the response's job and reservation
@@ -120,12 +121,12 @@ async def create_response(request: Request) -> Response:
         if not create.body.stream:
             return JSONResponse(queued)
         # The run is the server's: a client that leaves stops reading, not the response.
-        return TimedStreamingResponse(sse_frames(run.follow(-1)), rt.config.write_timeout_s)
+        return TimedStreamingResponse(sse_frames(run.follow(-1)), rt)
     events = await rt.service.open(create, CallContext(tenant=tenant))
     if not create.body.stream:
         return await _until_done_or_gone(request, rt.service.collect(events))
     first = await anext(events)  # started: from here its `finally` always runs
-    return TimedStreamingResponse(sse_stream(first, events), rt.config.write_timeout_s)
+    return TimedStreamingResponse(sse_stream(first, events), rt)
 
 
 async def _until_done_or_gone(
@@ -174,9 +175,7 @@ async def get_response(
     tenant = tenant_of(request)
     if stream:
         run = rt.service.background.get(response_id, tenant)
-        return TimedStreamingResponse(
-            sse_frames(run.follow(starting_after)), rt.config.write_timeout_s
-        )
+        return TimedStreamingResponse(sse_frames(run.follow(starting_after)), rt)
     # store reads and writes may touch the disk: never on the event loop
     retrieval = rt.service.retrieval
     return JSONResponse(await asyncio.to_thread(retrieval.get, response_id, tenant))

@@ -12,6 +12,7 @@ from warmloop.metrics import Metrics
 from warmloop.protocol.errors import ServerDraining, StoreUnavailable
 from warmloop.serving.responses_service import ResponsesService
 from warmloop.transport.auth import KeyRing
+from warmloop.transport.connections import Transports
 
 
 @dataclass
@@ -20,6 +21,7 @@ class Runtime:
     service: ResponsesService
     keys: KeyRing
     metrics: Metrics
+    transports: Transports  # the server's TCP connections, to cut a client off
     started_at: int = field(default_factory=lambda: int(time.time()))
     connections: int = 0
     tenant_connections: Counter[str] = field(default_factory=Counter)

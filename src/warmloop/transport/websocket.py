@@ -33,7 +33,7 @@ from warmloop.protocol.frames import ClientFrame, CreateFrame, FrameError, parse
 from warmloop.protocol.requests import CreateRequest
 from warmloop.serving.prepare import CallContext
 from warmloop.session.connection import Connection
-from warmloop.transport import server
+from warmloop.transport.connections import ClientGone
 from warmloop.transport.errors import http_error, ws_error
 from warmloop.transport.runtime import Runtime
 
@@ -85,12 +85,12 @@ class _Session:
                     "connection %s read nothing for %g s; dropping it", self.conn.id, timeout
                 )
                 self._drop()
-                raise server.ClientGone() from None
+                raise ClientGone() from None
             except (WebSocketDisconnect, OSError, RuntimeError):
                 # Gone, or closed under us (uvicorn's keepalive timeout sends a close and
                 # then refuses sends): either way nobody will read this socket again.
                 self._drop()
-                raise server.ClientGone() from None
+                raise ClientGone() from None
 
     async def send_error(self, error: APIError, stream_id: str | None = None) -> None:
         await self.send(ws_error(error), stream_id)
@@ -98,7 +98,7 @@ class _Session:
     def _drop(self) -> None:
         """Cut the TCP connection (a polite close would wait for a client that does not
         read) and end the session: its tasks stop and everything it held is freed."""
-        server.abort(self.ws.scope)
+        self.rt.transports.abort(self.ws.scope)
         self.closed.set()
 
     async def reader(self) -> None:
@@ -115,7 +115,7 @@ class _Session:
             )
             try:
                 await self.handle(frame)
-            except (server.ClientGone, WebSocketDisconnect):
+            except (ClientGone, WebSocketDisconnect):
                 raise
             except Exception:  # a bug in one frame must not take the socket down
                 log.exception("connection %s: frame failed", self.conn.id)
@@ -171,7 +171,7 @@ class _Session:
                 lane.busy = True
                 try:
                     await self._respond(ctx, create, lane.stream_id)
-                except server.ClientGone:
+                except ClientGone:
                     return
                 except Exception:  # one failed create must not kill the lane
                     log.exception("connection %s: response failed", self.conn.id)
@@ -270,7 +270,7 @@ async def responses_socket(ws: WebSocket) -> None:
                 await task
         for task in done:
             failure = task.exception()
-            expected = WebSocketDisconnect | RuntimeError | server.ClientGone
+            expected = WebSocketDisconnect | RuntimeError | ClientGone
             if failure is not None and not isinstance(failure, expected):
                 log.error("connection %s task failed: %r", conn.id, failure)
     finally:
