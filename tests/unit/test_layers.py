@@ -51,9 +51,7 @@ def imports(name: str) -> Iterator[tuple[str, int]]:
 
 
 def graph() -> dict[str, set[str]]:
-    return {
-        name: {m for m, _ in imports(name) if m in MODULES and m != name} for name in MODULES
-    }
+    return {name: {m for m, _ in imports(name) if m in MODULES and m != name} for name in MODULES}
 
 
 def reach(start: str, edges: dict[str, set[str]]) -> dict[str, str]:
