@@ -44,7 +44,7 @@ def state(slots: list[Slot]) -> list[dict[str, Any]]:
 def plan(slots: list[Slot], req: Req, *, kv_reuse: bool = True) -> LeasePlan | None:
     """The policy's plan, checking that making it changed no slot."""
     before = state(slots)
-    p = LRUPolicy().plan_lease(slots, req, kv_reuse=kv_reuse)
+    p = LRUPolicy().plan_lease(slots, req, kv_reuse=kv_reuse, can_cut=True)
     assert state(slots) == before
     return p
 
@@ -122,7 +122,7 @@ def test_room_for_everything_means_no_victims() -> None:
 # ----- the manager takes its policy ----------------------------------------------------
 class Refuse:
     def plan_lease(
-        self, slots: Sequence[Slot], req: KVRequest, *, kv_reuse: bool
+        self, slots: Sequence[Slot], req: KVRequest, *, kv_reuse: bool, can_cut: bool
     ) -> LeasePlan | None:
         return None
 
@@ -132,7 +132,7 @@ class Refuse:
 
 class LastFreeSlot(LRUPolicy):
     def plan_lease(
-        self, slots: Sequence[Slot], req: KVRequest, *, kv_reuse: bool
+        self, slots: Sequence[Slot], req: KVRequest, *, kv_reuse: bool, can_cut: bool
     ) -> LeasePlan | None:
         free = [s for s in slots if not s.busy]
         return LeasePlan(free[-1], evicts=False) if free else None

@@ -33,18 +33,27 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def reuse_cap(req: KVRequest) -> int:
+    """At most this many of `req`'s prompt tokens can come from KV already computed: all
+    of a warm-up's, all but the last of a prompt that samples (the last one is computed
+    again for its logits)."""
+    return len(req.tokens) if req.prefill_only else max(len(req.tokens) - 1, 0)
+
+
 def reuse_of(held: Sequence[int], req: KVRequest, *, can_cut: bool) -> tuple[int, bool]:
-    """How many of `req`'s prompt tokens a sequence holding `held` can provide, and
-    whether that needs the cut of `req.drop` first: a truncated prompt continues a chain
-    with the tokens [start, end) removed, and a sequence holding that chain keeps what
-    follows them after cutting them out and shifting the rest down."""
+    """The one rule for how many of `req`'s prompt tokens a sequence holding `held` can
+    provide (never more than `reuse_cap`), and whether that needs the cut of `req.drop`
+    first: a truncated prompt continues a chain with the tokens [start, end) removed,
+    and a sequence holding that chain keeps what follows them after cutting them out
+    and shifting the rest down (only where the model's positions can shift)."""
+    cap = reuse_cap(req)
     plain = common_prefix(held, req.tokens)
     drop = req.drop
     if not can_cut or drop is None or plain < drop[0] or len(held) <= drop[1]:
-        return plain, False
+        return min(plain, cap), False
     start, end = drop
     after = start + common_prefix(held[end:], req.tokens[start:])
-    return (after, True) if after > plain else (plain, False)
+    return (min(after, cap), True) if after > plain else (min(plain, cap), False)
 
 
 @dataclass(eq=False)

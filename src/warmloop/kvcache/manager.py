@@ -28,6 +28,7 @@ from warmloop.kvcache.base import (
     Slot,
     Tier,
     common_prefix,
+    reuse_cap,
     reuse_of,
 )
 from warmloop.kvcache.host_store import HostStore, Snapshot
@@ -97,7 +98,7 @@ class KVCacheManager(KVCache):
         if own is not None and own.tenant == req.tenant:
             n = reuse_of(own.tokens, req, can_cut=self.ops.can_cut)[0]
         n = max(n, self.index.match(req.tenant, req.tokens)[0])
-        return max(n, self._best_running(req, None)[1])
+        return min(max(n, self._best_running(req, None)[1]), reuse_cap(req))
 
     def can_lease(self, req: KVRequest) -> bool:
         return self._plan(req) is not None
@@ -117,7 +118,9 @@ class KVCacheManager(KVCache):
             raise
 
     def _plan(self, req: KVRequest) -> LeasePlan | None:
-        return self.policy.plan_lease(self.slots, req, kv_reuse=self.kv_reuse)
+        return self.policy.plan_lease(
+            self.slots, req, kv_reuse=self.kv_reuse, can_cut=self.ops.can_cut
+        )
 
     def _place(self, req: KVRequest, plan: LeasePlan) -> Placement:
         target = plan.slot
@@ -127,14 +130,13 @@ class KVCacheManager(KVCache):
             if self.metrics:
                 self.metrics.slot_evictions.inc()
         tokens = req.tokens
-        cap = len(tokens) if req.prefill_only else len(tokens) - 1
+        cap = reuse_cap(req)
         if not self.kv_reuse:
             self.mover.truncate(target, 0)
             return self._claim(target, req, 0, "none")
         own, cut = (0, False)
         if target.tenant == req.tenant:
             own, cut = reuse_of(target.tokens, req, can_cut=self.ops.can_cut)
-        own = min(own, cap)
         best, source = self.match_prefix(req.tenant, tokens, exclude=target)
         best = min(best, cap)
         if best <= own:

@@ -25,7 +25,7 @@ class LeasePlan:
 
 class EvictionPolicy(Protocol):
     def plan_lease(
-        self, slots: Sequence[Slot], req: KVRequest, *, kv_reuse: bool
+        self, slots: Sequence[Slot], req: KVRequest, *, kv_reuse: bool, can_cut: bool
     ) -> LeasePlan | None:
         """The slot `req` gets, or None when it must wait."""
         ...
@@ -41,7 +41,7 @@ class LRUPolicy:
     then the least recently used idle chain; host RAM drops least recently used first."""
 
     def plan_lease(
-        self, slots: Sequence[Slot], req: KVRequest, *, kv_reuse: bool
+        self, slots: Sequence[Slot], req: KVRequest, *, kv_reuse: bool, can_cut: bool
     ) -> LeasePlan | None:
         """Order: the slot the request's connection leases (wait while it is busy); else
         the free unleased slot with the longest common prefix (least recently used on
@@ -56,7 +56,7 @@ class LRUPolicy:
             def score(s: Slot) -> tuple[int, float]:
                 same = kv_reuse and s.tenant == req.tenant
                 # A slot holding a truncated chain scores what it keeps after the cut.
-                reuse = reuse_of(s.tokens, req, can_cut=True)[0] if same else 0
+                reuse = reuse_of(s.tokens, req, can_cut=can_cut)[0] if same else 0
                 return (reuse, -s.last_used)
 
             return LeasePlan(max(free, key=score), evicts=False)

@@ -2,7 +2,8 @@
 
 The model summarizes the conversation (`previous_response_id` and/or `input`, under
 `instructions`), and the answer is the compacted item list a client sends as its next
-`input`: every user message, verbatim, then one `compaction` item holding the summary.
+`input`: the messages a compaction keeps (`prompt.compaction_keeps`: the user's, the
+system's and the developer's), verbatim, then one `compaction` item holding the summary.
 
 The summary is written as a continuation of the conversation's own chain (its prompt
 is the conversation plus one request to summarize), so for a chain whose KV is warm
@@ -20,9 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from warmloop.fleet.keys import response_id
 from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.events import output_text
-from warmloop.protocol.items import CompactionItem, Item, MessageItem, item_to_wire, new_id
+from warmloop.protocol.items import CompactionItem, Item, item_to_wire, new_id
 from warmloop.protocol.requests import IDENTIFIER_MAX_CHARS, parse_create, validation_error
 from warmloop.serving.prepare import SUMMARY_REQUEST, CallContext
+from warmloop.serving.prompt import compaction_keeps
 from warmloop.serving.responses_service import ResponsesService
 
 
@@ -66,9 +68,7 @@ async def compact(
     final = await service.collect(service.start(prepared))
     summary = output_text(final).strip()
     conversation = (prepared.previous.history if prepared.previous else ()) + prepared.new_items
-    kept: list[Item] = [
-        i for i in conversation[:-1] if isinstance(i, MessageItem) and i.role == "user"
-    ]
+    kept: list[Item] = [i for i in conversation[:-1] if compaction_keeps(i)]
     output = [*kept, CompactionItem(new_id("cmp"), summary)]
     return {
         "id": response_id(service.config.worker),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from warmloop.config import Config
-from warmloop.engine.request import SamplingParams
+from warmloop.engine.request import Job, SamplingParams
 from warmloop.fleet.keys import response_id
 from warmloop.protocol.errors import InvalidRequest, ModelNotFound, PreviousResponseNotFound
 from warmloop.protocol.items import (
@@ -34,7 +34,7 @@ from warmloop.serving.prompt import Head, PromptRenderer, compacted, kept_reason
 from warmloop.serving.sealing import Sealer
 from warmloop.serving.truncation import Piece, Tokenize, Truncation, truncate
 from warmloop.session.connection import Connection
-from warmloop.session.limits import output_budget
+from warmloop.session.limits import fits, output_budget
 from warmloop.session.response_store import ResponseStore, StoredResponse
 
 SUMMARY_REQUEST = (
@@ -60,8 +60,12 @@ class CallContext:
         return self.connection.id if self.lane is None else f"{self.connection.id}#{self.lane}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prepared:
+    """A create, checked and tokenized (worker thread), ready to start; immutable: a
+    response that compacts first gets a new one for its second phase
+    (`Preparer.after_compaction`)."""
+
     id: str
     request: CreateRequest
     ctx: CallContext
@@ -88,6 +92,19 @@ class Prepared:
     compacted_by: CompactionItem | None = None  # this prompt continues from that summary
     created_at: float = field(default_factory=time.time)
 
+    def job(self, response_id: str) -> Job:
+        """The engine job that computes this prompt for the response `response_id`."""
+        return Job(
+            id=response_id,
+            tokens=self.tokens,
+            params=self.params,
+            tenant=self.ctx.tenant,
+            lease=self.ctx.lease,
+            prefill_only=not self.request.generate,
+            shared_prefix=self.shared_prefix,
+            drop=self.drop,
+        )
+
 
 class Preparer:
     def __init__(
@@ -112,10 +129,15 @@ class Preparer:
         self.model_names = {model_id, "default", *config.model_alias}
         self._head_tokens: dict[str, int] = {}
 
-    def prepare(self, request: CreateRequest, ctx: CallContext) -> Prepared:
+    def prepare(
+        self, request: CreateRequest, ctx: CallContext, cached: StoredResponse | None = None
+    ) -> Prepared:
+        """The prepared create (worker thread; changes nothing). `cached` is the parent
+        response as the client's socket holds it (read on the event loop, which owns
+        the socket's state); otherwise the parent comes from the store."""
         body = request.body
         self._check_model(body.model)
-        previous = self._previous(body.previous_response_id, ctx)
+        previous = self._previous(body.previous_response_id, ctx.tenant, cached)
         base_history = previous.history if previous else ()
         new_items = tuple(self._resolve(request.items, base_history, ctx.tenant))
         history_in = compacted(base_history + new_items)
@@ -123,7 +145,7 @@ class Preparer:
             raise InvalidRequest("'input' must contain at least one item.", param="input")
         p = self._build(request, ctx, previous, new_items, history_in)
         if p.compaction_threshold is not None:
-            p.compaction = self._summary(p)
+            return replace(p, compaction=self._summary(p))
         return p
 
     def after_compaction(self, p: Prepared, summary: CompactionItem) -> Prepared:
@@ -132,9 +154,9 @@ class Preparer:
         KV is still in the slot; the rest is computed. Same id and creation time as
         `p`; it never compacts again."""
         history = compacted((*p.history_in, summary))
-        after = self._build(p.request, p.ctx, p.previous, p.new_items, history)
-        after.id, after.created_at, after.compacted_by = p.id, p.created_at, summary
-        return after
+        return self._build(
+            p.request, p.ctx, p.previous, p.new_items, history, same_as=p, compacted_by=summary
+        )
 
     def _build(
         self,
@@ -143,6 +165,9 @@ class Preparer:
         previous: StoredResponse | None,
         new_items: tuple[Item, ...],
         history_in: tuple[Item, ...],
+        *,
+        same_as: Prepared | None = None,  # the response this is a phase of: its id, time
+        compacted_by: CompactionItem | None = None,
     ) -> Prepared:
         body = request.body
         system = self.renderer.head(body.instructions, request.tools, _knobs(body.reasoning))
@@ -183,7 +208,9 @@ class Preparer:
         offered = () if request.tool_choice == "none" else request.tools
         family = self.renderer.family
         return Prepared(
-            id=response_id(self.config.worker),
+            id=same_as.id if same_as else response_id(self.config.worker),
+            created_at=same_as.created_at if same_as else time.time(),
+            compacted_by=compacted_by,
             request=request,
             ctx=ctx,
             previous=previous,
@@ -277,18 +304,16 @@ class Preparer:
         return None
 
     def _fits(self, prompt_tokens: int, request: CreateRequest, share: float = 1.0) -> bool:
-        """Whether a prompt this long leaves, within `share` of the context, the room that
-        truncation "auto" keeps for the output: max_output_tokens, else an eighth of the
-        context (up to --max-output-tokens), nothing for a warm-up."""
-        cfg, asked = self.config, request.body.max_output_tokens
-        if not request.generate:
-            room = 0
-        elif asked is not None:
-            room = asked
-        else:
-            room = min(cfg.max_output_tokens, cfg.ctx // 8)
-        too_many = cfg.max_input_tokens and prompt_tokens > cfg.max_input_tokens
-        return not too_many and prompt_tokens + room <= int(share * cfg.ctx)
+        cfg = self.config
+        return fits(
+            prompt_tokens,
+            request.body.max_output_tokens,
+            ctx=cfg.ctx,
+            max_output=cfg.max_output_tokens,
+            max_input=cfg.max_input_tokens,
+            generate=request.generate,
+            share=share,
+        )
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model not in self.model_names:
@@ -299,12 +324,14 @@ class Preparer:
                 param="model",
             )
 
-    def _previous(self, response_id: str | None, ctx: CallContext) -> StoredResponse | None:
+    def _previous(
+        self, response_id: str | None, tenant: str, cached: StoredResponse | None
+    ) -> StoredResponse | None:
         if response_id is None:
             return None
-        record = ctx.connection.lookup(response_id) if ctx.connection else None
+        record = cached if cached is not None and cached.id == response_id else None
         if record is None:
-            record = self.store.get(response_id, ctx.tenant)
+            record = self.store.get(response_id, tenant)
         if record is None:
             raise PreviousResponseNotFound(response_id)
         if record.response.get("status") in ("queued", "in_progress"):

@@ -99,12 +99,14 @@ def compacted(history: Sequence[Item]) -> tuple[Item, ...]:
     if not marks:
         return tuple(history)
     last = marks[-1]
-    kept = [
-        item
-        for item in history[:last]
-        if isinstance(item, MessageItem) and item.role in ("user", "system", "developer")
-    ]
-    return (*kept, *history[last:])
+    return (*[i for i in history[:last] if compaction_keeps(i)], *history[last:])
+
+
+def compaction_keeps(item: Item) -> bool:
+    """The one rule for what a compaction keeps verbatim beside its summary (the
+    endpoint's answer and `context_management` alike): the messages of the user, the
+    system and the developer."""
+    return isinstance(item, MessageItem) and item.role in ("user", "system", "developer")
 
 
 def kept_reasoning(

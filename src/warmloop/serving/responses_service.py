@@ -17,14 +17,19 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from warmloop.config import Config
-from warmloop.engine.request import Admitted, EngineHandle, Failed, Finished, Job, TokenOut
+from warmloop.engine.request import Admitted, EngineHandle, Failed, Finished, TokenOut
 from warmloop.metrics import Metrics
-from warmloop.protocol.errors import APIError, ServerError, StoreUnavailable
+from warmloop.protocol.errors import (
+    APIError,
+    PreviousResponseNotFound,
+    ServerError,
+    StoreUnavailable,
+)
 from warmloop.protocol.events import TERMINAL_EVENTS
-from warmloop.protocol.items import CompactionItem, new_id
 from warmloop.protocol.requests import CreateRequest
 from warmloop.serving import event_builder as ev
 from warmloop.serving.background import BackgroundRun, BackgroundRuns
+from warmloop.serving.compacting import CompactionPhase
 from warmloop.serving.output import response_object
 from warmloop.serving.prepare import CallContext, Prepared, Preparer
 from warmloop.serving.retrieval import Live, LiveResponses, Retrieval
@@ -34,8 +39,6 @@ from warmloop.session.limits import Admission
 from warmloop.session.response_store import ResponseStore, StoredResponse
 
 log = logging.getLogger("warmloop.responses")
-
-COMPACTING_EVERY = 32  # summary tokens per `response.compaction.compacting` event
 
 
 class ResponsesService:
@@ -105,14 +108,13 @@ class ResponsesService:
         return run, queued
 
     async def prepare_off_loop(self, request: CreateRequest, ctx: CallContext) -> Prepared:
-        """`prepare` in a worker thread (tokenizing a long prompt takes milliseconds)."""
-        return await asyncio.to_thread(self.prepare, request, ctx)
-
-    def prepare(self, request: CreateRequest, ctx: CallContext) -> Prepared:
-        """Every check that needs no engine slot, and the prompt's tokens (worker thread;
-        changes nothing)."""
+        """Every check that needs no engine slot, and the prompt's tokens. What the loop
+        owns is read here (the rate check, the socket's cached parent); the rest runs in
+        a worker thread (store reads, tokenizing) and changes nothing."""
         self.admission.check(ctx.tenant)
-        return self.preparer.prepare(request, ctx)
+        parent_id = request.body.previous_response_id
+        cached = ctx.connection.lookup(parent_id) if ctx.connection and parent_id else None
+        return await asyncio.to_thread(self.preparer.prepare, request, ctx, cached)
 
     def start(self, p: Prepared) -> AsyncGenerator[ev.Event]:
         """Admit `p` and return its event stream, or raise 429 before anything is sent.
@@ -121,27 +123,16 @@ class ResponsesService:
         step. The reservation ends when the stream ends, is closed, or is dropped
         unstarted (the finalizer), whichever comes first.
         """
-        # A response that compacts first runs its summary's job first (see _compact).
-        job = self._job(p.compaction or p, p.id)
+        if p.previous is not None and self.retrieval.was_deleted(p.previous.id):
+            raise PreviousResponseNotFound(p.previous.id)  # deleted while it was prepared
+        # A response that compacts first runs its summary's job first (compacting.py).
+        job = (p.compaction or p).job(p.id)
         live = Live(job, response_object(p, self.model_id, "in_progress", []))
         self.admission.admit(p.ctx.tenant)  # nothing after this can fail before the finalizer
         self.live.add(p.id, live)
         events = self._stream(p, live)
         weakref.finalize(events, self._release, p.id)
         return events
-
-    @staticmethod
-    def _job(p: Prepared, response_id: str) -> Job:
-        return Job(
-            id=response_id,
-            tokens=p.tokens,
-            params=p.params,
-            tenant=p.ctx.tenant,
-            lease=p.ctx.lease,
-            prefill_only=not p.request.generate,
-            shared_prefix=p.shared_prefix,
-            drop=p.drop,
-        )
 
     def _release(self, response_id: str) -> None:
         """End an admission (idempotent): the live entry and its concurrency count."""
@@ -171,10 +162,15 @@ class ResponsesService:
             yield seq(ev.response_lifecycle("created", live.snapshot))
             yield seq(ev.response_lifecycle("in_progress", live.snapshot))
             if p.compaction is not None:
-                async for event in self._compact(run, live):
+                phase = CompactionPhase(self.engine, self.preparer)
+                async for event in phase.events(run, live.job):
                     yield event
-                if run.p is p:  # the summary failed
+                if phase.after is None:
+                    assert phase.error is not None
+                    yield self._failed(run, phase.error)
                     return
+                run.continue_with(phase.after)
+                live.hand_over(phase.after.job(p.id))
             async for e in self.engine.run(live.job):
                 if isinstance(e, Admitted):
                     run.admitted(e)
@@ -191,6 +187,8 @@ class ResponsesService:
                         except StoreUnavailable as exc:
                             yield self._failed(run, exc.body())
                             return
+                        if live.deleted:  # DELETE came during the save: it holds
+                            await self._delete_saved(p.id, live.job.tenant)
                     if connection is not None and not live.deleted:
                         # Only now can the socket continue it: saved, or store:false.
                         dropped = connection.remember(record, p.ctx.lease)
@@ -209,40 +207,15 @@ class ResponsesService:
         finally:
             self._release(p.id)
 
-    async def _compact(self, run: ResponseRun, live: Live) -> AsyncGenerator[ev.Event]:
-        """context_management: write the summary of the conversation (output item 0,
-        with `response.compaction.compacting` events while it is sampled), then move
-        the response onto the compacted prompt. The summary continues the chain's KV;
-        the compacted prompt shares its head with it. Leaves `run.p` as it was when
-        the summary failed (the failed event is sent)."""
-        p, summary_job = run.p, live.job
-        assert p.compaction is not None
-        item_id = new_id("cmp")
-        yield run.seq(ev.compaction_added(0, item_id))
-        text: list[str] = []  # one piece per sampled token
-        cached = 0
-        async for e in self.engine.run(summary_job):
-            if isinstance(e, Admitted):
-                cached = e.cached_tokens
-            elif isinstance(e, TokenOut):
-                text.append(e.text)
-                if len(text) % COMPACTING_EVERY == 1:
-                    yield run.seq(ev.compaction_compacting(0, item_id))
-            elif isinstance(e, Finished):
-                run.compacted(p.compaction, cached, e)
-            elif isinstance(e, Failed):
-                yield self._failed(run, {"code": "server_error", "message": e.message})
-                return
-        summary = CompactionItem(item_id, "".join(text).strip())
-        yield run.out.add(summary)
+    async def _delete_saved(self, response_id: str, tenant: str) -> None:
         try:
-            after = await asyncio.to_thread(self.preparer.after_compaction, p, summary)
-        except APIError as exc:  # e.g. the compacted prompt still does not fit
-            yield self._failed(run, {"code": exc.code, "message": exc.message})
-            return
-        run.p = after
-        live.job = self._job(after, p.id)
-        live.job.cancelled = summary_job.cancelled  # a cancel during the summary holds
+            await asyncio.to_thread(self.store.delete, response_id, tenant)
+        except StoreUnavailable:
+            log.warning(
+                "response %s was deleted while it was saved; the store is down, so "
+                "its record stays",
+                response_id,
+            )
 
     def _failed(self, run: ResponseRun, error: dict[str, Any]) -> ev.Event:
         p = run.p

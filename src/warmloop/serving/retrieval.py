@@ -4,12 +4,18 @@ input_items over it and the store.
 A running response is answered from its live snapshot, a finished one from the store;
 DELETE cancels a running one (it is then never saved) and makes every open connection
 of the tenant forget it, so no socket can continue a deleted id.
+
+Threads: everything here but the store is the event loop's (the registry of running
+responses, their jobs' cancel flags, the connections' caches). The methods are
+coroutines that change that state on the loop, in one step, and only then hand the
+store's reads and writes to a worker thread.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +25,8 @@ from warmloop.protocol.errors import InvalidRequest, NotFound
 from warmloop.protocol.items import item_to_wire
 from warmloop.session.connection import Connection
 from warmloop.session.response_store import ResponseStore, StoredResponse
+
+DELETED_KEPT = 4096
 
 
 @dataclass
@@ -30,22 +38,25 @@ class Live:
     snapshot: dict[str, Any]
     deleted: bool = False  # DELETE arrived while it ran: it is cancelled and never saved
 
+    def hand_over(self, job: Job) -> None:
+        """The response's next phase runs `job` (its summary's job came first): a cancel
+        that reached the first holds for it."""
+        job.cancelled = job.cancelled or self.job.cancelled
+        self.job = job
+
 
 class LiveResponses:
-    """Running responses by id (the event loop adds and removes; GET, cancel and DELETE
-    read from worker threads)."""
+    """Running responses by id. Owned by the event loop: only code running there adds,
+    removes or reads entries."""
 
     def __init__(self) -> None:
         self._live: dict[str, Live] = {}
-        self._lock = threading.Lock()
 
     def add(self, response_id: str, live: Live) -> None:
-        with self._lock:
-            self._live[response_id] = live
+        self._live[response_id] = live
 
     def pop(self, response_id: str) -> Live | None:
-        with self._lock:
-            return self._live.pop(response_id, None)
+        return self._live.pop(response_id, None)
 
     def of(self, response_id: str, tenant: str) -> Live | None:
         live = self._live.get(response_id)
@@ -64,16 +75,26 @@ class Retrieval:
         self.cancel_job = cancel
         # Open WebSocket connections, so a DELETE can drop a response from their caches.
         self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+        # Ids deleted lately: a create prepared before the DELETE and started after it
+        # must not continue one (the newest DELETED_KEPT)
+        self._deleted: OrderedDict[str, None] = OrderedDict()
 
-    def get(self, response_id: str, tenant: str) -> dict[str, Any]:
+    def was_deleted(self, response_id: str) -> bool:
+        return response_id in self._deleted
+
+    async def get(self, response_id: str, tenant: str) -> dict[str, Any]:
         live = self.live.of(response_id, tenant)
         if live is not None and not live.deleted:
             return live.snapshot
-        return self._record(response_id, tenant).response
+        return (await self._record(response_id, tenant)).response
 
-    def delete(self, response_id: str, tenant: str) -> dict[str, Any]:
-        """Delete a stored response. A running one is cancelled and will not be saved;
-        no connection can continue a deleted id afterwards."""
+    async def delete(self, response_id: str, tenant: str) -> dict[str, Any]:
+        """Delete a stored response. A running one is cancelled and will not be saved
+        (one being saved deletes its own record: `ResponsesService._stream`); no
+        connection can continue a deleted id afterwards."""
+        self._deleted[response_id] = None
+        while len(self._deleted) > DELETED_KEPT:
+            self._deleted.popitem(last=False)
         live = self.live.of(response_id, tenant)
         if live is not None:
             live.deleted = True
@@ -81,22 +102,24 @@ class Retrieval:
         for connection in list(self.connections):
             if connection.tenant == tenant:
                 connection.forget(response_id)
-        if not self.store.delete(response_id, tenant) and live is None:
+        deleted = await asyncio.to_thread(self.store.delete, response_id, tenant)
+        if not deleted and live is None:
             raise _not_found(response_id)
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 
-    def cancel(self, response_id: str, tenant: str) -> dict[str, Any]:
+    async def cancel(self, response_id: str, tenant: str) -> dict[str, Any]:
         live = self.live.of(response_id, tenant)
         if live is not None:
             self.cancel_job(live.job)
             return {**live.snapshot, "status": "cancelled"}
         # Already finished: answer with the response as it is (the SDK retries cancels).
-        return self.get(response_id, tenant)
+        return await self.get(response_id, tenant)
 
-    def input_items(
+    async def input_items(
         self, response_id: str, tenant: str, *, after: str | None, limit: int, order: str
     ) -> dict[str, Any]:
-        items = [item_to_wire(i) for i in self._record(response_id, tenant).input_items]
+        record = await self._record(response_id, tenant)
+        items = [item_to_wire(i) for i in record.input_items]
         if order == "desc":
             items.reverse()
         if after is not None:
@@ -113,8 +136,8 @@ class Retrieval:
             "has_more": len(items) > limit,
         }
 
-    def _record(self, response_id: str, tenant: str) -> StoredResponse:
-        record = self.store.get(response_id, tenant)
+    async def _record(self, response_id: str, tenant: str) -> StoredResponse:
+        record = await asyncio.to_thread(self.store.get, response_id, tenant)
         if record is None:
             raise _not_found(response_id)
         return record

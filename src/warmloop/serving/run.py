@@ -44,6 +44,12 @@ class ResponseRun:
     def admitted(self, e: Admitted) -> None:
         self.cached, self.tier = e.cached_tokens, e.tier
 
+    def continue_with(self, p: Prepared) -> None:
+        """The response's next phase (after its compaction) computes `p`: the same
+        response, its prompt compacted. Its output and events go on."""
+        assert p.id == self.p.id
+        self.p = p
+
     def compacted(self, summary_job: Prepared, cached: int, fin: Finished) -> None:
         """The summary was written: its tokens count in this response's usage."""
         self.compaction = (len(summary_job.tokens), cached, fin.output_tokens)

@@ -3,6 +3,10 @@
 With `store: false` the most recent responses of a connection live only here; a
 `previous_response_id` naming one of them continues it. The connection id doubles as
 the engine lease key, so the connection's slot stays pinned across tool pauses.
+
+Owned by the event loop: the socket's tasks, the service (remembering a finished
+response) and DELETE (forgetting one) all run there; a create reads its cached parent
+there before the rest of its preparation goes to a worker thread.
 """
 
 from __future__ import annotations

@@ -103,8 +103,9 @@ def output_budget(
     max_input: int,
     generate: bool = True,
 ) -> int:
-    """How many tokens the response may generate: what it asked for, else what fits in
-    the context up to `max_output`. 400 when the input or the request cannot fit."""
+    """How many tokens the response may generate: what it asked for, else what is left
+    of the context up to `max_output` (at least `output_room` when the prompt was cut
+    to `fits`). 400 when the input or the request cannot fit."""
     if max_input and prompt_tokens > max_input:
         raise InvalidRequest(
             f"The input has {prompt_tokens} tokens; this server accepts at most {max_input}.",
@@ -133,3 +134,30 @@ def output_budget(
             param="input",
         )
     return min(max_output, room)
+
+
+def output_room(requested: int | None, *, ctx: int, max_output: int, generate: bool) -> int:
+    """The room for the output a prompt must leave free in the context when the server
+    chooses what to keep (truncation "auto"): max_output_tokens when asked for, else an
+    eighth of the context up to `max_output`; nothing for a warm-up."""
+    if not generate:
+        return 0
+    return requested if requested is not None else min(max_output, ctx // 8)
+
+
+def fits(
+    prompt_tokens: int,
+    requested: int | None,
+    *,
+    ctx: int,
+    max_output: int,
+    max_input: int,
+    generate: bool = True,
+    share: float = 1.0,
+) -> bool:
+    """Whether a prompt this long is accepted and leaves `output_room` within `share`
+    of the context."""
+    if max_input and prompt_tokens > max_input:
+        return False
+    room = output_room(requested, ctx=ctx, max_output=max_output, generate=generate)
+    return prompt_tokens + room <= int(share * ctx)

@@ -53,6 +53,15 @@ class StoredResponse:
         return 512 + own + chain + 8 * len(self.history) + response
 
 
+def expires_at(record: StoredResponse, ttl_s: float | None) -> float | None:
+    """The one rule for when a stored response expires, in every store: `ttl_s` after it
+    was created (the response's own `created_at`, wall-clock seconds); None: never."""
+    if not ttl_s:
+        return None
+    created = record.response.get("created_at")
+    return (float(created) if created is not None else time.time()) + ttl_s
+
+
 class ResponseStore(Protocol):
     """Where store:true responses live. `save` returns once the record is durable."""
 
@@ -133,10 +142,8 @@ class InMemoryResponseStore:
             return record
 
     def _expired(self, record: StoredResponse) -> bool:
-        if not self.ttl_s:
-            return False
-        now = time.time()
-        return now > float(record.response.get("created_at") or now) + self.ttl_s
+        until = expires_at(record, self.ttl_s)
+        return until is not None and time.time() > until
 
     def delete(self, response_id: str, owner: str) -> bool:
         with self._lock:

@@ -27,7 +27,7 @@ from typing import Any
 from warmloop.fleet.keys import worker_of
 from warmloop.protocol.errors import StoreUnavailable
 from warmloop.protocol.items import Item, ItemReference, item_to_wire, parse_item
-from warmloop.session.response_store import InMemoryResponseStore, StoredResponse
+from warmloop.session.response_store import InMemoryResponseStore, StoredResponse, expires_at
 
 log = logging.getLogger("warmloop.store")
 
@@ -227,12 +227,12 @@ class SQLResponseStore:
     # ----- API -------------------------------------------------------------------------
     async def save(self, record: StoredResponse) -> None:
         """Persist `record`; returns once it is committed. Raises StoreUnavailable."""
-        now = time.time()
+        created = record.response.get("created_at")
         row = (
             record.id,
             record.owner,
-            now,
-            now + self.ttl_s if self.ttl_s else None,
+            float(created) if created is not None else time.time(),
+            expires_at(record, self.ttl_s),
             record.response.get("status", ""),
             json.dumps(record.response, ensure_ascii=False),
             _items_json(record.input_items),

@@ -176,21 +176,19 @@ async def get_response(
     if stream:
         run = rt.service.background.get(response_id, tenant)
         return TimedStreamingResponse(sse_frames(run.follow(starting_after)), rt)
-    # store reads and writes may touch the disk: never on the event loop
-    retrieval = rt.service.retrieval
-    return JSONResponse(await asyncio.to_thread(retrieval.get, response_id, tenant))
+    return JSONResponse(await rt.service.retrieval.get(response_id, tenant))
 
 
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(request: Request, response_id: str) -> Response:
     retrieval = runtime(request).service.retrieval
-    return JSONResponse(await asyncio.to_thread(retrieval.delete, response_id, tenant_of(request)))
+    return JSONResponse(await retrieval.delete(response_id, tenant_of(request)))
 
 
 @router.post("/v1/responses/{response_id}/cancel")
 async def cancel_response(request: Request, response_id: str) -> Response:
     retrieval = runtime(request).service.retrieval
-    return JSONResponse(await asyncio.to_thread(retrieval.cancel, response_id, tenant_of(request)))
+    return JSONResponse(await retrieval.cancel(response_id, tenant_of(request)))
 
 
 @router.get("/v1/responses/{response_id}/input_items")
@@ -205,8 +203,7 @@ async def list_input_items(
         raise InvalidRequest("'limit' must be between 1 and 100.", param="limit")
     if order not in ("asc", "desc"):
         raise InvalidRequest("'order' must be 'asc' or 'desc'.", param="order")
-    page = await asyncio.to_thread(
-        runtime(request).service.retrieval.input_items,
+    page = await runtime(request).service.retrieval.input_items(
         response_id,
         tenant_of(request),
         after=after,
