@@ -29,13 +29,13 @@ def fake(s: Scheduler) -> FakeKV:
 
 def admit_all(s: Scheduler) -> list[Sequence]:
     for j, placement in s.admissions():
-        s.running.append(Sequence(j, placement.slot, None, placement.reuse))
+        s.start(Sequence(j, placement.slot, None, placement.reuse))
     return s.running
 
 
 def decoding(s: Scheduler, tokens: list[int]) -> Sequence:
     """A running sequence whose prompt is computed and whose next token is sampled."""
-    s.waiting.append(job(tokens))
+    s.submit(job(tokens))
     seq = admit_all(s)[-1]
     compute(fake(s), seq.slot, tokens[len(seq.slot.tokens) :])
     seq.next_token = 7
@@ -44,7 +44,7 @@ def decoding(s: Scheduler, tokens: list[int]) -> Sequence:
 
 def test_prefill_alone_gets_the_whole_batch_and_logits_at_its_end() -> None:
     s = scheduler()
-    s.waiting.append(job(range(100, 400)))
+    s.submit(job(range(100, 400)))
     (seq,) = admit_all(s)
     plan = s.plan()
     assert [len(c) for _, c in plan.chunks] == [300]
@@ -55,7 +55,7 @@ def test_prefill_alone_gets_the_whole_batch_and_logits_at_its_end() -> None:
 def test_decodes_first_then_a_bounded_chunk() -> None:
     s = scheduler(chunk=64, factor=0)  # fixed chunks
     a, b = decoding(s, [1, 2, 3]), decoding(s, [4, 5])
-    s.waiting.append(job(range(1000, 1300)))
+    s.submit(job(range(1000, 1300)))
     admit_all(s)
     plan = s.plan()
     assert plan.decodes == [a, b] and [r.token for r in plan.rows[:2]] == [7, 7]
@@ -88,7 +88,7 @@ def test_stall_controller_sizes_chunks_to_the_bound() -> None:
 def test_admission_is_oldest_first_and_a_blocked_job_does_not_block_others() -> None:
     s = scheduler(n_slots=2, running=2)
     first = job([1, 2, 3], lease="c1")
-    s.waiting.append(first)
+    s.submit(first)
     admit_all(s)
     compute(fake(s), s.running[0].slot, [1, 2, 3])
     # c1's slot is busy: its next job waits; a younger job of another connection runs
@@ -114,8 +114,8 @@ def test_the_shortest_remaining_prompt_prefills_first() -> None:
     before it: it finishes in this step, the long one takes what is left."""
     s = scheduler(chunk=128, factor=0)
     a = decoding(s, [1, 2, 3])
-    s.waiting.append(job(range(1000, 1400)))  # cold: 400 tokens
-    s.waiting.append(job(range(2000, 2030)))  # a delta: 30 tokens
+    s.submit(job(range(1000, 1400)))  # cold: 400 tokens
+    s.submit(job(range(2000, 2030)))  # a delta: 30 tokens
     long, short = admit_all(s)[1:]
     plan = s.plan()
     assert plan.decodes == [a]
@@ -150,14 +150,14 @@ def test_a_job_with_its_own_warm_chain_does_not_wait_for_a_shared_head() -> None
     s = scheduler(chunk=512, factor=0)
     head = list(range(1000, 1300))
     mine = job([*head, 1], lease="c1")
-    s.waiting.append(mine)
+    s.submit(mine)
     (warm,) = admit_all(s)
     compute(fake(s), warm.slot, [*head, 1])
     s.kv.finish(warm.slot)
     s.running.clear()
-    s.waiting.append(job([*range(1000, 1400), 9]))  # cold: 400 tokens share the 300
+    s.submit(job([*range(1000, 1400), 9]))  # cold: 400 tokens share the 300
     (lead,) = admit_all(s)
     # c1's next turn shares 300 tokens with the prefilling job but its own slot holds
     # them already: it runs now instead of waiting.
-    s.waiting.append(job([*head, 1, 2, 3], lease="c1"))
+    s.submit(job([*head, 1, 2, 3], lease="c1"))
     assert len(admit_all(s)) == 2 and not s.waiting and lead.prefilling

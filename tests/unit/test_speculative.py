@@ -63,10 +63,10 @@ def scheduler(batch: int = 512, ctx: int = 4096) -> Scheduler:
 def decoding(s: Scheduler, prompt: list[int], next_token: int, max_tokens: int = 100) -> Sequence:
     j = job(prompt)
     j.params = replace(j.params, max_tokens=max_tokens)
-    s.waiting.append(j)
+    s.submit(j)
     ((_, placement),) = s.admissions()
     seq = Sequence(j, placement.slot, None, placement.reuse)
-    s.running.append(seq)
+    s.start(seq)
     assert s.kv.__class__.__name__ == "KVCacheManager"
     compute(s.kv.ops, seq.slot, prompt)  # type: ignore[attr-defined]
     seq.drafter = Drafter([*prompt, next_token], max_draft=8)

@@ -166,7 +166,7 @@ class Engine:
         if reason is not None:
             job.post(Failed(f"request can never be served: {reason}"))
         else:
-            self.scheduler.waiting.append(job)
+            self.scheduler.submit(job)
 
     def _loop(self) -> None:
         try:
@@ -175,9 +175,7 @@ class Engine:
             # Fail loudly: healthz turns 503, every job ends with an error, none hangs.
             self._dead = True
             log.critical("engine thread died; the server cannot generate", exc_info=True)
-            for seq in list(self.scheduler.running):
-                seq.job.post(Failed("the engine stopped"))
-            for job in self.scheduler.waiting:
+            for job in self.scheduler.clear():
                 job.post(Failed("the engine stopped"))
             raise
 
@@ -203,20 +201,19 @@ class Engine:
     def _serve(self) -> None:
         sched = self.scheduler
         while not self._stop:
-            idle = not sched.running and not sched.waiting
+            idle = sched.idle()
             self._run_commands(idle)
             if self._stop:
                 break
             try:
-                for seq in [r for r in sched.running if r.job.cancelled]:
+                for seq in sched.cancelled_running():
                     self._finish(seq, "cancelled")
                 for job in sched.drop_cancelled_waiting():
                     # Cancelled before it had a slot: it ends here, with nothing computed.
                     job.post(Finished("cancelled", 0, tuple(job.tokens), 0.0, 0.0))
                 for job, placement in sched.admissions():
                     self._start(job, placement)
-                while sched.refused:
-                    job, exc = sched.refused.pop()
+                for job, exc in sched.take_refused():
                     log.error("job %s: placement failed: %r", job.id, exc)
                     job.post(Failed(f"could not place the request on a slot: {exc}"))
                 if sched.running:
@@ -227,7 +224,7 @@ class Engine:
                     self._fail(seq, f"engine error: {exc}")
         for seq in list(sched.running):
             self._finish(seq, "cancelled")
-        for job in sched.waiting:
+        for job in sched.clear():
             job.post(Failed("server is shutting down"))
 
     def _start(self, job: Job, placement: Placement) -> None:
@@ -246,7 +243,7 @@ class Engine:
         greedy = job.params.temperature <= 0 and job.params.grammar is None
         if self.config.max_draft > 0 and sampler is not None and greedy:
             seq.drafter = Drafter(job.tokens, self.config.max_draft)
-        self.scheduler.running.append(seq)
+        self.scheduler.start(seq)
         job.post(Admitted(slot.id, len(job.tokens), placement.reuse, placement.tier))
 
     def _step(self) -> None:
@@ -265,12 +262,11 @@ class Engine:
         sched.observe(plan, elapsed_ms)
         for seq in plan.decodes:
             assert seq.next_token is not None
-            seq.slot.tokens.append(seq.next_token)
-            seq.slot.tokens.extend(seq.draft)  # verified (and trimmed) below
+            self.kv.computed(seq.slot, [seq.next_token, *seq.draft])  # drafts: verified below
             seq.next_token = None
             seq.decode_ms += elapsed_ms
         for seq, chunk in plan.chunks:
-            seq.slot.tokens.extend(chunk)
+            self.kv.computed(seq.slot, chunk)
             seq.prefill_ms += elapsed_ms
         for seq, idx in plan.samples:
             if seq.draft:
@@ -334,7 +330,7 @@ class Engine:
         return True
 
     def _finish(self, r: Sequence, reason: FinishReason) -> None:
-        self.scheduler.running.remove(r)
+        self.scheduler.remove(r)
         tail = r.utf8.decode(b"", final=True)
         if tail:
             r.job.post(TokenOut(-1, tail))
@@ -354,8 +350,7 @@ class Engine:
         )
 
     def _fail(self, r: Sequence, message: str) -> None:
-        if r in self.scheduler.running:
-            self.scheduler.running.remove(r)
+        self.scheduler.remove(r)
         if r.sampler is not None:
             r.sampler.free()
         self.kv.finish(r.slot)

@@ -27,7 +27,7 @@ from warmloop.engine.backend import BatchRow
 from warmloop.engine.request import Job
 from warmloop.engine.sampling import Sampler
 from warmloop.engine.speculative import MAX_DECODING, Drafter
-from warmloop.kvcache.base import KVCache, Placement, Slot, common_prefix
+from warmloop.kvcache.base import KVCache, Placement, Slot, common_prefix, reuse_cap
 
 STALL_MARGIN = 0.75  # of the extra time a prefilling step may take
 # A job waits for a prefilling sequence that will give it at least this many more tokens
@@ -75,7 +75,7 @@ class Scheduler:
         prefill_chunk: int,
         max_running: int,
         ctx_per_seq: int,
-        stall_factor: float = 2.0,
+        stall_factor: float,  # the flag's (--prefill-stall-factor); 0: fixed chunks
     ) -> None:
         self.kv = kv
         self.batch_tokens = batch_tokens
@@ -88,6 +88,35 @@ class Scheduler:
         self.waiting: deque[Job] = deque()
         self.running: list[Sequence] = []
         self.refused: list[tuple[Job, Exception]] = []  # placement raised: fail these
+
+    # ----- the queues: only these methods change them -----------------------------------
+    def submit(self, job: Job) -> None:
+        self.waiting.append(job)
+
+    def start(self, seq: Sequence) -> None:
+        self.running.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        """`seq` ended (finished or failed); nothing happens if it was gone already."""
+        if seq in self.running:
+            self.running.remove(seq)
+
+    def idle(self) -> bool:
+        return not self.running and not self.waiting
+
+    def cancelled_running(self) -> list[Sequence]:
+        return [s for s in self.running if s.job.cancelled]
+
+    def take_refused(self) -> list[tuple[Job, Exception]]:
+        """The jobs whose placement raised since the last call (the engine fails them)."""
+        refused, self.refused = self.refused, []
+        return refused
+
+    def clear(self) -> list[Job]:
+        """Empty both queues (the engine stops): every job that was in them."""
+        jobs = [s.job for s in self.running] + list(self.waiting)
+        self.running, self.waiting = [], deque()
+        return jobs
 
     # ----- admission ---------------------------------------------------------------------
     def never_fits(self, job: Job) -> str | None:
@@ -116,7 +145,7 @@ class Scheduler:
         still prefilling a prefix `job` shares, at least SHARE_MIN_TOKENS beyond what `job`
         could reuse now: `job` waits for it, then forks its KV (a busy slot's computed
         prefix is final)."""
-        cap = len(job.tokens) - (0 if job.prefill_only else 1)
+        cap = reuse_cap(job)
         best: tuple[Slot | None, int] = (None, 0)
         pairs = [(q.job, q.slot) for q in self.running] + [(j, p.slot) for j, p in admitted]
         for other, holder in pairs:

@@ -128,12 +128,17 @@ class KVCache(Protocol):
         ...
 
     def finish(self, slot: Slot) -> None:
-        """The slot's job ended (the engine appended what it computed to `slot.tokens`):
+        """The slot's job ended (what it computed was added with `computed`):
         it is idle and matchable again; the pin stays."""
         ...
 
     def clear(self, slot: Slot) -> None:
         """Forget the slot's KV (its content is unknown after a failed decode)."""
+        ...
+
+    def computed(self, slot: Slot, tokens: Sequence[int]) -> None:
+        """A busy slot's sequence now holds the KV of `tokens` too (the engine decoded
+        them): the one way a slot's tokens grow."""
         ...
 
     def trim(self, slot: Slot, keep: int) -> None:

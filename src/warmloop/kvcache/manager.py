@@ -244,6 +244,10 @@ class KVCacheManager(KVCache):
         self.index.remove(slot)
         self.mover.truncate(slot, 0)
 
+    def computed(self, slot: Slot, tokens: Sequence[int]) -> None:
+        assert slot.busy  # busy: not in the index, so only its list changes
+        slot.tokens.extend(tokens)
+
     def trim(self, slot: Slot, keep: int) -> None:
         assert slot.busy and 0 < keep <= len(slot.tokens)  # busy: not in the index
         self.mover.truncate(slot, keep)
