@@ -55,6 +55,7 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/vulture src/warmloop vulture_whitelist.py --min-confidence 60
 
 test: lint
 	$(BIN)/pytest -q

@@ -31,7 +31,7 @@ from typing import Any
 from warmloop.app import build_engine
 from warmloop.config import Config
 from warmloop.engine.engine import Engine
-from warmloop.engine.request import Admitted, Finished, Job, SamplingParams, TokenOut
+from warmloop.engine.request import Finished, Job, Placed, SamplingParams, TokenOut
 
 ROOT = Path(__file__).resolve().parent
 
@@ -54,7 +54,7 @@ async def run_job(engine: Engine, tokens: list[int], max_tokens: int, seed: int)
     cached = 0
     fin: Finished | None = None
     async for ev in engine.run(job):
-        if isinstance(ev, Admitted):
+        if isinstance(ev, Placed):
             cached = ev.cached_tokens
         elif isinstance(ev, TokenOut) and ev.token >= 0:
             stamps.append(time.perf_counter())

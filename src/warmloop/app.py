@@ -175,7 +175,7 @@ def create_app(config: Config, transports: Transports | None = None) -> FastAPI:
         app.state.runtime = runtime
         log.info(
             "warmloop worker %s serving %s (%s tool calls) on %d slots x %d tokens (kv reuse %s)",
-            config.worker,
+            config.response_worker,
             runtime.service.model_id,
             runtime.service.preparer.renderer.family.name,
             config.slots,

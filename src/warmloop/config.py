@@ -297,9 +297,11 @@ class Config(BaseSettings):
         return self
 
     @cached_property
-    def worker(self) -> str:
-        """The worker id: --worker-id, else derived from the listening address (once:
-        every response id carries it)."""
+    def response_worker(self) -> str:
+        """The worker id every response id carries (resp_<id>_…) and every answer names
+        (x-warmloop-worker): --worker-id, else derived from the listening address. Not
+        `worker_id`, which is set only for a worker of a fleet (it decides which
+        unfinished records a restart may fail: `ResponseStore.fail_unfinished`)."""
         return self.worker_id or derive_worker_id(self.host, self.port)
 
     @cached_property

@@ -16,6 +16,6 @@ def server(config: Config, *, log_level: str | None = None) -> Server:
     transports = Transports()
     app = create_app(config, transports)
     uvicorn = uvicorn_config(
-        config, WorkerHeader(app, config.worker), transports, log_level=log_level
+        config, WorkerHeader(app, config.response_worker), transports, log_level=log_level
     )
     return DrainingServer(uvicorn, app, config.drain_timeout)

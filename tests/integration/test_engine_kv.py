@@ -142,7 +142,7 @@ async def test_engine_integrity_check_sees_the_real_sequences() -> None:
     reported, on the caller's thread."""
     from warmloop.app import build_engine
     from warmloop.config import Config
-    from warmloop.engine.request import Admitted, Finished, Job, SamplingParams
+    from warmloop.engine.request import Finished, Job, Placed, SamplingParams
     from warmloop.kvcache.base import KVIntegrityError
 
     engine = build_engine(Config(ctx=256, slots=1, threads=1, kv_host_budget=10**8))
@@ -155,7 +155,7 @@ async def test_engine_integrity_check_sees_the_real_sequences() -> None:
                 events = [e async for e in engine.run(Job(f"j{i}", tokens, params, lease=lease))]
                 assert isinstance(events[-1], Finished)
                 engine.check_integrity()
-        assert isinstance(events[0], Admitted) and events[0].tier == "host"  # c1's is back
+        assert isinstance(events[0], Placed) and events[0].tier == "host"  # c1's is back
         slot = engine.kv.slots[0]
         assert len(slot.tokens) > len(a)  # the prompt and what was generated
         engine._inbox.put(lambda: engine.backend.seq_truncate(0, 10))

@@ -102,7 +102,7 @@ def job(
 
 def start(mgr: KVCacheManager, kv: FakeKV, j: KVRequest) -> Placement:
     """Place `j` and compute the rest of its prompt, as the engine would."""
-    p = mgr.lease(j)
+    p = mgr.place(j)
     assert p is not None
     assert p.slot.tokens == list(j.tokens[: p.reuse])
     assert kv.tokens(p.slot.id) == p.slot.tokens

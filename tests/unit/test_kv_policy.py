@@ -10,7 +10,7 @@ from typing import Any
 from tests.unit.fake_kv import job, make, run, start
 from warmloop.kvcache.base import KVRequest, Slot
 from warmloop.kvcache.host_store import HostStore, Snapshot
-from warmloop.kvcache.policy import LeasePlan, LRUPolicy
+from warmloop.kvcache.policy import LRUPolicy, SlotPlan
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,17 @@ def state(slots: list[Slot]) -> list[dict[str, Any]]:
     return [{**vars(s), "tokens": list(s.tokens)} for s in slots]
 
 
-def plan(slots: list[Slot], req: Req, *, kv_reuse: bool = True) -> LeasePlan | None:
+def plan(slots: list[Slot], req: Req, *, kv_reuse: bool = True) -> SlotPlan | None:
     """The policy's plan, checking that making it changed no slot."""
     before = state(slots)
-    p = LRUPolicy().plan_lease(slots, req, kv_reuse=kv_reuse, can_cut=True)
+    p = LRUPolicy().plan_slot(slots, req, kv_reuse=kv_reuse, can_cut=True)
     assert state(slots) == before
     return p
 
 
 def test_the_connections_own_slot_first_even_without_a_prefix() -> None:
     slots = [slot(0, [1, 2, 3], at=1.0), slot(1, [9], lease="c1", at=5.0), slot(2)]
-    assert plan(slots, Req((1, 2, 3, 4), lease="c1")) == LeasePlan(slots[1], evicts=False)
+    assert plan(slots, Req((1, 2, 3, 4), lease="c1")) == SlotPlan(slots[1], evicts=False)
 
 
 def test_a_busy_own_slot_means_wait_although_others_are_free() -> None:
@@ -67,11 +67,11 @@ def test_free_slot_with_the_longest_prefix_then_least_recently_used() -> None:
         slot(2, [1, 2, 3, 4, 5, 6], tenant="B", at=0.5),  # longer, but another tenant's
         slot(3, [1, 2, 3, 4, 5], lease="c9", at=0.0),  # longer, but pinned to c9
     ]
-    assert plan(slots, Req((1, 2, 3, 4, 5, 7))) == LeasePlan(slots[1], evicts=False)
+    assert plan(slots, Req((1, 2, 3, 4, 5, 7))) == SlotPlan(slots[1], evicts=False)
     slots[0].tokens = [1, 2, 3, 4]  # a tie: the least recently used wins
-    assert plan(slots, Req((1, 2, 3, 4, 5, 7))) == LeasePlan(slots[0], evicts=False)
+    assert plan(slots, Req((1, 2, 3, 4, 5, 7))) == SlotPlan(slots[0], evicts=False)
     # without KV reuse prefixes do not count: the least recently used free slot
-    assert plan(slots, Req((1, 2, 3, 4, 5, 7)), kv_reuse=False) == LeasePlan(slots[2], False)
+    assert plan(slots, Req((1, 2, 3, 4, 5, 7)), kv_reuse=False) == SlotPlan(slots[2], False)
 
 
 def test_no_free_slot_evicts_the_least_recently_used_idle_chain() -> None:
@@ -80,7 +80,7 @@ def test_no_free_slot_evicts_the_least_recently_used_idle_chain() -> None:
         slot(1, [2], lease="c2", at=1.0),
         slot(2, [3], lease="c3", busy=True, at=0.0),  # older, but running
     ]
-    assert plan(slots, Req((4,), lease="c4")) == LeasePlan(slots[1], evicts=True)
+    assert plan(slots, Req((4,), lease="c4")) == SlotPlan(slots[1], evicts=True)
     for s in slots:
         s.busy = True
     assert plan(slots, Req((4,))) is None
@@ -121,9 +121,9 @@ def test_room_for_everything_means_no_victims() -> None:
 
 # ----- the manager takes its policy ----------------------------------------------------
 class Refuse:
-    def plan_lease(
+    def plan_slot(
         self, slots: Sequence[Slot], req: KVRequest, *, kv_reuse: bool, can_cut: bool
-    ) -> LeasePlan | None:
+    ) -> SlotPlan | None:
         return None
 
     def plan_host(self, host: HostStore, nbytes: int) -> list[Snapshot]:
@@ -131,17 +131,17 @@ class Refuse:
 
 
 class LastFreeSlot(LRUPolicy):
-    def plan_lease(
+    def plan_slot(
         self, slots: Sequence[Slot], req: KVRequest, *, kv_reuse: bool, can_cut: bool
-    ) -> LeasePlan | None:
+    ) -> SlotPlan | None:
         free = [s for s in slots if not s.busy]
-        return LeasePlan(free[-1], evicts=False) if free else None
+        return SlotPlan(free[-1], evicts=False) if free else None
 
 
 def test_can_lease_is_the_policy_returning_a_plan() -> None:
     mgr, _ = make(2, policy=Refuse())
-    assert not mgr.can_lease(job([1]))
-    assert mgr.lease(job([1])) is None and mgr.in_use() == 0
+    assert not mgr.can_place(job([1]))
+    assert mgr.place(job([1])) is None and mgr.in_use() == 0
 
 
 def test_the_manager_places_on_the_planned_slot() -> None:

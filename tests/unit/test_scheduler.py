@@ -28,8 +28,8 @@ def fake(s: Scheduler) -> FakeKV:
 
 
 def admit_all(s: Scheduler) -> list[Sequence]:
-    for j, placement in s.admissions():
-        s.start(Sequence(j, placement.slot, None, placement.reuse))
+    for j, placement in s.placements():
+        s.start(Sequence(j, placement.slot, None))
     return s.running
 
 
@@ -142,7 +142,7 @@ def test_sessions_that_start_together_compute_a_shared_head_once() -> None:
     compute(fake(s), lead.slot, [*head[200:], 1])  # the head is computed
     forks = admit_all(s)[2:]
     assert [q.job for q in forks] == same and not s.waiting
-    assert all(q.reused == len(head) for q in forks)
+    assert all(len(q.slot.tokens) == len(head) for q in forks)  # what each reused
     assert all(fake(s).tokens(q.slot.id) == head for q in forks)
 
 

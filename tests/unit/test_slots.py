@@ -30,7 +30,7 @@ def test_slot_is_busy_from_lease_to_finish() -> None:
 
 def test_first_placement_reuses_nothing() -> None:
     mgr, _ = make(2)
-    p = mgr.lease(job(range(10)))
+    p = mgr.place(job(range(10)))
     assert p is not None and p.reuse == 0 and p.tier == "none"
     assert p.slot.busy and mgr.in_use() == 1
 
@@ -40,7 +40,7 @@ def test_leased_slot_is_chosen_and_continues_delta_only() -> None:
     first = run(mgr, kv, job(range(10), lease="c1"), (100, 101), at=1.0)
     run(mgr, kv, job([7, 7, 7, 7, 7]), at=0.5)  # an older free slot with nothing useful
     nxt = job([*range(10), 100, 101, 102, 103], lease="c1")
-    p = mgr.lease(nxt)
+    p = mgr.place(nxt)
     assert p is not None
     assert p.slot is first.slot
     assert (p.reuse, p.tier) == (12, "slot")
@@ -64,7 +64,7 @@ def test_free_slot_with_the_longest_common_prefix_wins() -> None:
     run(mgr, kv, job([1, 2, 3]), at=1.0)
     best = run(mgr, kv, job([1, 2, 3, 4, 5, 6]), at=3.0)
     run(mgr, kv, job([9, 9]), at=2.0)
-    p = mgr.lease(job([1, 2, 3, 4, 5, 7]))
+    p = mgr.place(job([1, 2, 3, 4, 5, 7]))
     assert p is not None
     assert p.slot is best.slot and (p.reuse, p.tier) == (5, "slot")
     assert kv.tokens(best.slot.id) == [1, 2, 3, 4, 5]  # truncated to the reused prefix
@@ -75,13 +75,13 @@ def test_least_recently_used_slot_on_ties() -> None:
     a = run(mgr, kv, job([5, 1]), at=30.0)
     b = run(mgr, kv, job([6, 1]), at=10.0)
     c = run(mgr, kv, job([7, 1]), at=20.0)
-    p = mgr.lease(job([8, 8, 8]))  # no slot shares anything: oldest one goes
+    p = mgr.place(job([8, 8, 8]))  # no slot shares anything: oldest one goes
     assert p is not None and p.slot is b.slot and p.reuse == 0
     for s in (a.slot, c.slot):
         s.tokens, kv.seqs[s.id] = [1, 2], [("A", 1), ("A", 2)]
         mgr.finish(s)
     a.slot.last_used, c.slot.last_used = 40.0, 35.0
-    p2 = mgr.lease(job([1, 2, 3]))  # equal prefixes: the older of the two
+    p2 = mgr.place(job([1, 2, 3]))  # equal prefixes: the older of the two
     assert p2 is not None and p2.slot is c.slot and p2.reuse == 2
 
 
@@ -101,7 +101,7 @@ def test_never_reuses_another_tenants_kv() -> None:
 def test_another_tenants_longer_prefix_does_not_attract_the_job() -> None:
     mgr, kv = make(2)
     theirs, mine = hold(mgr, kv, 0, range(8), "B", at=1.0), hold(mgr, kv, 1, [0, 50], "A", at=2.0)
-    p = mgr.lease(job([*range(8), 9], tenant="A"))  # B's is older, and a longer "match"
+    p = mgr.place(job([*range(8), 9], tenant="A"))  # B's is older, and a longer "match"
     assert p is not None and p.slot is mine and (p.reuse, p.tier) == (1, "slot")
     assert kv.tokens(theirs.id) == list(range(8))
 
@@ -109,12 +109,12 @@ def test_another_tenants_longer_prefix_does_not_attract_the_job() -> None:
 def test_reuse_is_capped_below_the_prompt_unless_prefill_only() -> None:
     mgr, kv = make(1)
     run(mgr, kv, job([1, 2, 3, 4]))
-    p = mgr.lease(job([1, 2, 3, 4]))
+    p = mgr.place(job([1, 2, 3, 4]))
     assert p is not None and p.reuse == 3  # one token is left to compute the first logits
     assert kv.tokens(p.slot.id) == [1, 2, 3]
     compute(kv, p.slot, [4])
     mgr.finish(p.slot)
-    warm = mgr.lease(job([1, 2, 3, 4], prefill_only=True))
+    warm = mgr.place(job([1, 2, 3, 4], prefill_only=True))
     assert warm is not None and warm.reuse == 4
 
 
@@ -140,22 +140,22 @@ def test_none_when_every_slot_is_busy() -> None:
     start(mgr, kv, job([1]))
     start(mgr, kv, job([2]))
     assert mgr.in_use() == 2
-    assert not mgr.can_lease(job([3]))
-    assert mgr.lease(job([3])) is None
+    assert not mgr.can_place(job([3]))
+    assert mgr.place(job([3])) is None
 
 
 def test_job_waits_for_its_own_busy_leased_slot() -> None:
     mgr, kv = make(2)
     start(mgr, kv, job([1, 2], lease="c1"))
-    assert not mgr.can_lease(job([1, 2, 3], lease="c1"))  # a free slot exists, but not its own
-    assert mgr.can_lease(job([1, 2, 3], lease="c2"))
+    assert not mgr.can_place(job([1, 2, 3], lease="c1"))  # a free slot exists, but not its own
+    assert mgr.can_place(job([1, 2, 3], lease="c2"))
 
 
 def test_without_kv_reuse_nothing_is_reused() -> None:
     mgr, kv = make(1, kv_reuse=False)
     run(mgr, kv, job(range(10), lease="c1"))
     assert len(mgr.index) == 0 and len(mgr.host) == 0
-    p = mgr.lease(job(range(12), lease="c1"))
+    p = mgr.place(job(range(12), lease="c1"))
     assert p is not None and (p.reuse, p.tier) == (0, "none")
     assert kv.seqs[p.slot.id] == []
 
@@ -217,8 +217,8 @@ def test_invariants_under_random_traffic(steps: list[tuple], reuse: bool, budget
             _, tenant, lease, tokens, prefill_only, generated = s
             j = job(tokens, tenant, lease, prefill_only=prefill_only, shared_prefix=1)
             before = {r.id: list(kv.seqs[r.id]) for r in running}
-            if not mgr.can_lease(j):
-                assert mgr.lease(j) is None
+            if not mgr.can_place(j):
+                assert mgr.place(j) is None
                 continue
             p = start(mgr, kv, j)  # checks tokens, KV and tenant of the reused prefix
             assert p.reuse <= (len(tokens) if prefill_only else len(tokens) - 1)

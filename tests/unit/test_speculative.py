@@ -64,8 +64,8 @@ def decoding(s: Scheduler, prompt: list[int], next_token: int, max_tokens: int =
     j = job(prompt)
     j.params = replace(j.params, max_tokens=max_tokens)
     s.submit(j)
-    ((_, placement),) = s.admissions()
-    seq = Sequence(j, placement.slot, None, placement.reuse)
+    ((_, placement),) = s.placements()
+    seq = Sequence(j, placement.slot, None)
     s.start(seq)
     assert s.kv.__class__.__name__ == "KVCacheManager"
     compute(s.kv.ops, seq.slot, prompt)  # type: ignore[attr-defined]

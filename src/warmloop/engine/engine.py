@@ -1,6 +1,6 @@
 """The engine: one thread owns llama.cpp and runs every sequence in shared batches.
 
-Jobs arrive through a thread-safe inbox. Each step the `Scheduler` admits waiting jobs
+Jobs arrive through a thread-safe inbox. Each step the `Scheduler` places waiting jobs on slots
 and plans one batch (a decode token for every running sequence plus prefill chunks);
 the engine decodes it, samples each sequence with its own sampler chain, and posts
 tokens back to the job's asyncio queue. Which slot a job runs on, and what KV it
@@ -22,12 +22,12 @@ from pathlib import Path
 
 from warmloop.engine.backend import BackendError, LlamaBackend
 from warmloop.engine.request import (
-    Admitted,
     EngineEvent,
     Failed,
     Finished,
     FinishReason,
     Job,
+    Placed,
     TokenOut,
 )
 from warmloop.engine.sampling import GrammarRejected, check_grammar, make_sampler
@@ -77,7 +77,6 @@ class Engine:
         self._stop = False
         self._dead = False
         self._thread = threading.Thread(target=self._loop, name="warmloop-engine", daemon=True)
-        self._eog_text_cache: dict[int, str] = {}
 
     # ----- lifecycle (any thread) ----------------------------------------------------
     def start(self) -> None:
@@ -211,7 +210,7 @@ class Engine:
                 for job in sched.drop_cancelled_waiting():
                     # Cancelled before it had a slot: it ends here, with nothing computed.
                     job.post(Finished("cancelled", 0, tuple(job.tokens), 0.0, 0.0))
-                for job, placement in sched.admissions():
+                for job, placement in sched.placements():
                     self._start(job, placement)
                 for job, exc in sched.take_refused():
                     log.error("job %s: placement failed: %r", job.id, exc)
@@ -239,12 +238,12 @@ class Engine:
                 message = str(exc) if isinstance(exc, GrammarRejected) else "sampler setup failed"
                 job.post(Failed(message))
                 return
-        seq = Sequence(job, slot, sampler, placement.reuse)
+        seq = Sequence(job, slot, sampler)
         greedy = job.params.temperature <= 0 and job.params.grammar is None
         if self.config.max_draft > 0 and sampler is not None and greedy:
             seq.drafter = Drafter(job.tokens, self.config.max_draft)
         self.scheduler.start(seq)
-        job.post(Admitted(slot.id, len(job.tokens), placement.reuse, placement.tier))
+        job.post(Placed(slot.id, len(job.tokens), placement.reuse, placement.tier))
 
     def _step(self) -> None:
         sched = self.scheduler

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from warmloop.kvcache.base import KVCache
@@ -50,7 +49,7 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
-class Admitted:
+class Placed:
     """The job has a slot: `cached_tokens` of its prompt were reused, the rest will be computed."""
 
     slot: int
@@ -83,7 +82,7 @@ class Failed:
     message: str
 
 
-EngineEvent = Admitted | TokenOut | Finished | Failed
+EngineEvent = Placed | TokenOut | Finished | Failed
 
 
 @dataclass
@@ -101,7 +100,6 @@ class Job:
     shared_prefix: int = 0
     # truncation "auto": the prompt continues a chain with its tokens [start, end) dropped
     drop: tuple[int, int] | None = None
-    submitted_at: float = field(default_factory=time.perf_counter)
     cancelled: bool = False  # set from the event loop; read by the engine thread
     # Where the results go: the engine thread posts into this loop-owned queue.
     loop: asyncio.AbstractEventLoop | None = None

@@ -1,7 +1,7 @@
 """Continuous batching: which jobs run, and what goes into the next `llama_batch`.
 
 Every engine step carries one decode token for each running sequence plus prefill
-chunks of admitted prompts, the shortest remaining prompt first (a continuation's delta
+chunks of started prompts, the shortest remaining prompt first (a continuation's delta
 before a long cold prompt). While any sequence is decoding, prefill gets at most
 `prefill_chunk` tokens per step (default: the whole batch, which is what minimises the
 turn time of agent loops). With a `stall_factor` (opt-in, for streams a person reads)
@@ -9,7 +9,7 @@ it gets fewer when the step would otherwise take longer than that factor times a
 decode-only step: the scheduler learns what a decode-only step and a prefill token cost
 (a token deep in a long prompt costs more, its attention spans everything before it)
 and sizes each chunk to fit.
-Admission is `can_admit(job)` then `admit(job)`, oldest job first, and a job that can
+Starting a job is `can_start(job)` then `place(job)`, oldest job first, and a job that can
 never fit is refused with a clear reason instead of waiting forever. A job that shares a
 long prefix with a sequence of its tenant that is still prefilling it (sessions that
 start together with the same instructions) waits until that prefix is computed and then
@@ -42,7 +42,6 @@ class Sequence:
     job: Job
     slot: Slot
     sampler: Sampler | None
-    reused: int
     generated: list[int] = field(default_factory=list)
     next_token: int | None = None  # sampled but not yet decoded
     utf8: codecs.IncrementalDecoder = field(
@@ -130,24 +129,24 @@ class Scheduler:
             )
         return None
 
-    def can_admit(self, job: Job, admitted: Collection[tuple[Job, Placement]] = ()) -> bool:
+    def can_start(self, job: Job, placed: Collection[tuple[Job, Placement]] = ()) -> bool:
         return (
-            len(self.running) + len(admitted) < self.max_running
-            and self.kv.can_lease(job)
-            and self.leader(job, admitted) is None
+            len(self.running) + len(placed) < self.max_running
+            and self.kv.can_place(job)
+            and self.leader(job, placed) is None
         )
 
-    def admit(self, job: Job) -> Placement | None:
-        return self.kv.lease(job)
+    def place(self, job: Job) -> Placement | None:
+        return self.kv.place(job)
 
-    def leader(self, job: Job, admitted: Collection[tuple[Job, Placement]] = ()) -> Slot | None:
-        """The slot of a job of `job`'s tenant (running, or `admitted` this round) that is
+    def leader(self, job: Job, placed: Collection[tuple[Job, Placement]] = ()) -> Slot | None:
+        """The slot of a job of `job`'s tenant (running, or `placed` this round) that is
         still prefilling a prefix `job` shares, at least SHARE_MIN_TOKENS beyond what `job`
         could reuse now: `job` waits for it, then forks its KV (a busy slot's computed
         prefix is final)."""
         cap = reuse_cap(job)
         best: tuple[Slot | None, int] = (None, 0)
-        pairs = [(q.job, q.slot) for q in self.running] + [(j, p.slot) for j, p in admitted]
+        pairs = [(q.job, q.slot) for q in self.running] + [(j, p.slot) for j, p in placed]
         for other, holder in pairs:
             done = len(holder.tokens)
             if other.tenant != job.tenant or done >= len(other.tokens):
@@ -164,25 +163,25 @@ class Scheduler:
             return None
         return slot
 
-    def admissions(self) -> list[tuple[Job, Placement]]:
-        """Admit waiting jobs, oldest first. A job that must wait (say, its connection's
-        slot is busy) does not hold back younger jobs that can run. A job whose placement
-        raised is in `self.refused` with the error (the engine fails it)."""
-        admitted: list[tuple[Job, Placement]] = []
+    def placements(self) -> list[tuple[Job, Placement]]:
+        """Place waiting jobs on slots, oldest first. A job that must wait (say, its
+        connection's slot is busy) does not hold back younger jobs that can run. A job
+        whose placement raised is in `self.refused` with the error (the engine fails it)."""
+        placed: list[tuple[Job, Placement]] = []
         still: deque[Job] = deque()
         while self.waiting:
             job = self.waiting.popleft()
             try:
-                placement = self.admit(job) if self.can_admit(job, admitted) else None
+                placement = self.place(job) if self.can_start(job, placed) else None
             except Exception as exc:
                 self.refused.append((job, exc))
                 continue
             if placement is None:
                 still.append(job)
             else:
-                admitted.append((job, placement))
+                placed.append((job, placement))
         self.waiting = still
-        return admitted
+        return placed
 
     def drop_cancelled_waiting(self) -> list[Job]:
         gone = [j for j in self.waiting if j.cancelled]

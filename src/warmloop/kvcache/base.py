@@ -1,7 +1,7 @@
 """The KV cache interface the engine uses, and the types it speaks in.
 
 A `Slot` is one engine sequence; `slot.tokens` is the exact token list whose KV the
-sequence holds. The engine asks a `KVCache` to `lease` a slot for a request (a
+sequence holds. The engine asks a `KVCache` to `place` a request on a slot for a request (a
 `KVRequest`: the engine's job satisfies it as is) and runs the job on it; the cache
 decides which slot, and moves KV into it first through the backend's `KVOps`. This
 package imports nothing from the engine: the engine imports it.
@@ -113,8 +113,8 @@ class KVIntegrityError(RuntimeError):
 class KVCache(Protocol):
     slots: list[Slot]
 
-    def can_lease(self, req: KVRequest) -> bool:
-        """True when `lease(req)` would place it now (no side effects)."""
+    def can_place(self, req: KVRequest) -> bool:
+        """True when `place(req)` would place it now (no side effects)."""
         ...
 
     def reusable(self, req: KVRequest) -> int:
@@ -122,7 +122,7 @@ class KVCache(Protocol):
         host RAM, or a running chain of its tenant): what a placement could reuse at best."""
         ...
 
-    def lease(self, req: KVRequest) -> Placement | None:
+    def place(self, req: KVRequest) -> Placement | None:
         """Mark a slot busy for `req`, holding the longest reusable prefix of its prompt,
         or None when it must wait. The slot stays pinned to `req.lease` after the job."""
         ...

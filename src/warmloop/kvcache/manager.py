@@ -34,7 +34,7 @@ from warmloop.kvcache.base import (
 from warmloop.kvcache.host_store import HostStore, Snapshot
 from warmloop.kvcache.integrity import problems
 from warmloop.kvcache.mover import KVMover, KVStats
-from warmloop.kvcache.policy import EvictionPolicy, LeasePlan, LRUPolicy
+from warmloop.kvcache.policy import EvictionPolicy, LRUPolicy, SlotPlan
 from warmloop.kvcache.prefix_index import PrefixIndex
 from warmloop.metrics import Metrics
 
@@ -100,15 +100,15 @@ class KVCacheManager(KVCache):
         n = max(n, self.index.match(req.tenant, req.tokens)[0])
         return min(max(n, self._best_running(req, None)[1]), reuse_cap(req))
 
-    def can_lease(self, req: KVRequest) -> bool:
+    def can_place(self, req: KVRequest) -> bool:
         return self._plan(req) is not None
 
-    def lease(self, req: KVRequest) -> Placement | None:
+    def place(self, req: KVRequest) -> Placement | None:
         plan = self._plan(req)
         if plan is None:
             return None
         try:
-            return self._place(req, plan)
+            return self._fill(req, plan)
         except Exception:
             # A KV move failed halfway: the slot's KV no longer matches its tokens.
             log.exception("slot %d: placement failed; clearing it", plan.slot.id)
@@ -117,12 +117,12 @@ class KVCacheManager(KVCache):
             self.clear(plan.slot)
             raise
 
-    def _plan(self, req: KVRequest) -> LeasePlan | None:
-        return self.policy.plan_lease(
+    def _plan(self, req: KVRequest) -> SlotPlan | None:
+        return self.policy.plan_slot(
             self.slots, req, kv_reuse=self.kv_reuse, can_cut=self.ops.can_cut
         )
 
-    def _place(self, req: KVRequest, plan: LeasePlan) -> Placement:
+    def _fill(self, req: KVRequest, plan: SlotPlan) -> Placement:
         target = plan.slot
         if plan.evicts:
             # The victim's connection loses its pin; its chain goes to host RAM below.

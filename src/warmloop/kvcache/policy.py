@@ -1,7 +1,7 @@
 """Eviction policy: which slot a request gets, and which host snapshots make room.
 
 A policy is pure: it reads the slots and the host store and returns a plan; it never
-moves KV or changes a record (the mover carries plans out). `can_lease` is "the policy
+moves KV or changes a record (the mover carries plans out). `can_place` is "the policy
 returns a plan", so a plan must be what `lease` then does.
 """
 
@@ -16,7 +16,7 @@ from warmloop.kvcache.host_store import HostStore, Snapshot
 
 
 @dataclass(frozen=True)
-class LeasePlan:
+class SlotPlan:
     slot: Slot
     # The slot holds another connection's idle chain: it loses its pin (the chain goes
     # to host RAM before the slot is overwritten).
@@ -24,9 +24,9 @@ class LeasePlan:
 
 
 class EvictionPolicy(Protocol):
-    def plan_lease(
+    def plan_slot(
         self, slots: Sequence[Slot], req: KVRequest, *, kv_reuse: bool, can_cut: bool
-    ) -> LeasePlan | None:
+    ) -> SlotPlan | None:
         """The slot `req` gets, or None when it must wait."""
         ...
 
@@ -40,16 +40,16 @@ class LRUPolicy:
     """Prefer the connection's own slot, then a free slot with the most reusable KV,
     then the least recently used idle chain; host RAM drops least recently used first."""
 
-    def plan_lease(
+    def plan_slot(
         self, slots: Sequence[Slot], req: KVRequest, *, kv_reuse: bool, can_cut: bool
-    ) -> LeasePlan | None:
+    ) -> SlotPlan | None:
         """Order: the slot the request's connection leases (wait while it is busy); else
         the free unleased slot with the longest common prefix (least recently used on
         ties); else the least recently used idle leased slot (an eviction)."""
         if req.lease is not None:
             own = next((s for s in slots if s.lease == req.lease), None)
             if own is not None:
-                return None if own.busy else LeasePlan(own, evicts=False)
+                return None if own.busy else SlotPlan(own, evicts=False)
         free = [s for s in slots if not s.busy and s.lease is None]
         if free:
 
@@ -59,11 +59,11 @@ class LRUPolicy:
                 reuse = reuse_of(s.tokens, req, can_cut=can_cut)[0] if same else 0
                 return (reuse, -s.last_used)
 
-            return LeasePlan(max(free, key=score), evicts=False)
+            return SlotPlan(max(free, key=score), evicts=False)
         idle = [s for s in slots if not s.busy]
         if not idle:
             return None
-        return LeasePlan(min(idle, key=lambda s: s.last_used), evicts=True)
+        return SlotPlan(min(idle, key=lambda s: s.last_used), evicts=True)
 
     def plan_host(self, host: HostStore, nbytes: int) -> list[Snapshot]:
         over = host.bytes_used + nbytes - host.budget

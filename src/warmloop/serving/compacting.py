@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from warmloop.engine.request import Admitted, EngineHandle, Failed, Finished, Job, TokenOut
+from warmloop.engine.request import EngineHandle, Failed, Finished, Job, Placed, TokenOut
 from warmloop.protocol.errors import APIError
 from warmloop.protocol.items import CompactionItem, new_id
 from warmloop.serving import event_builder as ev
@@ -41,7 +41,7 @@ class CompactionPhase:
         text: list[str] = []  # one piece per sampled token
         cached = 0
         async for e in self.engine.run(job):
-            if isinstance(e, Admitted):
+            if isinstance(e, Placed):
                 cached = e.cached_tokens
             elif isinstance(e, TokenOut):
                 text.append(e.text)

@@ -71,7 +71,7 @@ async def compact(
     kept: list[Item] = [i for i in conversation[:-1] if compaction_keeps(i)]
     output = [*kept, CompactionItem(new_id("cmp"), summary)]
     return {
-        "id": response_id(service.config.worker),
+        "id": response_id(service.config.response_worker),
         "object": "response.compaction",
         "created_at": int(time.time()),
         "output": [item_to_wire(i) for i in output],

@@ -208,7 +208,7 @@ class Preparer:
         offered = () if request.tool_choice == "none" else request.tools
         family = self.renderer.family
         return Prepared(
-            id=same_as.id if same_as else response_id(self.config.worker),
+            id=same_as.id if same_as else response_id(self.config.response_worker),
             created_at=same_as.created_at if same_as else time.time(),
             compacted_by=compacted_by,
             request=request,

@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from warmloop.config import Config
-from warmloop.engine.request import Admitted, EngineHandle, Failed, Finished, TokenOut
+from warmloop.engine.request import EngineHandle, Failed, Finished, Placed, TokenOut
 from warmloop.metrics import Metrics
 from warmloop.protocol.errors import (
     APIError,
@@ -172,8 +172,8 @@ class ResponsesService:
                 run.continue_with(phase.after)
                 live.hand_over(phase.after.job(p.id))
             async for e in self.engine.run(live.job):
-                if isinstance(e, Admitted):
-                    run.admitted(e)
+                if isinstance(e, Placed):
+                    run.placed(e)
                 elif isinstance(e, TokenOut):
                     for event in run.token(e):
                         yield event

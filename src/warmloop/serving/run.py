@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Any
 
-from warmloop.engine.request import Admitted, Finished, TokenOut
+from warmloop.engine.request import Finished, Placed, TokenOut
 from warmloop.metrics import Metrics
 from warmloop.serving import event_builder as ev
 from warmloop.serving.output import OutputBuilder, response_object
@@ -41,7 +41,7 @@ class ResponseRun:
     def response(self, status: str, **extra: Any) -> dict[str, Any]:
         return response_object(self.p, self.model_id, status, self.out.items_wire(), **extra)
 
-    def admitted(self, e: Admitted) -> None:
+    def placed(self, e: Placed) -> None:
         self.cached, self.tier = e.cached_tokens, e.tier
 
     def continue_with(self, p: Prepared) -> None:

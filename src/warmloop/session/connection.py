@@ -11,7 +11,6 @@ there before the rest of its preparation goes to a worker thread.
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -30,7 +29,6 @@ class Connection:
     max_recent: int = RECENT_RESPONSES
     max_bytes: int = RECENT_BYTES  # ... and at most this many bytes of them
     id: str = field(default_factory=lambda: new_id("conn"))
-    opened_at: float = field(default_factory=time.monotonic)
     recent: OrderedDict[str, StoredResponse] = field(default_factory=OrderedDict)
     leases: set[str] = field(default_factory=set)  # engine leases its lanes have used
     # Per lane (engine lease): was its latest response store:true? Its KV may then
@@ -66,6 +64,3 @@ class Connection:
     def forget(self, response_id: str) -> None:
         if self.recent.pop(response_id, None) is not None:
             self.retained_bytes -= self.sizes.pop(response_id)
-
-    def age(self) -> float:
-        return time.monotonic() - self.opened_at

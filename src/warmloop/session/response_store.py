@@ -68,9 +68,9 @@ class ResponseStore(Protocol):
     async def save(self, record: StoredResponse) -> None: ...
     def get(self, response_id: str, owner: str) -> StoredResponse | None: ...
     def delete(self, response_id: str, owner: str) -> bool: ...
-    def fail_unfinished(self, message: str, worker_id: str | None) -> int:
+    def fail_unfinished(self, message: str, fleet_worker: str | None) -> int:
         """Mark records still `queued` or `in_progress` (background responses a stopped
-        server left) `failed` with `message`; how many. At startup. `worker_id` None: the
+        server left) `failed` with `message`; how many. At startup. `fleet_worker` None: the
         server owns the database (no --worker-id), every such record is its own. A
         worker of a fleet (--worker-id, one database for all) takes only those whose id
         names it (`fleet/keys.py`), and ids without a worker (from before worker ids),
@@ -101,7 +101,7 @@ class InMemoryResponseStore:
     async def save(self, record: StoredResponse) -> None:
         self.put(record)
 
-    def fail_unfinished(self, message: str, worker_id: str | None) -> int:
+    def fail_unfinished(self, message: str, fleet_worker: str | None) -> int:
         return 0  # nothing in memory outlives the process
 
     def close(self) -> None:

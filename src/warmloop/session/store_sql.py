@@ -303,14 +303,14 @@ class SQLResponseStore:
 
         return bool(self._wait(self._submit(remove)))
 
-    def fail_unfinished(self, message: str, worker_id: str | None) -> int:
+    def fail_unfinished(self, message: str, fleet_worker: str | None) -> int:
         def sweep(db: Any) -> int:
             rows = db.execute(
                 self._q("SELECT id, response FROM responses WHERE status IN (?, ?)"),
                 ("queued", "in_progress"),
             ).fetchall()
-            if worker_id is not None:
-                rows = [r for r in rows if worker_of(r[0]) in (worker_id, None)]
+            if fleet_worker is not None:
+                rows = [r for r in rows if worker_of(r[0]) in (fleet_worker, None)]
             for response_id, raw in rows:
                 response = json.loads(raw)
                 response["status"] = "failed"

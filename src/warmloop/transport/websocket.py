@@ -223,7 +223,7 @@ class _Session:
         self.closed.set()
 
 
-def _admit(ws: WebSocket, rt: Runtime) -> str:
+def _tenant_for_upgrade(ws: WebSocket, rt: Runtime) -> str:
     """The tenant of an upgrade this server takes, or the APIError it is refused with."""
     if not rt.config.websocket:
         raise UpgradeRefused(
@@ -242,7 +242,7 @@ def _admit(ws: WebSocket, rt: Runtime) -> str:
 async def responses_socket(ws: WebSocket) -> None:
     rt: Runtime = ws.app.state.runtime
     try:
-        tenant = _admit(ws, rt)
+        tenant = _tenant_for_upgrade(ws, rt)
     except (UpgradeRefused, Unauthorized, TooManyRequests, ServerDraining) as exc:
         await ws.send_denial_response(http_error(exc))
         return
