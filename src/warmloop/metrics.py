@@ -103,7 +103,13 @@ class Metrics:
             "Drafted tokens that verification accepted (acceptance rate: this / drafted)",
             registry=r,
         )
-        self.responses = Counter("warmloop_responses", "Responses finished", ["status"], registry=r)
+        self.responses = Counter(
+            "warmloop_responses",
+            "Responses ended, by how: completed, incomplete, cancelled, failed, or client_left "
+            "(the client went away first; its job was cancelled)",
+            ["status"],
+            registry=r,
+        )
         self.recent_dropped = Counter(
             "warmloop_websocket_recent_dropped",
             "Responses a socket stopped keeping continuable (--ws-recent-responses/-bytes)",

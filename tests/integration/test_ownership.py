@@ -7,8 +7,10 @@ a 500 or a dead socket), and nothing is left running or reserved."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,6 +138,44 @@ def test_delete_cancel_and_continuations_race_and_leave_consistent_state(
                 assert again.json()["error"]["code"] == "previous_response_not_found"
                 ws_again = await ws_turn(conn, previous_response_id=rid, input="Hi.")
                 assert ws_again.get("error", {}).get("code") == "previous_response_not_found"
+        await asyncio.to_thread(leaks.assert_no_leaks, racer, {})
+
+    asyncio.run(run())
+
+
+def test_a_response_whose_client_leaves_is_logged_and_counted(racer: LiveServer) -> None:
+    """A client that closes its stream mid-response (SSE, then WebSocket) leaves one log
+    line and one `client_left` count, like any response that ends."""
+
+    def counted() -> float:
+        text = httpx.get(f"{racer.url}/metrics", timeout=10).text
+        m = re.search(r'warmloop_responses_total\{status="client_left"\} ([0-9.e+]+)', text)
+        return float(m.group(1)) if m else 0.0
+
+    async def run() -> None:
+        before = counted()
+        async with httpx.AsyncClient(base_url=racer.url, timeout=60) as http:
+            rid, rest = await start_streaming(http)
+            rest.cancel()  # the client goes away mid-stream
+            with contextlib.suppress(asyncio.CancelledError):
+                await rest
+        client = openai.AsyncOpenAI(base_url=racer.base_url, api_key="unused")
+        async with client.responses.connect() as conn:
+            await conn.send(
+                {"type": "response.create", **body(input="Count to fifty.", max_output_tokens=64)}
+            )
+            async for event in conn:
+                if event.type == "response.output_text.delta":
+                    ws_id = event.item_id
+                    break
+        for _ in range(100):  # the server notices the closed socket
+            if counted() >= before + 2 and f"id={rid} " in racer.log():
+                break
+            await asyncio.sleep(0.1)
+        assert counted() >= before + 2
+        line = next(x for x in racer.log().splitlines() if f"response id={rid} " in x)
+        assert "status=client_left" in line
+        assert ws_id
         await asyncio.to_thread(leaks.assert_no_leaks, racer, {})
 
     asyncio.run(run())

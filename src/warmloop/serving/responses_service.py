@@ -131,8 +131,16 @@ class ResponsesService:
         self.admission.admit(p.ctx.tenant)  # nothing after this can fail before the finalizer
         self.live.add(p.id, live)
         events = self._stream(p, live)
-        weakref.finalize(events, self._release, p.id)
+        weakref.finalize(events, self._dropped, p)
         return events
+
+    def _dropped(self, p: Prepared) -> None:
+        """The stream is gone: a response whose stream never started (its client left
+        first) is logged and counted as such, then released."""
+        live = self.live.of(p.id, p.ctx.tenant)
+        if live is not None and not live.started:
+            ResponseRun(p, self.model_id, self.metrics).left()
+        self._release(p.id)
 
     def _release(self, response_id: str) -> None:
         """End an admission (idempotent): the live entry and its concurrency count."""
@@ -154,6 +162,7 @@ class ResponsesService:
     # ----- running ---------------------------------------------------------------------
     async def _stream(self, p: Prepared, live: Live) -> AsyncGenerator[ev.Event]:
         run = ResponseRun(p, self.model_id, self.metrics)
+        live.started = True
         seq = run.seq
         connection = p.ctx.connection
         try:
@@ -196,6 +205,7 @@ class ResponsesService:
                             self.metrics.recent_dropped.inc(dropped)
                     # Finished: cancel and GET see the record now, not the live snapshot.
                     self._release(p.id)
+                    run.report()
                     yield seq(final)
                 elif isinstance(e, Failed):
                     yield self._failed(run, {"code": "server_error", "message": e.message})
@@ -205,6 +215,8 @@ class ResponsesService:
                 run, {"code": "server_error", "message": f"internal error: {type(exc).__name__}"}
             )
         finally:
+            if not run.ended:  # the client left (the stream was closed): say so
+                run.left()
             self._release(p.id)
 
     async def _delete_saved(self, response_id: str, tenant: str) -> None:

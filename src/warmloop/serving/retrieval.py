@@ -37,6 +37,7 @@ class Live:
     job: Job
     snapshot: dict[str, Any]
     deleted: bool = False  # DELETE arrived while it ran: it is cancelled and never saved
+    started: bool = False  # its stream began (else its client left before it did)
 
     def hand_over(self, job: Job) -> None:
         """The response's next phase runs `job` (its summary's job came first): a cancel

@@ -37,6 +37,8 @@ class ResponseRun:
         self.generated: list[str] = []
         # context_management: the summary's job (prompt, cached, output tokens)
         self.compaction: tuple[int, int, int] | None = None
+        self.ended = False  # its end was logged and counted (finished, failed or left)
+        self._end: tuple[str, int, int, int, Finished, dict[str, Any]] | None = None
 
     def response(self, status: str, **extra: Any) -> dict[str, Any]:
         return response_object(self.p, self.model_id, status, self.out.items_wire(), **extra)
@@ -76,7 +78,6 @@ class ResponseRun:
             prompt, cached, output = (
                 a + b for a, b in zip((prompt, cached, output), self.compaction, strict=True)
             )
-        computed = prompt - cached
         now = time.perf_counter()
         timings: dict[str, Any] = {
             "ttft_ms": round(((self.t_first or now) - self.t0) * 1000.0, 2),
@@ -115,6 +116,17 @@ class ResponseRun:
             chain=ChainState.of(p.prompt_text + "".join(self.generated), fin.chain_tokens),
             stored=p.request.store,
         )
+        self._end = (status, prompt, cached, output, fin, timings)
+        return ev.response_lifecycle(kind, final), record
+
+    def report(self) -> None:
+        """Log and count how the response ended, once its final event goes out (a save
+        that fails after `finished` makes it `failed` instead)."""
+        assert self._end is not None
+        status, prompt, cached, output, fin, timings = self._end
+        computed = prompt - cached
+        p = self.p
+        self.ended = True
         if self.metrics:
             self.metrics.prompt_tokens_computed.inc(computed)
             self.metrics.output_tokens.inc(output)
@@ -128,11 +140,28 @@ class ResponseRun:
             cached, computed, output, self.tier, p.delta_only, fin.drafted,
             fin.accepted, timings["ttft_ms"], timings["duration_ms"],
         )  # fmt: skip
-        return ev.response_lifecycle(kind, final), record
 
     def failed(self, error: dict[str, Any]) -> ev.Event:
         """The numbered `response.failed` event."""
         log.warning("response %s failed: %s", self.p.id, error.get("message"))
+        self.ended = True
         if self.metrics:
             self.metrics.responses.labels("failed").inc()
         return self.seq(ev.response_lifecycle("failed", self.response("failed", error=error)))
+
+    def left(self) -> None:
+        """The client went away before the response ended (its stream was closed, or
+        never read): the job was cancelled. One log line and one count, as for any end."""
+        self.ended = True
+        p = self.p
+        output = len(self.generated)
+        if self.metrics:
+            self.metrics.output_tokens.inc(output)
+            self.metrics.responses.labels("client_left").inc()
+        log.info(
+            "response id=%s conn=%s status=client_left input=%d cached=%d output=%d "
+            "tier=%s delta_only=%s duration_ms=%.1f",
+            p.id, p.ctx.connection.id if p.ctx.connection else "-", len(p.tokens),
+            self.cached, output, self.tier, p.delta_only,
+            (time.perf_counter() - self.t0) * 1000.0,
+        )  # fmt: skip
