@@ -19,7 +19,7 @@ import numpy as np
 from warmloop.config import Config, embedded_model_path
 from warmloop.engine.backend import BatchRow, LlamaBackend
 from warmloop.protocol.items import Item, MessageItem
-from warmloop.protocol.requests import FunctionTool
+from warmloop.protocol.tools import FunctionTool
 from warmloop.serving.chat_template import fallback_template
 from warmloop.serving.prompt import Head, PromptRenderer
 

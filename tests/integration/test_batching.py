@@ -16,7 +16,7 @@ import websockets
 
 from tests.conftest import LiveServer, start_server
 from tests.near_tie import assert_same_or_near_tie
-from warmloop.protocol.requests import FunctionTool
+from warmloop.protocol.tools import FunctionTool
 
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 WEATHER = {

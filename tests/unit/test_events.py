@@ -12,11 +12,12 @@ from pydantic import TypeAdapter
 from warmloop.engine.request import SamplingParams
 from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.items import CompactionItem, FunctionCallItem, MessageItem, item_to_wire
-from warmloop.protocol.requests import FunctionTool, parse_create
+from warmloop.protocol.requests import parse_create
+from warmloop.protocol.tools import FunctionTool
 from warmloop.serving import event_builder as ev
 from warmloop.serving.families.generic import Generic
 from warmloop.serving.output import OutputBuilder, response_object
-from warmloop.serving.prepare import CallContext, Prepared
+from warmloop.serving.prepared import CallContext, Prepared
 from warmloop.transport.errors import sse_error
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)

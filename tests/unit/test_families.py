@@ -23,7 +23,7 @@ from warmloop.protocol.items import (
     MessageItem,
     ReasoningItem,
 )
-from warmloop.protocol.requests import FunctionTool
+from warmloop.protocol.tools import FunctionTool
 from warmloop.serving import event_builder as ev
 from warmloop.serving.chat_template import CHATML_TEMPLATE, RawArgs, fallback_template, tojson
 from warmloop.serving.families import family_for

@@ -15,7 +15,7 @@ from tests.gbnf_match import gbnf_regex
 from tests.unit.test_tool_calls import llama_accepts
 from warmloop.engine.sampling import json_schema_to_gbnf
 from warmloop.protocol import tool_kinds
-from warmloop.protocol.requests import FunctionTool
+from warmloop.protocol.tools import FunctionTool
 from warmloop.serving import event_builder as ev
 from warmloop.serving.families import family_for
 from warmloop.serving.grammar import Grammars, custom_input

@@ -15,7 +15,7 @@ from warmloop.protocol.items import (
     Item,
     MessageItem,
 )
-from warmloop.protocol.requests import FunctionTool
+from warmloop.protocol.tools import FunctionTool
 from warmloop.serving.families.generic import Generic, tool_call_text, tools_system_text
 from warmloop.serving.prompt import CHATML_TEMPLATE, Head, PromptRenderer, compacted
 

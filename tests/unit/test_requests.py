@@ -14,12 +14,8 @@ from warmloop.protocol.items import (
     MessageItem,
     parse_input,
 )
-from warmloop.protocol.requests import (
-    HOSTED_TOOL_TYPES,
-    FunctionTool,
-    TextFormat,
-    parse_create,
-)
+from warmloop.protocol.requests import TextFormat, parse_create
+from warmloop.protocol.tools import HOSTED_TOOL_TYPES, FunctionTool
 
 
 def test_string_input_is_one_user_message() -> None:

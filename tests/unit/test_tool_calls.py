@@ -11,7 +11,8 @@ import pytest
 
 from warmloop.engine.sampling import json_schema_to_gbnf
 from warmloop.protocol.errors import InvalidRequest
-from warmloop.protocol.requests import FunctionTool, TextFormat, parse_create
+from warmloop.protocol.requests import TextFormat, parse_create
+from warmloop.protocol.tools import FunctionTool
 from warmloop.serving.families import ArgsDelta, CallEnd, CallParser, CallStart, Segment, TextDelta
 from warmloop.serving.families.generic import Generic, tool_call_text
 from warmloop.serving.grammar import Grammars

@@ -19,7 +19,8 @@ from warmloop.engine.request import EngineHandle, Failed, Finished, Job, Placed,
 from warmloop.protocol.errors import APIError
 from warmloop.protocol.items import CompactionItem, new_id
 from warmloop.serving import event_builder as ev
-from warmloop.serving.prepare import Prepared, Preparer
+from warmloop.serving.prepare import Preparer
+from warmloop.serving.prepared import Prepared
 from warmloop.serving.run import ResponseRun
 
 COMPACTING_EVERY = 32  # summary tokens per `response.compaction.compacting` event

@@ -23,7 +23,9 @@ from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.events import output_text
 from warmloop.protocol.items import CompactionItem, Item, item_to_wire, new_id
 from warmloop.protocol.requests import IDENTIFIER_MAX_CHARS, parse_create, validation_error
-from warmloop.serving.prepare import SUMMARY_REQUEST, CallContext
+from warmloop.serving.output import collect
+from warmloop.serving.prepare import SUMMARY_REQUEST
+from warmloop.serving.prepared import CallContext
 from warmloop.serving.prompt import compaction_keeps
 from warmloop.serving.responses_service import ResponsesService
 
@@ -65,7 +67,7 @@ async def compact(
         }
     )
     prepared = await service.prepare_off_loop(request, ctx)
-    final = await service.collect(service.start(prepared))
+    final = await collect(service.start(prepared))
     summary = output_text(final).strip()
     conversation = (prepared.previous.history if prepared.previous else ()) + prepared.new_items
     kept: list[Item] = [i for i in conversation[:-1] if compaction_keeps(i)]

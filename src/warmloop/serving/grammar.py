@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from warmloop.protocol.errors import InvalidRequest
-from warmloop.protocol.requests import CreateRequest, FunctionTool, TextFormat
+from warmloop.protocol.requests import CreateRequest, TextFormat
+from warmloop.protocol.tools import FunctionTool
 from warmloop.serving.families import Family
 from warmloop.serving.gbnf import literal
 from warmloop.serving.lark import input_rules

@@ -5,12 +5,15 @@ events (numbered by the caller's `Sequencer`). The event shapes are event_builde
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 from typing import Any
 
 from warmloop.protocol import tool_kinds
+from warmloop.protocol.errors import ServerError, StoreUnavailable
+from warmloop.protocol.events import TERMINAL_EVENTS
 from warmloop.protocol.items import (
     FunctionCallItem,
     Item,
@@ -30,7 +33,7 @@ from warmloop.serving.families import (
     Segment,
     TextDelta,
 )
-from warmloop.serving.prepare import Prepared
+from warmloop.serving.prepared import Prepared
 
 ECHOED_TOOL_TYPES = ("function", "namespace", *tool_kinds.KINDS)  # not hosted ones
 
@@ -239,3 +242,20 @@ class OutputBuilder:
             self.seq(ev.content_part_done(index, item.id, text)),
             self.seq(ev.output_item_done(index, item_to_wire(item))),
         ]
+
+
+async def collect(events: AsyncGenerator[ev.Event]) -> dict[str, Any]:
+    """Run to the end and return the final response object (non-streaming). A
+    response that failed on the server's side is an error in OpenAI's shape."""
+    final: dict[str, Any] | None = None
+    async with contextlib.aclosing(events) as stream:
+        async for event in stream:
+            if event["type"] in TERMINAL_EVENTS:
+                final = event["response"]
+    assert final is not None
+    error = final.get("error")
+    if final["status"] == "failed" and error is not None:
+        if error.get("code") == StoreUnavailable.code:
+            raise StoreUnavailable(error["message"])
+        raise ServerError(error["message"])
+    return final

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from warmloop.config import Config
-from warmloop.engine.request import Job, SamplingParams
+from warmloop.engine.request import SamplingParams
 from warmloop.fleet.keys import response_id
 from warmloop.protocol.errors import InvalidRequest, ModelNotFound, PreviousResponseNotFound
 from warmloop.protocol.items import (
@@ -27,13 +27,12 @@ from warmloop.protocol.items import (
     ReasoningItem,
     new_id,
 )
-from warmloop.protocol.requests import CreateRequest, FunctionTool, TextFormat
-from warmloop.serving.families import CallParser
+from warmloop.protocol.requests import CreateRequest, TextFormat
 from warmloop.serving.grammar import Grammars
+from warmloop.serving.prepared import CallContext, Prepared
 from warmloop.serving.prompt import Head, PromptRenderer, compacted, kept_reasoning
 from warmloop.serving.sealing import Sealer
 from warmloop.serving.truncation import Piece, Tokenize, Truncation, truncate
-from warmloop.session.connection import Connection
 from warmloop.session.limits import fits, output_budget
 from warmloop.session.response_store import ResponseStore, StoredResponse
 
@@ -44,66 +43,6 @@ SUMMARY_REQUEST = (
     "the summary."
 )
 PLAIN_TEXT = TextFormat("text")
-
-
-@dataclass
-class CallContext:
-    tenant: str = ""
-    connection: Connection | None = None
-    lane: str | None = None  # WebSocket stream_id: each lane has its own chain and slot
-
-    @property
-    def lease(self) -> str | None:
-        """Engine lease key: one per connection lane, so a lane's slot stays pinned."""
-        if self.connection is None:
-            return None
-        return self.connection.id if self.lane is None else f"{self.connection.id}#{self.lane}"
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A create, checked and tokenized (worker thread), ready to start; immutable: a
-    response that compacts first gets a new one for its second phase
-    (`Preparer.after_compaction`)."""
-
-    id: str
-    request: CreateRequest
-    ctx: CallContext
-    previous: StoredResponse | None
-    new_items: tuple[Item, ...]
-    history_in: tuple[Item, ...]
-    prompt_text: str
-    tokens: list[int]
-    delta_only: bool  # the prompt reused the chain's tokens and tokenized only new text
-    params: SamplingParams
-    # include reasoning.encrypted_content: seals a reasoning text for this tenant
-    seal: Callable[[str], str] | None
-    # the tools the model may call (none under tool_choice "none") and the parser that
-    # reads its output in the model family's syntax
-    tools: tuple[FunctionTool, ...]
-    parser: Callable[[], CallParser]
-    shared_prefix: int  # tokens of the rendered instructions/tools message
-    truncated_items: int = 0  # truncation "auto" dropped this many of the oldest items
-    drop: tuple[int, int] | None = None  # ... and these tokens of the chain (see Job.drop)
-    # context_management: the prompt passed this threshold, so `compaction` (the summary's
-    # job) runs first and `Preparer.after_compaction` builds the prompt that runs
-    compaction_threshold: int | None = None
-    compaction: Prepared | None = None
-    compacted_by: CompactionItem | None = None  # this prompt continues from that summary
-    created_at: float = field(default_factory=time.time)
-
-    def job(self, response_id: str) -> Job:
-        """The engine job that computes this prompt for the response `response_id`."""
-        return Job(
-            id=response_id,
-            tokens=self.tokens,
-            params=self.params,
-            tenant=self.ctx.tenant,
-            lease=self.ctx.lease,
-            prefill_only=not self.request.generate,
-            shared_prefix=self.shared_prefix,
-            drop=self.drop,
-        )
 
 
 class Preparer:

@@ -16,7 +16,7 @@ from jinja2.exceptions import TemplateError
 
 from warmloop.protocol.errors import InvalidRequest
 from warmloop.protocol.items import CompactionItem, Item, MessageItem
-from warmloop.protocol.requests import FunctionTool
+from warmloop.protocol.tools import FunctionTool
 from warmloop.serving.chat_template import CHATML_TEMPLATE, ChatTemplate
 from warmloop.serving.families import Family, family_for
 

@@ -1,16 +1,14 @@
 """Orchestration of one response: admit a prepared create, run its engine job, and turn
 the job's tokens into Responses events; the same stream serves JSON, SSE and WebSocket.
 
-The parts live beside it: `prepare.py` (checks and prompt tokens), `run.py` (one running
-response: its output, final event, record, metrics and log line), `output.py` (the
-response object and output items), `retrieval.py` (GET, DELETE, cancel) and
-`session/limits.py` (rate, concurrency and context budget).
+Beside it: `prepare.py` (checks, prompt tokens), `run.py` (one running response: its
+output, final event, record, metrics, log line), `compacting.py` (compaction first),
+`retrieval.py` (GET, DELETE, cancel), `session/limits.py` (rate, concurrency).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
 from collections.abc import AsyncGenerator
@@ -19,19 +17,14 @@ from typing import Any
 from warmloop.config import Config
 from warmloop.engine.request import EngineHandle, Failed, Finished, Placed, TokenOut
 from warmloop.metrics import Metrics
-from warmloop.protocol.errors import (
-    APIError,
-    PreviousResponseNotFound,
-    ServerError,
-    StoreUnavailable,
-)
-from warmloop.protocol.events import TERMINAL_EVENTS
+from warmloop.protocol.errors import APIError, PreviousResponseNotFound, StoreUnavailable
 from warmloop.protocol.requests import CreateRequest
 from warmloop.serving import event_builder as ev
 from warmloop.serving.background import BackgroundRun, BackgroundRuns
 from warmloop.serving.compacting import CompactionPhase
 from warmloop.serving.output import response_object
-from warmloop.serving.prepare import CallContext, Prepared, Preparer
+from warmloop.serving.prepare import Preparer
+from warmloop.serving.prepared import CallContext, Prepared
 from warmloop.serving.retrieval import Live, LiveResponses, Retrieval
 from warmloop.serving.run import ResponseRun
 from warmloop.session.connection import Connection
@@ -42,6 +35,9 @@ log = logging.getLogger("warmloop.responses")
 
 
 class ResponsesService:
+    """Runs on the event loop, which owns what it changes (admission, live responses,
+    the sockets' chains); the engine is reached through its inbox."""
+
     def __init__(
         self,
         config: Config,
@@ -197,7 +193,7 @@ class ResponsesService:
                             yield self._failed(run, exc.body())
                             return
                         if live.deleted:  # DELETE came during the save: it holds
-                            await self._delete_saved(p.id, live.job.tenant)
+                            await self.retrieval.delete_saved(p.id, live.job.tenant)
                     if connection is not None and not live.deleted:
                         # Only now can the socket continue it: saved, or store:false.
                         dropped = connection.remember(record, p.ctx.lease)
@@ -219,37 +215,11 @@ class ResponsesService:
                 run.left()
             self._release(p.id)
 
-    async def _delete_saved(self, response_id: str, tenant: str) -> None:
-        try:
-            await asyncio.to_thread(self.store.delete, response_id, tenant)
-        except StoreUnavailable:
-            log.warning(
-                "response %s was deleted while it was saved; the store is down, so "
-                "its record stays",
-                response_id,
-            )
-
     def _failed(self, run: ResponseRun, error: dict[str, Any]) -> ev.Event:
         p = run.p
         self._continuation_failed(p.ctx, p.previous.id if p.previous else None)
         self._release(p.id)
         return run.failed(error)
-
-    async def collect(self, events: AsyncGenerator[ev.Event]) -> dict[str, Any]:
-        """Run to the end and return the final response object (non-streaming). A
-        response that failed on the server's side is an error in OpenAI's shape."""
-        final: dict[str, Any] | None = None
-        async with contextlib.aclosing(events) as stream:
-            async for event in stream:
-                if event["type"] in TERMINAL_EVENTS:
-                    final = event["response"]
-        assert final is not None
-        error = final.get("error")
-        if final["status"] == "failed" and error is not None:
-            if error.get("code") == StoreUnavailable.code:
-                raise StoreUnavailable(error["message"])
-            raise ServerError(error["message"])
-        return final
 
     # ----- connections and status --------------------------------------------------------
     def connection_opened(self, connection: Connection) -> None:

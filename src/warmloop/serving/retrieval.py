@@ -14,6 +14,7 @@ store's reads and writes to a worker thread.
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,11 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from warmloop.engine.request import Job
-from warmloop.protocol.errors import InvalidRequest, NotFound
+from warmloop.protocol.errors import InvalidRequest, NotFound, StoreUnavailable
 from warmloop.protocol.items import item_to_wire
 from warmloop.session.connection import Connection
 from warmloop.session.response_store import ResponseStore, StoredResponse
 
+log = logging.getLogger("warmloop.responses")
 DELETED_KEPT = 4096
 
 
@@ -107,6 +109,18 @@ class Retrieval:
         if not deleted and live is None:
             raise _not_found(response_id)
         return {"id": response_id, "object": "response.deleted", "deleted": True}
+
+    async def delete_saved(self, response_id: str, tenant: str) -> None:
+        """A running response was deleted while its record was being saved: the record
+        goes now (the DELETE's own store delete may have run before the save)."""
+        try:
+            await asyncio.to_thread(self.store.delete, response_id, tenant)
+        except StoreUnavailable:
+            log.warning(
+                "response %s was deleted while it was saved; the store is down, "
+                "so its record stays",
+                response_id,
+            )
 
     async def cancel(self, response_id: str, tenant: str) -> dict[str, Any]:
         live = self.live.of(response_id, tenant)

@@ -13,7 +13,7 @@ from warmloop.engine.request import Finished, Placed, TokenOut
 from warmloop.metrics import Metrics
 from warmloop.serving import event_builder as ev
 from warmloop.serving.output import OutputBuilder, response_object
-from warmloop.serving.prepare import Prepared
+from warmloop.serving.prepared import Prepared
 from warmloop.session.response_store import ChainState, StoredResponse
 
 log = logging.getLogger("warmloop.responses")

@@ -18,7 +18,8 @@ from warmloop.protocol import wire_json
 from warmloop.protocol.errors import APIError, InvalidRequest, PayloadTooLarge
 from warmloop.protocol.requests import parse_create
 from warmloop.serving.compaction import compact
-from warmloop.serving.prepare import CallContext
+from warmloop.serving.output import collect
+from warmloop.serving.prepared import CallContext
 from warmloop.transport.connections import ClientGone, Transports
 from warmloop.transport.errors import sse_error
 from warmloop.transport.runtime import Runtime
@@ -124,7 +125,7 @@ async def create_response(request: Request) -> Response:
         return TimedStreamingResponse(sse_frames(run.follow(-1)), rt)
     events = await rt.service.open(create, CallContext(tenant=tenant))
     if not create.body.stream:
-        return await _until_done_or_gone(request, rt.service.collect(events))
+        return await _until_done_or_gone(request, collect(events))
     first = await anext(events)  # started: from here its `finally` always runs
     return TimedStreamingResponse(sse_stream(first, events), rt)
 

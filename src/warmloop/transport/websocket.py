@@ -31,7 +31,7 @@ from warmloop.protocol.errors import (
 )
 from warmloop.protocol.frames import ClientFrame, CreateFrame, FrameError, parse_frame
 from warmloop.protocol.requests import CreateRequest
-from warmloop.serving.prepare import CallContext
+from warmloop.serving.prepared import CallContext
 from warmloop.session.connection import Connection
 from warmloop.transport.connections import ClientGone
 from warmloop.transport.errors import http_error, ws_error

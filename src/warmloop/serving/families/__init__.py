@@ -1,11 +1,11 @@
 """Model families: each one owns a tool-call syntax's rendering, grammar and parser."""
 
-from warmloop.serving.families.base import (
+from warmloop.serving.families.base import Family
+from warmloop.serving.families.parsing import (
     ArgsDelta,
     CallEnd,
     CallParser,
     CallStart,
-    Family,
     ReasoningDelta,
     ReasoningEnd,
     Segment,

@@ -24,18 +24,23 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from warmloop.protocol.items import FunctionCallItem
-from warmloop.protocol.requests import FunctionTool
-from warmloop.serving.families.base import (
-    MAX_PARALLEL_CALLS,
+from warmloop.protocol.tools import FunctionTool
+from warmloop.serving.families.base import MAX_PARALLEL_CALLS, Family, SchemaGrammar
+from warmloop.serving.families.gemma_notation import (
+    Bare,
+    Broken,
+    Incomplete,
+    read_pair,
+    template_value,
+)
+from warmloop.serving.families.parsing import (
     THINK_CLOSE,
     THINK_OPEN,
     ArgsDelta,
     CallEnd,
     CallReader,
     CallStart,
-    Family,
     NotACall,
-    SchemaGrammar,
     Segment,
 )
 from warmloop.serving.gbnf import literal
@@ -43,121 +48,6 @@ from warmloop.serving.lark import input_rules
 from warmloop.serving.text_grammar import RAW
 
 _NAME = re.compile(r"call:(?P<name>[A-Za-z0-9_.\-]+)\{")
-_BARE_END = re.compile(r"[,}\]]")
-_KEY = re.compile(r"\s*(?P<key>[^\s:{}\[\],<]+)\s*:")
-_JSON_LITERAL = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|true|false|null")
-
-
-class Bare:
-    """A JSON number or null as the text the model wrote: what the template's
-    `{{ argument }}` writes back (not a string, mapping, sequence or boolean to it)."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def template_value(value: Any) -> Any:
-    """A parsed JSON value with its numbers and nulls made `Bare`."""
-    if value is None:
-        return Bare("null")
-    if isinstance(value, dict):
-        return {k: template_value(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [template_value(v) for v in value]
-    return value
-
-
-class _Incomplete(Exception):
-    """The text ends inside the value."""
-
-
-class _Broken(Exception):
-    """The text is not a value in Gemma's notation."""
-
-
-def read_value(buf: str, pos: int, quote: str) -> tuple[str, int]:
-    """The value in Gemma's notation at `buf[pos:]` as JSON text, and where it ends."""
-    while pos < len(buf) and buf[pos].isspace():
-        pos += 1
-    if pos >= len(buf) or quote.startswith(buf[pos:]):
-        raise _Incomplete
-    if buf.startswith(quote, pos):
-        end = buf.find(quote, pos + len(quote))
-        if end < 0:
-            raise _Incomplete
-        return json.dumps(buf[pos + len(quote) : end], ensure_ascii=False), end + len(quote)
-    if buf[pos] == "{":
-        pairs, end = read_pairs(buf, pos + 1, quote)
-        return "{" + ", ".join(f"{k}: {v}" for k, v in pairs) + "}", end
-    if buf[pos] == "[":
-        values: list[str] = []
-        pos += 1
-        while True:
-            while pos < len(buf) and buf[pos].isspace():
-                pos += 1
-            if pos >= len(buf):
-                raise _Incomplete
-            if buf[pos] == "]":
-                return "[" + ", ".join(values) + "]", pos + 1
-            if values:
-                if buf[pos] != ",":
-                    raise _Broken
-                pos += 1
-            value, pos = read_value(buf, pos, quote)
-            values.append(value)
-    m = _BARE_END.search(buf, pos)
-    if m is None:
-        raise _Incomplete
-    text = buf[pos : m.start()].strip()
-    if _JSON_LITERAL.fullmatch(text):
-        return text, m.start()
-    if not text or "<" in text:
-        raise _Broken
-    return json.dumps(text, ensure_ascii=False), m.start()  # a string left unquoted
-
-
-def read_pairs(buf: str, pos: int, quote: str) -> tuple[list[tuple[str, str]], int]:
-    """The `key:value` pairs of an object whose `{` ends before `pos`, up to its `}`."""
-    pairs: list[tuple[str, str]] = []
-    while True:
-        pair, pos = read_pair(buf, pos, quote, first=not pairs)
-        if pair is None:
-            return pairs, pos
-        pairs.append(pair)
-
-
-def read_pair(buf: str, pos: int, quote: str, *, first: bool) -> tuple[tuple[str, str] | None, int]:
-    """The next pair of an object as JSON texts (None and past the `}` at its end)."""
-    while pos < len(buf) and buf[pos].isspace():
-        pos += 1
-    if pos >= len(buf):
-        raise _Incomplete
-    if buf[pos] == "}":
-        return None, pos + 1
-    if not first:
-        if buf[pos] != ",":
-            raise _Broken
-        pos += 1
-    if buf.startswith(quote, pos):  # a quoted key (tool responses write them so)
-        end = buf.find(quote, pos + len(quote))
-        if end < 0:
-            raise _Incomplete
-        key, pos = buf[pos + len(quote) : end], end + len(quote)
-        if not buf.startswith(":", pos):
-            raise _Incomplete if pos >= len(buf) else _Broken
-        pos += 1
-    else:
-        m = _KEY.match(buf, pos)
-        if m is None:
-            if re.fullmatch(r"\s*[^\s:{}\[\],<]*", buf[pos:]):
-                raise _Incomplete
-            raise _Broken
-        key, pos = m.group("key"), m.end()
-    value, pos = read_value(buf, pos, quote)
-    return (json.dumps(key, ensure_ascii=False), value), pos
 
 
 class GemmaCallReader(CallReader):
@@ -190,11 +80,11 @@ class GemmaCallReader(CallReader):
         while True:
             try:
                 pair, pos = read_pair(buf, self._pos, f.quote, first=not self._pairs)
-            except _Incomplete:
+            except Incomplete:
                 if final:
                     return self._end(out, len(buf), complete=False)
                 return out, None
-            except _Broken:  # the call is broken: it ends at its closing tag
+            except Broken:  # the call is broken: it ends at its closing tag
                 close = buf.find(f.call_close, self._pos)
                 if close >= 0 or final:
                     end = close + len(f.call_close) if close >= 0 else len(buf)

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from warmloop.protocol.items import Item
-from warmloop.protocol.requests import FunctionTool
-from warmloop.serving.families.base import THINK_CLOSE, THINK_OPEN, Family
+from warmloop.protocol.tools import FunctionTool
+from warmloop.serving.families.base import Family
 from warmloop.serving.families.hermes import CLOSE, OPEN, Hermes
+from warmloop.serving.families.parsing import THINK_CLOSE, THINK_OPEN
 
 
 def tool_call_text(name: str, arguments: str) -> str:

@@ -17,8 +17,8 @@ import re
 from collections.abc import Mapping
 from typing import ClassVar
 
-from warmloop.protocol.requests import FunctionTool
-from warmloop.serving.families.base import CallReader
+from warmloop.protocol.tools import FunctionTool
+from warmloop.serving.families.parsing import CallReader
 from warmloop.serving.families.qwen3_coder import Qwen3Coder, Qwen3CoderReader
 from warmloop.serving.gbnf import literal
 

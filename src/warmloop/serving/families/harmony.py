@@ -19,17 +19,16 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from warmloop.protocol.requests import FunctionTool
-from warmloop.serving.families.base import (
+from warmloop.protocol.tools import FunctionTool
+from warmloop.serving.families.base import Family, SchemaGrammar
+from warmloop.serving.families.parsing import (
     ArgsDelta,
     CallEnd,
     CallParser,
     CallReader,
     CallStart,
-    Family,
     ReasoningDelta,
     ReasoningEnd,
-    SchemaGrammar,
     Segment,
     partial_suffix,
 )

@@ -22,16 +22,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from warmloop.protocol.items import FunctionCallItem
-from warmloop.protocol.requests import FunctionTool
+from warmloop.protocol.tools import FunctionTool
 from warmloop.serving.chat_template import RawArgs
-from warmloop.serving.families.base import (
+from warmloop.serving.families.base import Family, SchemaGrammar
+from warmloop.serving.families.parsing import (
     ArgsDelta,
     CallEnd,
     CallReader,
     CallStart,
-    Family,
     NotACall,
-    SchemaGrammar,
     Segment,
 )
 from warmloop.serving.gbnf import literal, prefix_rules
