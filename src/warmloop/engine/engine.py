@@ -55,6 +55,10 @@ class EngineConfig:
 
 
 class Engine:
+    """The engine thread and its inbox. Its public methods may be called from any
+    thread and only hand work to the inbox (`cancel` sets the job's flag, which the
+    engine thread reads); everything else here runs on the engine thread."""
+
     def __init__(self, config: EngineConfig, kv_cache: KVCacheFactory) -> None:
         self.config = config
         self.backend = LlamaBackend(

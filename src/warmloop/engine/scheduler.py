@@ -66,6 +66,9 @@ class StepPlan:
 
 
 class Scheduler:
+    """Owned by the engine thread: only its methods change the queues (`waiting`,
+    `running`, `refused`), and only the engine thread calls them."""
+
     def __init__(
         self,
         kv: KVCache,

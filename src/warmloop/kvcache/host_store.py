@@ -34,6 +34,9 @@ class Snapshot:
 
 
 class HostStore:
+    """Snapshots in host RAM under a byte budget; owned by the engine thread (through
+    KVCacheManager)."""
+
     def __init__(self, budget_bytes: int) -> None:
         self.budget = budget_bytes
         self._snaps: OrderedDict[int, Snapshot] = OrderedDict()

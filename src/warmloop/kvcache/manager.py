@@ -42,6 +42,9 @@ log = logging.getLogger("warmloop.kvcache")
 
 
 class KVCacheManager(KVCache):
+    """Owned by the engine thread (no locks): slots, their tokens, the index and the
+    host store change only in its methods, called there. Gauges read counts."""
+
     def __init__(
         self,
         n_slots: int,

@@ -28,6 +28,8 @@ class KVStats:
 
 
 class KVMover:
+    """Moves KV on the engine thread (through KVCacheManager)."""
+
     def __init__(
         self,
         ops: KVOps,

@@ -21,6 +21,8 @@ class _Node:
 
 
 class PrefixIndex:
+    """Owned by the engine thread (through KVCacheManager)."""
+
     def __init__(self) -> None:
         self._roots: dict[str, _Node] = {}
         self._paths: dict[Hashable, tuple[str, tuple[int, ...]]] = {}

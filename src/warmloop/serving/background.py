@@ -70,7 +70,8 @@ class BackgroundRun:
 
 
 class BackgroundRuns:
-    """Background runs by id, each kept until `ttl_s` after it ended."""
+    """Background runs by id, each kept until `ttl_s` after it ended. Owned by the event
+    loop."""
 
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s

@@ -17,6 +17,8 @@ from warmloop.transport.connections import Transports
 
 @dataclass
 class Runtime:
+    """What the routes share; its counters are the event loop's (routes run there)."""
+
     config: Config
     service: ResponsesService
     keys: KeyRing

@@ -51,6 +51,8 @@ class _Lane:
 
 
 class _Session:
+    """One socket's lanes, queue and counters; owned by the event loop (its tasks)."""
+
     def __init__(self, ws: WebSocket, rt: Runtime, conn: Connection) -> None:
         self.ws = ws
         self.rt = rt
