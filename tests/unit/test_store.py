@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
 from warmloop.protocol.items import MessageItem
 from warmloop.session.connection import RECENT_RESPONSES, Connection
 from warmloop.session.response_store import ChainState, InMemoryResponseStore, StoredResponse
+from warmloop.session.store_sql import SQLiteResponseStore
 
 
 def record(rid: str, owner: str = "a", text: str = "x", stored: bool = True) -> StoredResponse:
@@ -219,3 +225,36 @@ def test_connection_keeps_at_most_its_byte_budget_oldest_first() -> None:
     assert conn.remember(huge) == 2 and list(conn.recent) == ["r3"]
     conn.forget("r3")
     assert conn.retained_bytes == 0
+
+
+def test_a_read_racing_a_delete_does_not_bring_the_record_back(tmp_path: Path) -> None:
+    """A read that found the row just before its DELETE committed must not put the
+    record back into the cache: afterwards the response is gone for every reader."""
+    store = SQLiteResponseStore(
+        tmp_path / "r.db", cache=InMemoryResponseStore(max_responses=10, max_bytes=1 << 20)
+    )
+    try:
+        asyncio.run(store.save(record("r1")))
+        store.cache.delete("r1", "a")  # the next read goes to the database
+        read = store._read
+        found, go = threading.Event(), threading.Event()
+
+        def slow_read(*args: Any) -> Any:
+            row = read(*args)
+            found.set()  # the row is read; its DELETE now runs before the read ends
+            go.wait(5)
+            return row
+
+        store._read = slow_read  # type: ignore[method-assign]
+        raced: list[StoredResponse | None] = []
+        reader = threading.Thread(target=lambda: raced.append(store.get("r1", "a")))
+        reader.start()
+        assert found.wait(5)
+        assert store.delete("r1", "a")
+        go.set()
+        reader.join(5)
+        store._read = read  # type: ignore[method-assign]
+        assert raced == [None]  # its DELETE ran while it read: it does not count
+        assert store.get("r1", "a") is None
+    finally:
+        store.close()

@@ -19,6 +19,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -99,6 +100,9 @@ def _items(raw: str) -> tuple[Item, ...]:
     return tuple(out)
 
 
+TOMBSTONES = 4096  # recently deleted ids a racing read must not cache again
+
+
 class SQLResponseStore:
     """The store over any DB-API connection; subclasses say how to connect.
 
@@ -123,6 +127,11 @@ class SQLResponseStore:
         self._migrate()
         self._reader: Any = self._connect()
         self._read_lock = threading.Lock()
+        # Ids deleted lately (the newest TOMBSTONES): a read that raced their DELETE
+        # must not put them back into the cache. Guarded by _cache_lock with the cache
+        # writes that depend on it.
+        self._deleted: OrderedDict[str, None] = OrderedDict()
+        self._cache_lock = threading.Lock()
         ph = ", ".join([self.placeholder] * 9)
         updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS.split(", ")[1:])
         self._upsert = (
@@ -291,17 +300,27 @@ class SQLResponseStore:
             chain=None,
             stored=True,
         )
-        self.cache.put(record)
+        with self._cache_lock:
+            if response_id in self._deleted:  # its DELETE ran while this read did
+                return None
+            self.cache.put(record)
         return record
 
     def delete(self, response_id: str, owner: str) -> bool:
-        self.cache.delete(response_id, owner)
+        with self._cache_lock:
+            self._deleted[response_id] = None
+            while len(self._deleted) > TOMBSTONES:
+                self._deleted.popitem(last=False)
+            self.cache.delete(response_id, owner)
 
         def remove(db: Any) -> bool:
             sql = self._q("DELETE FROM responses WHERE id = ? AND owner = ?")
             return bool(db.execute(sql, (response_id, owner)).rowcount > 0)
 
-        return bool(self._wait(self._submit(remove)))
+        try:
+            return bool(self._wait(self._submit(remove)))
+        finally:
+            self.cache.delete(response_id, owner)  # a save that was in flight
 
     def fail_unfinished(self, message: str, fleet_worker: str | None) -> int:
         def sweep(db: Any) -> int:
