@@ -120,7 +120,14 @@ def test_the_shortest_remaining_prompt_prefills_first() -> None:
     plan = s.plan()
     assert plan.decodes == [a]
     assert [(seq, len(c)) for seq, c in plan.chunks] == [(short, 30), (long, 98)]
-    assert (short, 1 + 29) in plan.samples  # the delta's last row has logits: it samples now
+    # the delta's last row has logits: it samples now
+    (idx,) = [i for seq, i in plan.samples if seq is short]
+    row = plan.rows[idx]
+    assert row.logits and row.seq == short.slot.id and row.pos == 29
+    # rows go in slot order (llama.cpp batches only consecutive sequence ids together)
+    seqs = [r.seq for r in plan.rows]
+    assert seqs == sorted(seqs)
+    assert all(plan.rows[i].seq == q.slot.id for q, i in plan.samples)
 
 
 def test_sessions_that_start_together_compute_a_shared_head_once() -> None:
@@ -161,3 +168,17 @@ def test_a_job_with_its_own_warm_chain_does_not_wait_for_a_shared_head() -> None
     # them already: it runs now instead of waiting.
     s.submit(job([*head, 1, 2, 3], lease="c1"))
     assert len(admit_all(s)) == 2 and not s.waiting and lead.prefilling
+
+
+def test_decode_rows_go_in_slot_order_whatever_the_admission_order() -> None:
+    """Sequences that started in another order than their slots' (a slot freed and
+    taken again) still decode in one micro-batch: rows in slot order, each sample at its
+    own sequence's row."""
+    s = scheduler(chunk=128, factor=0)
+    seqs = [decoding(s, [10 * k + 1, 10 * k + 2]) for k in range(4)]
+    s.running.reverse()  # as if the last slot had been taken first
+    plan = s.plan()
+    assert [r.seq for r in plan.rows] == sorted(q.slot.id for q in seqs)
+    assert sorted(plan.decodes, key=lambda q: q.slot.id) == sorted(seqs, key=lambda q: q.slot.id)
+    for q, i in plan.samples:
+        assert plan.rows[i].seq == q.slot.id and plan.rows[i].pos == len(q.slot.tokens)

@@ -198,17 +198,20 @@ class Scheduler:
         decoding = [s for s in self.running if s.next_token is not None]
         room = self.batch_tokens - len(decoding)
         drafting = len(decoding) <= MAX_DECODING
+        # Each sequence's rows, with the index (within them) of the row it samples from
+        groups: list[tuple[Sequence, list[BatchRow], int | None]] = []
+        used = 0
         for seq in decoding:
             assert seq.next_token is not None
             pos = len(seq.slot.tokens)
-            plan.rows.append(BatchRow(seq.next_token, pos, seq.slot.id, True))
-            plan.samples.append((seq, len(plan.rows) - 1))
-            plan.decodes.append(seq)
             seq.draft = self._draft(seq, pos, room) if drafting else []
             room -= len(seq.draft)
-            for i, token in enumerate(seq.draft, 1):
-                plan.rows.append(BatchRow(token, pos + i, seq.slot.id, True))
-        budget = self.batch_tokens - len(plan.rows)
+            rows = [BatchRow(seq.next_token, pos, seq.slot.id, True)]
+            rows += [BatchRow(t, pos + i, seq.slot.id, True) for i, t in enumerate(seq.draft, 1)]
+            groups.append((seq, rows, 0))
+            plan.decodes.append(seq)
+            used += len(rows)
+        budget = self.batch_tokens - used
         if plan.decodes:
             budget = min(budget, self.prefill_budget())
         # Shortest remaining prompt first: a continuation's delta (what an agent waits on
@@ -223,13 +226,20 @@ class Scheduler:
             chunk = seq.job.tokens[start : start + budget]
             end = start + len(chunk)
             wants_logits = end == len(seq.job.tokens) and not seq.job.prefill_only
-            for i, tok in enumerate(chunk):
-                last = wants_logits and start + i == end - 1
-                plan.rows.append(BatchRow(tok, start + i, seq.slot.id, last))
-            if wants_logits:
-                plan.samples.append((seq, len(plan.rows) - 1))
+            rows = [
+                BatchRow(tok, start + i, seq.slot.id, wants_logits and start + i == end - 1)
+                for i, tok in enumerate(chunk)
+            ]
+            groups.append((seq, rows, len(rows) - 1 if wants_logits else None))
             plan.chunks.append((seq, chunk))
             budget -= len(chunk)
+        # In the batch, sequences go in slot order: with a KV stream per sequence,
+        # llama.cpp puts only consecutive sequence ids into one micro-batch, so rows in
+        # any other order cost a pass over the weights per sequence instead of one.
+        for seq, rows, sample in sorted(groups, key=lambda g: g[0].slot.id):
+            if sample is not None:
+                plan.samples.append((seq, len(plan.rows) + sample))
+            plan.rows.extend(rows)
         return plan
 
     def _draft(self, seq: Sequence, pos: int, room: int) -> list[int]:
