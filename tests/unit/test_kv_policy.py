@@ -60,7 +60,7 @@ def test_a_busy_own_slot_means_wait_although_others_are_free() -> None:
     assert plan(slots, Req((1,), lease="c2")) is not None  # another connection is placed
 
 
-def test_free_slot_with_the_longest_prefix_then_least_recently_used() -> None:
+def test_free_slot_with_the_longest_prefix_then_the_lowest_id() -> None:
     slots = [
         slot(0, [1, 2], at=1.0),
         slot(1, [1, 2, 3, 4], at=3.0),
@@ -68,10 +68,26 @@ def test_free_slot_with_the_longest_prefix_then_least_recently_used() -> None:
         slot(3, [1, 2, 3, 4, 5], lease="c9", at=0.0),  # longer, but pinned to c9
     ]
     assert plan(slots, Req((1, 2, 3, 4, 5, 7))) == SlotPlan(slots[1], evicts=False)
-    slots[0].tokens = [1, 2, 3, 4]  # a tie: the least recently used wins
+    slots[0].tokens = [1, 2, 3, 4]  # a tie between chains: the least recently used goes
     assert plan(slots, Req((1, 2, 3, 4, 5, 7))) == SlotPlan(slots[0], evicts=False)
-    # without KV reuse prefixes do not count: the least recently used free slot
-    assert plan(slots, Req((1, 2, 3, 4, 5, 7)), kv_reuse=False) == SlotPlan(slots[2], False)
+    # without KV reuse nothing held counts: the lowest free slot (slots stay contiguous)
+    assert plan(slots, Req((1, 2, 3, 4, 5, 7)), kv_reuse=False) == SlotPlan(slots[0], False)
+
+
+def test_a_cold_request_takes_the_lowest_empty_slot_before_any_chain() -> None:
+    """Busy slots stay contiguous (llama.cpp decodes consecutive sequences in one
+    micro-batch), and no chain is moved out while an empty slot is free."""
+    slots = [
+        slot(0, [5, 6], at=0.0),
+        slot(1, [], at=3.0),
+        slot(2, [], at=1.0),
+        slot(3, [7], at=2.0),
+    ]
+    assert plan(slots, Req((1, 2))) == SlotPlan(slots[1], evicts=False)
+    slots[1].tokens = [8]
+    assert plan(slots, Req((1, 2))) == SlotPlan(slots[2], evicts=False)
+    slots[2].tokens = [9]  # no empty slot left: the least recently used chain goes
+    assert plan(slots, Req((1, 2))) == SlotPlan(slots[0], evicts=False)
 
 
 def test_no_free_slot_evicts_the_least_recently_used_idle_chain() -> None:

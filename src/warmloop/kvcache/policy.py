@@ -37,15 +37,19 @@ class EvictionPolicy(Protocol):
 
 
 class LRUPolicy:
-    """Prefer the connection's own slot, then a free slot with the most reusable KV,
-    then the least recently used idle chain; host RAM drops least recently used first."""
+    """Prefer the connection's own slot, then a free slot with the most reusable KV (an
+    empty one, lowest id first, on ties), then the least recently used idle chain; host
+    RAM drops least recently used first."""
 
     def plan_slot(
         self, slots: Sequence[Slot], req: KVRequest, *, kv_reuse: bool, can_cut: bool
     ) -> SlotPlan | None:
         """Order: the slot the request's connection leases (wait while it is busy); else
-        the free unleased slot with the longest common prefix (least recently used on
-        ties); else the least recently used idle leased slot (an eviction)."""
+        the free unleased slot with the longest common prefix; on ties an empty slot,
+        the lowest id first (busy slots stay contiguous: llama.cpp decodes consecutive
+        sequences in one micro-batch), else the least recently used chain (without KV
+        reuse simply the lowest slot); else the least recently used idle leased slot (an
+        eviction)."""
         if req.lease is not None:
             own = next((s for s in slots if s.lease == req.lease), None)
             if own is not None:
@@ -53,11 +57,15 @@ class LRUPolicy:
         free = [s for s in slots if not s.busy and s.lease is None]
         if free:
 
-            def score(s: Slot) -> tuple[int, float]:
-                same = kv_reuse and s.tenant == req.tenant
+            def score(s: Slot) -> tuple[int, int, float]:
+                if not kv_reuse:  # nothing held is worth keeping: the lowest slot
+                    return (0, 0, -s.id)
+                same = s.tenant == req.tenant
                 # A slot holding a truncated chain scores what it keeps after the cut.
                 reuse = reuse_of(s.tokens, req, can_cut=can_cut)[0] if same else 0
-                return (reuse, -s.last_used)
+                if not s.tokens:  # an empty slot before one whose chain would go
+                    return (reuse, 1, -s.id)
+                return (reuse, 0, -s.last_used)
 
             return SlotPlan(max(free, key=score), evicts=False)
         idle = [s for s in slots if not s.busy]
