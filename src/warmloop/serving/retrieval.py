@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +24,9 @@ from warmloop.engine.request import Job
 from warmloop.protocol.errors import InvalidRequest, NotFound, StoreUnavailable
 from warmloop.protocol.items import item_to_wire
 from warmloop.session.connection import Connection
-from warmloop.session.response_store import ResponseStore, StoredResponse
+from warmloop.session.response_store import RecentIds, ResponseStore, StoredResponse
 
 log = logging.getLogger("warmloop.responses")
-DELETED_KEPT = 4096
 
 
 @dataclass
@@ -79,8 +77,8 @@ class Retrieval:
         # Open WebSocket connections, so a DELETE can drop a response from their caches.
         self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
         # Ids deleted lately: a create prepared before the DELETE and started after it
-        # must not continue one (the newest DELETED_KEPT)
-        self._deleted: OrderedDict[str, None] = OrderedDict()
+        # must not continue one
+        self._deleted = RecentIds()
 
     def was_deleted(self, response_id: str) -> bool:
         return response_id in self._deleted
@@ -95,9 +93,7 @@ class Retrieval:
         """Delete a stored response. A running one is cancelled and will not be saved
         (one being saved deletes its own record: `ResponsesService._stream`); no
         connection can continue a deleted id afterwards."""
-        self._deleted[response_id] = None
-        while len(self._deleted) > DELETED_KEPT:
-            self._deleted.popitem(last=False)
+        self._deleted.add(response_id)
         live = self.live.of(response_id, tenant)
         if live is not None:
             live.deleted = True

@@ -53,6 +53,23 @@ class StoredResponse:
         return 512 + own + chain + 8 * len(self.history) + response
 
 
+class RecentIds:
+    """The newest `keep` ids added (deleted responses, so that a racing read or create
+    cannot bring one back); the oldest go first. Not locked: its owner guards it."""
+
+    def __init__(self, keep: int = 4096) -> None:
+        self.keep = keep
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, response_id: str) -> None:
+        self._ids[response_id] = None
+        while len(self._ids) > self.keep:
+            self._ids.popitem(last=False)
+
+    def __contains__(self, response_id: object) -> bool:
+        return response_id in self._ids
+
+
 def expires_at(record: StoredResponse, ttl_s: float | None) -> float | None:
     """The one rule for when a stored response expires, in every store: `ttl_s` after it
     was created (the response's own `created_at`, wall-clock seconds); None: never."""

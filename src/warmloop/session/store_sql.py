@@ -19,7 +19,6 @@ import queue
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -28,7 +27,12 @@ from typing import Any
 from warmloop.fleet.keys import worker_of
 from warmloop.protocol.errors import StoreUnavailable
 from warmloop.protocol.items import Item, ItemReference, item_to_wire, parse_item
-from warmloop.session.response_store import InMemoryResponseStore, StoredResponse, expires_at
+from warmloop.session.response_store import (
+    InMemoryResponseStore,
+    RecentIds,
+    StoredResponse,
+    expires_at,
+)
 
 log = logging.getLogger("warmloop.store")
 
@@ -100,9 +104,6 @@ def _items(raw: str) -> tuple[Item, ...]:
     return tuple(out)
 
 
-TOMBSTONES = 4096  # recently deleted ids a racing read must not cache again
-
-
 class SQLResponseStore:
     """The store over any DB-API connection; subclasses say how to connect.
 
@@ -127,10 +128,9 @@ class SQLResponseStore:
         self._migrate()
         self._reader: Any = self._connect()
         self._read_lock = threading.Lock()
-        # Ids deleted lately (the newest TOMBSTONES): a read that raced their DELETE
-        # must not put them back into the cache. Guarded by _cache_lock with the cache
-        # writes that depend on it.
-        self._deleted: OrderedDict[str, None] = OrderedDict()
+        # Ids deleted lately: a read that raced their DELETE must not put them back
+        # into the cache. Guarded by _cache_lock with the cache writes that depend on it.
+        self._deleted = RecentIds()
         self._cache_lock = threading.Lock()
         ph = ", ".join([self.placeholder] * 9)
         updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS.split(", ")[1:])
@@ -308,9 +308,7 @@ class SQLResponseStore:
 
     def delete(self, response_id: str, owner: str) -> bool:
         with self._cache_lock:
-            self._deleted[response_id] = None
-            while len(self._deleted) > TOMBSTONES:
-                self._deleted.popitem(last=False)
+            self._deleted.add(response_id)
             self.cache.delete(response_id, owner)
 
         def remove(db: Any) -> bool:
