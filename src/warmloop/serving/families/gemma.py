@@ -36,11 +36,11 @@ from warmloop.serving.families.gemma_notation import (
 from warmloop.serving.families.parsing import (
     THINK_CLOSE,
     THINK_OPEN,
-    ArgsDelta,
     CallEnd,
     CallReader,
     CallStart,
     NotACall,
+    PairwiseReader,
     Segment,
 )
 from warmloop.serving.gbnf import literal
@@ -50,7 +50,7 @@ from warmloop.serving.text_grammar import RAW
 _NAME = re.compile(r"call:(?P<name>[A-Za-z0-9_.\-]+)\{")
 
 
-class GemmaCallReader(CallReader):
+class GemmaCallReader(PairwiseReader):
     """One call: `OPEN call:NAME{pairs}CLOSE`, its arguments sent as JSON one whole
     top-level pair at a time."""
 
@@ -62,7 +62,6 @@ class GemmaCallReader(CallReader):
         self._name: str | None = None
         self._pos = 0
         self._pairs: list[tuple[str, str]] = []
-        self._sent = ""
 
     def advance(self, buf: str, final: bool) -> tuple[list[Segment], int | None]:
         f = self._f
@@ -104,13 +103,6 @@ class GemmaCallReader(CallReader):
 
     def _text(self) -> str:
         return "{" + ", ".join(f"{k}: {v}" for k, v in self._pairs) + "}"
-
-    def _delta(self, *, closed: bool) -> list[Segment]:
-        text = self._text()
-        upto = text if closed else text[:-1]  # the closing brace only at the end
-        new = upto[len(self._sent) :]
-        self._sent = upto
-        return [ArgsDelta(new)] if new else []
 
     def _end(self, out: list[Segment], end: int, *, complete: bool) -> tuple[list[Segment], int]:
         out += self._delta(closed=True)

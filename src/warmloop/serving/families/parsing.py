@@ -85,6 +85,25 @@ class CallReader:
         raise NotImplementedError
 
 
+class PairwiseReader(CallReader):
+    """A reader that builds the arguments' JSON object one whole parameter at a time
+    (Qwen3-Coder's tagged pairs, Gemma's notation): the deltas are what its text grew
+    by, the closing brace only at the end."""
+
+    _sent = ""
+
+    def _text(self) -> str:
+        """The arguments read so far, as JSON."""
+        raise NotImplementedError
+
+    def _delta(self, *, closed: bool) -> list[Segment]:
+        text = self._text()
+        upto = text if closed else text[:-1]
+        new = upto[len(self._sent) :]
+        self._sent = upto
+        return [ArgsDelta(new)] if new else []
+
+
 class Syntax(Protocol):
     """What the parser needs of a family (`base.Family` provides it)."""
 

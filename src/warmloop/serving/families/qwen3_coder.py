@@ -26,11 +26,11 @@ from warmloop.protocol.tools import FunctionTool
 from warmloop.serving.chat_template import RawArgs
 from warmloop.serving.families.base import Family, SchemaGrammar
 from warmloop.serving.families.parsing import (
-    ArgsDelta,
     CallEnd,
     CallReader,
     CallStart,
     NotACall,
+    PairwiseReader,
     Segment,
 )
 from warmloop.serving.gbnf import literal, prefix_rules
@@ -66,7 +66,7 @@ def _text_value(schema: dict[str, Any]) -> str:
     return "xml-text"
 
 
-class Qwen3CoderReader(CallReader):
+class Qwen3CoderReader(PairwiseReader):
     """A call whose arguments are tagged name/value pairs (Qwen3-Coder's; GLM's are a
     subclass): the head names the tool, each pair ends at its value's closing tag, the
     call ends at its closing tag(s)."""
@@ -85,7 +85,6 @@ class Qwen3CoderReader(CallReader):
         self._tool: FunctionTool | None = None
         self._pos = 0
         self._args: dict[str, Any] = {}
-        self._sent = ""
 
     def advance(self, buf: str, final: bool) -> tuple[list[Segment], int | None]:
         out: list[Segment] = []
@@ -139,14 +138,6 @@ class Qwen3CoderReader(CallReader):
 
     def _text(self) -> str:
         return json.dumps(self._args, ensure_ascii=False)
-
-    def _delta(self, *, closed: bool) -> list[Segment]:
-        """The arguments' JSON text grows by whole parameters: send what is new."""
-        text = self._text()
-        upto = text if closed else text[:-1]  # the closing brace only at the end
-        new = upto[len(self._sent) :]
-        self._sent = upto
-        return [ArgsDelta(new)] if new else []
 
 
 class Qwen3Coder(Family):
