@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from warmloop.serving.regex import regex
 from warmloop.serving.text_grammar import (
+    QUANTIFIERS,
     Alt,
     Chars,
     Encoding,
@@ -218,7 +219,7 @@ class _Lark:
         tok = self.peek()
         if tok is not None and tok.text in ("?", "*", "+"):
             self.i += 1
-            return Rep(node, *{"*": (0, None), "+": (1, None), "?": (0, 1)}[tok.text])
+            return Rep(node, *QUANTIFIERS[tok.text])
         if tok is not None and tok.text == "~":
             self.i += 1
             least = int(self.take().text)

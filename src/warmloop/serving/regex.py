@@ -11,6 +11,7 @@ from warmloop.serving.text_grammar import (
     DIGIT,
     MAX_CHAR,
     NEWLINE,
+    QUANTIFIERS,
     SPACE,
     WORD,
     Alt,
@@ -158,7 +159,7 @@ class _Regex:
                 node = Rep(node, least, most)
             else:
                 self.i += 1
-                node = Rep(node, *{"*": (0, None), "+": (1, None), "?": (0, 1)}[c])
+                node = Rep(node, *QUANTIFIERS[c])
             if self.i < len(s) and s[self.i] in "?+":  # lazy / possessive: same language
                 self.i += 1
         return node

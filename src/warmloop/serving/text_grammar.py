@@ -90,6 +90,8 @@ class Ref:
 
 
 Node = Chars | Seq | Alt | Rep | Ref
+# `?`, `*` and `+` (the same in regexes and Lark) as Rep's bounds
+QUANTIFIERS: dict[str, tuple[int, int | None]] = {"*": (0, None), "+": (1, None), "?": (0, 1)}
 
 
 def text_node(text: str, fold: bool) -> Node:

@@ -45,7 +45,7 @@ from warmloop.serving.families.parsing import (
 )
 from warmloop.serving.gbnf import literal
 from warmloop.serving.lark import input_rules
-from warmloop.serving.text_grammar import RAW
+from warmloop.serving.text_grammar import RAW, complement
 
 _NAME = re.compile(r"call:(?P<name>[A-Za-z0-9_.\-]+)\{")
 
@@ -209,7 +209,8 @@ class _Notation:
         q = self.quote
         # any text without the quote token in it (and not ending with its first character)
         inside = " | ".join(
-            (f"{literal(q[:i])} " if i else "") + f"[^{_class_char(q[i])}]" for i in range(len(q))
+            (f"{literal(q[:i])} " if i else "") + RAW.chars(complement(((ord(c), ord(c)),)))
+            for i, c in enumerate(q)
         )
         digits = '"-"? ( [0-9] | [1-9] [0-9]{1,15} )'
         return [
@@ -221,10 +222,6 @@ class _Notation:
             'gm-object ::= "{" ( gm-key ":" gm-value ( "," gm-key ":" gm-value )* )? "}"',
             "gm-key ::= [A-Za-z_] [A-Za-z0-9_]*",
         ]
-
-
-def _class_char(c: str) -> str:
-    return "\\" + c if c in '\\]^-"' else c
 
 
 class GemmaCalls(Family):
