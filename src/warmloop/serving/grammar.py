@@ -78,6 +78,8 @@ class Grammars:
     ) -> str:
         """One or more calls in the family's syntax whose arguments follow each schema;
         `forced`: from the output's first token (else from the family's trigger on)."""
+        # Families hand `schema` each tool's own `parameters` dict: a custom tool's is
+        # recognised by identity, so every JSON family enforces its grammar alike.
         custom = {id(t.parameters): t for t in tools if t.input_grammar is not None}
 
         def schema(value: dict[str, Any], param: str) -> str:
