@@ -756,3 +756,39 @@ def test_gemma_grammar_writes_keys_in_the_templates_order() -> None:
         "mid": {"x": 1500.0, "y": True},
         "zeta": "a",
     }
+
+
+@pytest.mark.parametrize("name", ["Qwen3-Coder", "GLM-4.6", "meta-llama-Llama-3.1-8B-Instruct"])
+def test_every_text_that_fires_the_lazy_grammar_is_in_the_grammar(name: str) -> None:
+    """llama.cpp feeds the output from the trigger's match on into the grammar and aborts
+    the whole process if the grammar cannot take it. Qwen3-Coder's models also write a
+    bare `<function=…>` (a marker, so a trigger): the lazy grammar must accept that form
+    as well as the template's <tool_call>-wrapped one; forced, only the template's."""
+    family = renderer(name).family
+    trigger = re.compile(family.trigger())
+    grammars = Grammars(json_schema_to_gbnf, family)
+    lazy = gbnf_regex(grammars.tool_calls((WEATHER,), parallel=False)).fullmatch
+    forced = gbnf_regex(grammars.tool_calls((WEATHER,), parallel=False, forced=True)).fullmatch
+    calls = {
+        "qwen3-coder": {
+            "<tool_call>": "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n"
+            "</parameter>\n</function>\n</tool_call>",
+            "<function=": "<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+            "</function>",
+        },
+        "glm": {
+            "<tool_call>": "<tool_call>get_weather\n<arg_key>city</arg_key>\n"
+            "<arg_value>Paris</arg_value>\n</tool_call>"
+        },
+        "llama3": {'{"name"': '{"name": "get_weather", "parameters": {"city": "Paris"}}'},
+    }[family.name]
+    for marker in family.markers:
+        prefix = "" if family.calls_open_message_only else "Let me check. "
+        fired = trigger.fullmatch(prefix + marker + " …")
+        if fired is None:
+            continue  # not a trigger (Llama 3's <|python_tag|>)
+        assert marker in calls, f"{family.name}: no example call opening with {marker!r}"
+        text = calls[marker]
+        assert lazy(text), (family.name, marker)
+    if family.name == "qwen3-coder":
+        assert forced(calls["<tool_call>"]) and not forced(calls["<function="])

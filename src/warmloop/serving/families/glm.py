@@ -56,6 +56,9 @@ class Glm(Qwen3Coder):
     def call_tail(self) -> str:
         return literal(CLOSE)
 
+    def call_rule(self, *, forced: bool) -> str:
+        return "call ::= fn"  # the head and tail are the whole call: one marker
+
     def pair(self, name: str, value: str) -> str:
         key = literal(f"<arg_key>{name}</arg_key>\n<arg_value>")
         return f'{key} {value} "</arg_value>\\n"'

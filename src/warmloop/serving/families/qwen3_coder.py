@@ -163,10 +163,18 @@ class Qwen3Coder(Family):
     separator: ClassVar[str] = "\n"
 
     def call_head(self, name: str, *, forced: bool) -> str:
-        return literal(f"{OPEN}\n<function={name}>\n")
+        return literal(f"<function={name}>\n")
 
     def call_tail(self) -> str:
-        return literal(f"</function>\n{CLOSE}")
+        return literal("</function>")
+
+    def call_rule(self, *, forced: bool) -> str:
+        """`call` from `fn` (one function of the tools). The template wraps it in
+        <tool_call>; a model may also write the function bare, and "<function=" is then
+        what fires the lazy grammar, which must accept the text from there on (llama.cpp
+        aborts the process when the text from a trigger on is not in the grammar)."""
+        wrapped = f"{literal(OPEN + NL)} fn {literal(NL + CLOSE)}"
+        return f"call ::= {wrapped}" if forced else f"call ::= {wrapped} | fn"
 
     def pair(self, name: str, value: str) -> str:
         return f"{literal(f'<parameter={name}>' + NL)} {value} {_PARAM_CLOSE}"
@@ -207,5 +215,7 @@ class Qwen3Coder(Family):
             head = self.call_head(tool.qualified, forced=forced)
             alternatives.append(" ".join([head, *parts, self.call_tail()]))
         more = f" ( {literal(self.separator)} call ){{0,7}}" if parallel else ""
-        call = "call ::= " + " | ".join(alternatives)
-        return "\n".join([self.root(more, forced=forced), call, *rules])
+        fn = "fn ::= " + " | ".join(alternatives)
+        return "\n".join(
+            [self.root(more, forced=forced), self.call_rule(forced=forced), fn, *rules]
+        )
