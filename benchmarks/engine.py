@@ -1,17 +1,23 @@
-"""Engine benchmark: prefill and decode tokens/s, batching, and decode stalls.
+"""Engine benchmark: prefill and decode tokens/s, batching, and decode stalls, against
+llama.cpp's own tools built two ways, measured alternately in one run.
 
 1. Single sequence: prefill tokens/s (a P-token prompt, nothing cached) and decode
-   tokens/s (G tokens), through warmloop's engine (thread, scheduler, samplers, async
-   streams), next to llama.cpp's own `llama-bench` for the same model and threads when it
-   is available (`--llama-bench PATH`; build it with benchmarks/build_llama_bench.sh).
-2. Batching: aggregate decode tokens/s with 1, 2, 4, 8 concurrent sequences, next to
-   `llama-batched-bench` (same build, threads, per-sequence KV) when it sits beside
-   llama-bench.
+   tokens/s (G tokens after a D-token prompt: `--depth`), through warmloop's engine
+   (thread, scheduler, samplers, async streams), next to `llama-bench -p P -n G -d 0,D`
+   (its prefill at depth 0, its decode at depth D).
+2. Batching: aggregate decode tokens/s with 1, 2, 4, 8 concurrent sampled sequences,
+   next to `llama-batched-bench` (same threads, one KV stream per sequence, as warmloop
+   runs), which decodes without sampling.
 3. Stall: while 4 sequences decode, a 4k-token prompt is admitted; the worst gap between
    their tokens is compared with a normal decode step.
 
+llama.cpp's tools come from benchmarks/build_llama_bench.sh: `--native-llama-bench` the
+way users build them (default cmake: -march=native), `--llama-bench` with the engine's
+AVX2 baseline flags. Each of `--rounds` rounds measures warmloop, then each build, so the
+machine's drift hits all alike; the report has medians and ratios.
+
     .venv/bin/python benchmarks/engine.py
-    .venv/bin/python benchmarks/engine.py --llama-bench ~/.cache/warmloop/llama-bench/llama-bench
+    make bench   # builds both and passes them
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import time
@@ -70,7 +75,8 @@ async def single(engine: Engine, args: argparse.Namespace, rng: random.Random) -
         res = await run_job(engine, random_prompt(engine, args.prompt_tokens, rng), 1, r)
         assert res["cached"] == 0
         prefill.append(args.prompt_tokens / (res["stamps"][0] - res["t0"]))
-        res = await run_job(engine, random_prompt(engine, 16, rng), args.gen_tokens, 100 + r)
+        depth = getattr(args, "depth", 16)
+        res = await run_job(engine, random_prompt(engine, depth, rng), args.gen_tokens, 100 + r)
         gaps = len(res["stamps"]) - 1
         decode.append(gaps / (res["stamps"][-1] - res["stamps"][0]))
     return {"prefill_tps": statistics.median(prefill), "decode_tps": statistics.median(decode)}
@@ -122,8 +128,12 @@ async def stall(engine: Engine, args: argparse.Namespace, rng: random.Random) ->
     }
 
 
-def llama_bench(path: str, model: Path, threads: int, p: int, g: int) -> dict[str, float] | None:
+def llama_bench(
+    path: str, model: Path, threads: int, p: int, g: int, depth: int = 0
+) -> dict[str, float] | None:
+    """llama-bench's prefill of `p` tokens at depth 0 and decode of `g` at `depth`."""
     cmd = [path, "-m", str(model), "-t", str(threads), "-p", str(p), "-n", str(g), "-o", "json"]
+    cmd += ["-d", f"0,{depth}" if depth else "0"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800).stdout
     except (OSError, subprocess.SubprocessError) as exc:
@@ -132,9 +142,10 @@ def llama_bench(path: str, model: Path, threads: int, p: int, g: int) -> dict[st
     rows = json.loads(out)
     res: dict[str, float] = {}
     for row in rows:
-        if row.get("n_prompt", 0) > 0 and row.get("n_gen", 0) == 0:
+        at = int(row.get("n_depth", 0))
+        if row.get("n_prompt", 0) > 0 and row.get("n_gen", 0) == 0 and at == 0:
             res["prefill_tps"] = float(row["avg_ts"])
-        elif row.get("n_gen", 0) > 0:
+        elif row.get("n_gen", 0) > 0 and at == depth:
             res["decode_tps"] = float(row["avg_ts"])
     return res
 
@@ -156,7 +167,31 @@ def llama_batched_bench(path: Path, model: Path, threads: int, g: int) -> dict[s
     return {str(r["pl"]): round(float(r["speed_tg"]), 1) for r in rows}
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+async def ours(engine: Engine, args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
+    """One round of warmloop's side: single-sequence rates and aggregate decode."""
+    res: dict[str, Any] = dict(await single(engine, args, rng))
+    for n in (1, 2, 4, 8):
+        res[f"batched_{n}"] = await concurrent(engine, n, args.gen_tokens, rng)
+    return res
+
+
+def theirs(build: Path, model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One round of one llama.cpp build's side."""
+    bench = llama_bench(
+        str(build), model, args.threads, args.prompt_tokens, args.gen_tokens, args.depth
+    )
+    res: dict[str, Any] = dict(bench or {})
+    batched = build.with_name("llama-batched-bench")
+    if batched.exists():
+        for n, v in llama_batched_bench(batched, model, args.threads, args.gen_tokens).items():
+            res[f"batched_{n}"] = v
+    return res
+
+
+KEYS = ("prefill_tps", "decode_tps", "batched_1", "batched_2", "batched_4", "batched_8")
+
+
+async def main_async(args: argparse.Namespace, builds: dict[str, Path]) -> dict[str, Any]:
     rng = random.Random(0)
     cfg = Config(
         model=args.model,
@@ -168,31 +203,52 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         prefill_stall_factor=args.prefill_stall_factor,
         kv_reuse=False,
     )
+    model = cfg.model_path()
     engine = build_engine(cfg)
     engine.start()
+    runs: dict[str, list[dict[str, Any]]] = {"warmloop": [], **{name: [] for name in builds}}
     try:
-        report: dict[str, Any] = {"single": await single(engine, args, rng)}
-        print(
-            f"warmloop  prefill {report['single']['prefill_tps']:8.1f} tok/s   "
-            f"decode {report['single']['decode_tps']:7.1f} tok/s"
-        )
-        rates = {}
-        for n in (1, 2, 4, 8):
-            rates[n] = await concurrent(engine, n, args.gen_tokens, rng)
-            print(f"  {n} concurrent sequences: {rates[n]:7.1f} decode tok/s aggregate")
-        report["concurrency"] = {str(k): round(v, 1) for k, v in rates.items()}
-        report["batching_speedup_at_8"] = round(rates[8] / rates[1], 2)
-        report["stall"] = await stall(engine, args, rng)
-        s = report["stall"]
-        print(
-            f"  stall while a {args.stall_prompt}-token prompt is admitted: worst gap "
-            f"{s['worst_stall_ms']:.0f} ms vs normal step {s['normal_step_ms']:.0f} ms "
-            f"({s['stall_ratio']:.2f}x); the long prompt's first token after "
-            f"{s['long_prompt_ttft_s']:.1f} s"
-        )
+        print(f"warmloop runs the {engine.backend.cpu.name} CPU variant")
+        for r in range(args.rounds):
+            runs["warmloop"].append(await ours(engine, args, rng))
+            for name, build in builds.items():
+                runs[name].append(await asyncio.to_thread(theirs, build, model, args))
+            for name, rows in runs.items():
+                shown = "  ".join(f"{k} {rows[-1][k]:6.1f}" for k in KEYS if k in rows[-1])
+                print(f"round {r} {name:>18}: {shown}", flush=True)
+        stall_report = await stall(engine, args, rng)
+        variant = engine.backend.cpu.name
     finally:
         engine.stop()
-    return report
+    medians = {
+        name: {k: round(statistics.median(x[k] for x in rows), 1) for k in KEYS if k in rows[0]}
+        for name, rows in runs.items()
+        if rows
+    }
+    ratios = {
+        name: {k: round(medians["warmloop"][k] / v, 3) for k, v in m.items() if v}
+        for name, m in medians.items()
+        if name != "warmloop"
+    }
+    print(f"\nmedians over {args.rounds} interleaved rounds (decode at depth {args.depth}):")
+    for name, m in medians.items():
+        print(f"  {name:>18}: " + "  ".join(f"{k} {v:6.1f}" for k, v in m.items()))
+    for name, q in ratios.items():
+        print(f"  warmloop / {name}: " + "  ".join(f"{k} {v:.2f}" for k, v in q.items()))
+    s = stall_report
+    print(
+        f"stall while a {args.stall_prompt}-token prompt is admitted: worst gap "
+        f"{s['worst_stall_ms']:.0f} ms vs normal step {s['normal_step_ms']:.0f} ms "
+        f"({s['stall_ratio']:.2f}x); the long prompt's first token after "
+        f"{s['long_prompt_ttft_s']:.1f} s"
+    )
+    return {
+        "cpu_variant": variant,
+        "runs": runs,
+        "medians": medians,
+        "ratios": ratios,
+        "stall": stall_report,
+    }
 
 
 def main() -> None:
@@ -210,49 +266,29 @@ def main() -> None:
     )
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--gen-tokens", type=int, default=128)
+    p.add_argument("--depth", type=int, default=512, help="context depth of the decode test")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--stall-prompt", type=int, default=4096)
     p.add_argument("--stall-gen", type=int, default=400)
-    p.add_argument(
-        "--llama-bench",
-        default=os.environ.get("WARMLOOP_LLAMA_BENCH") or shutil.which("llama-bench"),
-    )
+    p.add_argument("--llama-bench", type=Path, default=None, help="the AVX2-baseline build")
+    p.add_argument("--native-llama-bench", type=Path, default=None, help="the native build")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "engine.json")
     args = p.parse_args()
-    report = asyncio.run(main_async(args))
-    model = args.model or Config().model_path()
+    builds = {
+        name: path
+        for name, path in (
+            ("llama.cpp native", args.native_llama_bench),
+            ("llama.cpp avx2", args.llama_bench),
+        )
+        if path is not None
+    }
+    if not builds:
+        print("no llama-bench given: only warmloop is measured (benchmarks/build_llama_bench.sh)")
+    report = asyncio.run(main_async(args, builds))
     report["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    if args.llama_bench:
-        ref = llama_bench(
-            args.llama_bench, model, args.threads, args.prompt_tokens, args.gen_tokens
-        )
-        if ref:
-            report["llama_bench"] = ref
-            ours = report["single"]
-            report["ratio_vs_llama_cpp"] = {
-                k: round(ours[k] / ref[k], 3) for k in ("prefill_tps", "decode_tps") if k in ref
-            }
-            print(
-                f"llama.cpp prefill {ref.get('prefill_tps', 0):8.1f} tok/s   "
-                f"decode {ref.get('decode_tps', 0):7.1f} tok/s   (llama-bench)"
-            )
-            print(f"warmloop / llama.cpp: {report['ratio_vs_llama_cpp']}")
-        batched = Path(args.llama_bench).with_name("llama-batched-bench")
-        if batched.exists():
-            theirs = llama_batched_bench(batched, model, args.threads, args.gen_tokens)
-            report["llama_batched_bench"] = theirs
-            report["batched_ratio_vs_llama_cpp"] = {
-                n: round(report["concurrency"][n] / v, 3) for n, v in theirs.items() if v
-            }
-            print(f"llama-batched-bench aggregate decode tok/s: {theirs}")
-            print(f"warmloop / llama.cpp, batched: {report['batched_ratio_vs_llama_cpp']}")
-    else:
-        print(
-            "llama-bench not found: llama.cpp's own numbers were not measured "
-            "(build it with benchmarks/build_llama_bench.sh)"
-        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -4,8 +4,9 @@ Both servers get the same model, slots, context per slot and threads. warmloop r
 workload over WebSocket mode (`previous_response_id` + only the new item each turn);
 llama-server over `/v1/chat/completions` with the whole history each turn and its
 prompt cache on (its default), which is how agents use it today. llama-server is built
-from the llama.cpp that llama-cpp-python vendors, with warmloop's own CPU flags
-(`benchmarks/build_llama_bench.sh`; `make peers` builds it and runs this).
+from the llama.cpp that llama-cpp-python vendors, as users build it (default cmake,
+native: `benchmarks/build_llama_bench.sh native`; `make peers` builds it and runs this);
+warmloop runs the CPU variant it picks at start.
 
 This machine drifts by ±30% within an hour, so a number means something only next to
 its baseline: every round runs each workload on both servers back to back (the order

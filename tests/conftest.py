@@ -10,8 +10,17 @@ from pathlib import Path
 import pytest
 
 from warmloop.bench.server import LocalServer
+from warmloop.engine.backend import load_cpu_backend
 from warmloop.fleet.postgres import PostgresCluster
 from warmloop.fleet.postgres import missing as postgres_missing
+
+# The suite checks greedy text of a 135M model, which depends on the kernels' rounding,
+# and CPUs of this machine kind differ (AVX-512 with or without VNNI or BF16, ...). So
+# every engine of the suite, in this process and in the servers it starts, runs the AVX2
+# baseline, alike on all of them; tests/integration/test_cpu_variant.py runs the variant
+# auto picks. `WARMLOOP_CPU_VARIANT=auto pytest` runs the suite on that one instead.
+os.environ.setdefault("WARMLOOP_CPU_VARIANT", "avx2")
+load_cpu_backend(os.environ["WARMLOOP_CPU_VARIANT"])  # this process: before any engine
 
 KEY_A = "sk-test-tenant-a"
 KEY_B = "sk-test-tenant-b"

@@ -68,6 +68,7 @@ def build_engine(config: Config, metrics: Metrics | None = None) -> Engine:
             max_running=0 if config.batching else 1,
             idle_snapshot_s=config.kv_idle_snapshot_s,
             max_draft=config.speculative_draft,
+            cpu_variant=config.cpu_variant,
         ),
         manager,
     )
@@ -174,13 +175,16 @@ def create_app(config: Config, transports: Transports | None = None) -> FastAPI:
         engine.start()
         app.state.runtime = runtime
         log.info(
-            "warmloop worker %s serving %s (%s tool calls) on %d slots x %d tokens (kv reuse %s)",
+            "warmloop worker %s serving %s (%s tool calls) on %d slots x %d tokens "
+            "(kv reuse %s), CPU variant %s (%s)",
             config.response_worker,
             runtime.service.model_id,
             runtime.service.preparer.renderer.family.name,
             config.slots,
             config.ctx,
             "on" if config.kv_reuse else "off",
+            engine.backend.cpu.name,
+            engine.backend.cpu.reason,
         )
         lost = runtime.service.store.fail_unfinished(
             "The server stopped while this background response ran.", config.worker_id

@@ -59,6 +59,7 @@ class Parser:
 
 def serve(config: Config) -> None:
     from warmloop.doctor import SelfTestFailed, self_test
+    from warmloop.engine.cpu import CpuVariantError, choose_here
     from warmloop.launcher import server
 
     logging.basicConfig(
@@ -84,11 +85,15 @@ def serve(config: Config) -> None:
             raise SystemExit(
                 f"warmloop: --chat-template-file {config.chat_template_file}{where}: {exc}"
             ) from None
+    try:  # a variant that does not exist or cannot run here: say so before anything loads
+        choose_here(config.cpu_variant)
+    except CpuVariantError as exc:
+        raise SystemExit(f"warmloop: {exc}") from None
     if config.self_test:
         # Before listening: an engine build this CPU cannot run dies here, in a child,
         # with one clear message, instead of killing the server on the first request.
         try:
-            self_test(config.model_path(), threads=config.threads)
+            self_test(config.model_path(), threads=config.threads, cpu_variant=config.cpu_variant)
         except SelfTestFailed as exc:
             raise SystemExit(f"warmloop: {exc}") from None
     server(config).run()

@@ -120,6 +120,12 @@ class Config(BaseSettings):
         description="prompt-lookup speculative decoding: at most this many tokens drafted "
         "from the context per step of a greedy response, verified in one batch (0 = off)",
     )
+    cpu_variant: str = Field(
+        "auto",
+        description="llama.cpp CPU kernels: auto (the widest build whose instructions the "
+        "CPU advertises and the OS enables) or one by name, e.g. avx2 (`warmloop doctor` "
+        "lists them)",
+    )
     batching: bool = Field(
         True, description="decode all sequences in one batch (--no-batching: one at a time)"
     )

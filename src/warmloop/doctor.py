@@ -13,9 +13,7 @@ this project's machines. In a child that becomes one clear error with the fix.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import os
 import re
 import shutil
 import signal
@@ -27,22 +25,27 @@ from pathlib import Path
 from typing import Any
 
 from warmloop.config import default_threads, embedded_model_path
+from warmloop.engine import cpu
 from warmloop.models import resolve_model
 
 PREFILL_TOKENS = 64
 DECODE_TOKENS = 8
 SELF_TEST_TIMEOUT_S = 180.0
-CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "amx_tile", "amx_int8")
-# AMX mnemonics: any of them in the engine's CPU library means SIGILL where the OS has
-# not enabled the AMX tile state.
+# AMX mnemonics: any of them in a CPU backend means SIGILL where the OS has not granted
+# the AMX tile state.
 AMX_MNEMONICS = re.compile(
     r"\b(ldtilecfg|sttilecfg|tileloadd|tileloaddt1|tilestored|tilezero|tilerelease|"
     r"tdpbssd|tdpbsud|tdpbusd|tdpbuud|tdpbf16ps|tdpfp16ps)\b"
 )
+# One instruction of `objdump -d`: address, its bytes, mnemonic and operands.
+_INSTRUCTION = re.compile(r"^\s*[0-9a-f]+:\t((?:[0-9a-f]{2} )+)\s*\t(\S+)(.*)$", re.MULTILINE)
+# Legacy prefixes that may precede an EVEX (AVX-512) prefix, whose first byte is 0x62.
+_PREFIXES = {"67", "2e", "36", "3e", "26", "64", "65"}
 FIX = (
-    "Rebuild the engine portably from a clean environment: `make clean && make setup` "
-    "(the Makefile builds llama-cpp-python with explicit AVX2 flags, never -march=native, "
-    "and never reuses a wheel built with other flags)."
+    "Rebuild the engine from a clean environment: `make clean && make setup` (the Makefile "
+    "builds llama.cpp's CPU kernels as variants with explicit flags, never -march=native, "
+    "never reuses a wheel built with other flags, and warmloop loads only a variant the CPU "
+    "and the OS both allow); `--cpu-variant avx2` forces the baseline."
 )
 
 
@@ -58,77 +61,50 @@ class SelfTestResult:
     decode_ms: float
     n_ctx_train: int
     text: str
+    cpu_variant: str  # the variant the child loaded
+    cpu_libraries: list[str]  # the llama.cpp CPU backend files mapped in the child
 
 
 # ----- CPU and build facts ------------------------------------------------------------
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def os_enables_amx() -> bool | None:
-    """Whether the kernel supports the AMX tile state for user space (None: unknown).
-
-    arch_prctl(ARCH_GET_XCOMP_SUPP) returns the XSAVE features the kernel supports; bit
-    18 is XTILEDATA. CPUID alone (what ggml checks) says nothing about this.
-    """
-    if sys.platform != "linux" or os.uname().machine != "x86_64":
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        supported = ctypes.c_uint64(0)
-        sys_arch_prctl, arch_get_xcomp_supp = 158, 0x1021
-        if libc.syscall(sys_arch_prctl, arch_get_xcomp_supp, ctypes.byref(supported)) != 0:
-            return None
-        return bool(supported.value & (1 << 18))
-    except (OSError, AttributeError):
-        return None
-
-
-def engine_library() -> Path | None:
-    """The installed llama.cpp CPU backend library (libggml-cpu), if found."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or spec.origin is None:
-        return None
-    lib = Path(spec.origin).parent / "lib"
-    found = sorted(lib.glob("libggml-cpu*.so*")) or sorted(lib.glob("libllama*.so*"))
-    return found[0] if found else None
-
-
-def amx_instructions(library: Path) -> int | None:
-    """How many AMX instructions `library` holds (None: objdump is not installed)."""
+def instruction_counts(library: Path) -> dict[str, int] | None:
+    """How many AMX and AVX-512 (EVEX-encoded) instructions `library` holds (None:
+    objdump is not installed)."""
     objdump = shutil.which("objdump")
     if objdump is None:
         return None
-    out = subprocess.run(
-        [objdump, "-d", "--no-show-raw-insn", str(library)],
+    listing = subprocess.run(
+        [objdump, "-d", "--insn-width=16", str(library)],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return len(AMX_MNEMONICS.findall(out))
+    return count_instructions(listing)
+
+
+def count_instructions(listing: str) -> dict[str, int]:
+    counts = {"amx": 0, "avx512": 0}
+    for raw, mnemonic, operands in _INSTRUCTION.findall(listing):
+        if AMX_MNEMONICS.fullmatch(mnemonic):
+            counts["amx"] += 1
+        first = next((b for b in raw.split() if b not in _PREFIXES), "")
+        if first == "62" or "%zmm" in operands:
+            counts["avx512"] += 1
+    return counts
 
 
 def build_features() -> dict[str, str]:
-    """What llama.cpp reports it was built with."""
+    """What llama.cpp reports it runs with (the loaded CPU variant's features)."""
     from warmloop.engine.backend import system_info
 
     return system_info()
 
 
 # ----- the self-test --------------------------------------------------------------------
-def self_test(model: Path, *, threads: int) -> SelfTestResult:
-    """Prefill 64 tokens and decode 8 in a child process; raise SelfTestFailed with
-    the cause and the fix if that child crashes, hangs or fails."""
+def self_test(model: Path, *, threads: int, cpu_variant: str = cpu.AUTO) -> SelfTestResult:
+    """Prefill 64 tokens and decode 8 in a child process on `cpu_variant`; raise
+    SelfTestFailed with the cause and the fix if that child crashes, hangs or fails."""
     cmd = [sys.executable, "-m", "warmloop.doctor", "--child", str(model), str(threads)]
+    cmd.append(cpu_variant)
     try:
         done = subprocess.run(
             cmd, capture_output=True, text=True, timeout=SELF_TEST_TIMEOUT_S, check=False
@@ -141,11 +117,11 @@ def self_test(model: Path, *, threads: int) -> SelfTestResult:
     if done.returncode < 0:
         sig = signal.Signals(-done.returncode)
         if sig is signal.SIGILL:
+            here = cpu.probe()
             raise SelfTestFailed(
-                "the engine crashed with SIGILL (illegal instruction) in its self-test: this "
-                "llama-cpp-python build uses CPU instructions this machine or its OS does not "
-                f"enable (AMX advertised: {'amx_tile' in cpu_flags()}, enabled by the OS: "
-                f"{os_enables_amx()}). {FIX}"
+                "the engine crashed with SIGILL (illegal instruction) in its self-test: its "
+                f"CPU variant ({cpu_variant}) uses instructions this machine or its OS does "
+                f"not enable (XCR0 {here.xcr0:#x}, AMX granted: {here.amx_permission}). {FIX}"
             )
         raise SelfTestFailed(
             f"the engine crashed with {sig.name} in its self-test on {model}. {FIX}"
@@ -159,13 +135,25 @@ def self_test(model: Path, *, threads: int) -> SelfTestResult:
     return SelfTestResult(**data)
 
 
-def _child(model: Path, threads: int) -> None:
+def _mapped_cpu_libraries() -> list[str]:
+    """The llama.cpp CPU backend files this process has mapped (Linux)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "libggml-cpu" in line}
+    except OSError:
+        return []
+    return sorted(Path(p).name for p in paths)
+
+
+def _child(model: Path, threads: int, cpu_variant: str) -> None:
     """The self-test itself: load, prefill, decode greedily, print one JSON line."""
     from warmloop.engine.backend import BatchRow, LlamaBackend
     from warmloop.engine.request import SamplingParams
     from warmloop.engine.sampling import make_sampler
 
-    backend = LlamaBackend(model, ctx_per_seq=256, n_seq=1, n_threads=threads, n_batch=128)
+    backend = LlamaBackend(
+        model, ctx_per_seq=256, n_seq=1, n_threads=threads, n_batch=128, cpu_variant=cpu_variant
+    )
     try:
         text = "The quick brown fox jumps over the lazy dog. " * 32
         tokens = backend.tokenize(text)[:PREFILL_TOKENS]
@@ -191,6 +179,8 @@ def _child(model: Path, threads: int) -> None:
             "decode_ms": round((t2 - t1) * 1000.0, 2),
             "n_ctx_train": backend.n_ctx_train,
             "text": piece,
+            "cpu_variant": backend.cpu.name,
+            "cpu_libraries": _mapped_cpu_libraries(),
         }
     finally:
         backend.close()
@@ -205,32 +195,75 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="GGUF path, HF cache repo file or Ollama name (default: embedded)",
     )
     parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument(
+        "--cpu-variant", default=cpu.AUTO, help="check this CPU variant instead of auto's"
+    )
 
 
-def report(model: Path, threads: int) -> tuple[list[tuple[str, str]], bool]:
+def _cpu_rows(wanted: str) -> tuple[list[tuple[str, str]], bool]:
+    """What the CPU advertises, what the OS enables, which variant runs and why."""
+    here = cpu.probe()
+    shown = sorted(here.flags - {"osxsave"})
+    rows = [("CPU advertises", f"{' '.join(shown) or 'unknown'} (read by {here.source})")]
+    states = [
+        name
+        for name, bits in (
+            ("AVX", cpu.XCR0_AVX),
+            ("AVX-512", cpu.XCR0_AVX512),
+            ("AMX", cpu.XCR0_AMX),
+        )
+        if here.xcr0 & bits == bits
+    ]
+    rows.append(("OS enables (XCR0)", f"{here.xcr0:#x}: {' '.join(states) or 'none beyond SSE'}"))
+    rows.append(("AMX granted (arch_prctl)", "yes" if here.amx_permission else "no"))
+    try:
+        choice = cpu.choose(here, cpu.read_manifest(cpu.library_dir()), wanted)
+    except cpu.CpuVariantError as exc:
+        return [*rows, ("problem", str(exc))], False
+    rows.append(("CPU variant", f"{choice.name} ({choice.reason})"))
+    for name, why in choice.rejected.items():
+        if why:
+            rows.append((f"  not {name}", why[0]))
+    lib = cpu.library_dir()
+    if choice.variant is None or lib is None:
+        return rows, True
+    counts = instruction_counts(lib / choice.variant.file)
+    if counts is None:
+        rows.append(("instructions", "objdump not installed: not checked"))
+        return rows, True
+    rows.append(
+        (
+            f"in {choice.variant.file}",
+            f"{counts['avx512']} AVX-512, {counts['amx']} AMX instructions",
+        )
+    )
+    forbidden = []
+    if counts["amx"] and not here.amx_permission:
+        forbidden.append("AMX")
+    if counts["avx512"] and here.xcr0 & cpu.XCR0_AVX512 != cpu.XCR0_AVX512:
+        forbidden.append("AVX-512")
+    if forbidden:
+        rows.append(
+            ("problem", f"it holds {' and '.join(forbidden)} the OS has not enabled. {FIX}")
+        )
+        return rows, False
+    return rows, True
+
+
+def report(
+    model: Path, threads: int, cpu_variant: str = cpu.AUTO
+) -> tuple[list[tuple[str, str]], bool]:
     """Rows of (what, finding) and whether everything is fine."""
-    ok = True
-    flags = cpu_flags()
-    rows = [("CPU flags", " ".join(f for f in CPU_FLAGS if f in flags) or "unknown")]
-    amx_os = os_enables_amx()
-    rows.append(("AMX enabled by the OS", {None: "unknown", True: "yes", False: "no"}[amx_os]))
-    if "avx2" not in flags:
-        rows.append(("problem", "this CPU lacks AVX2, which the engine build requires"))
-        ok = False
-    features = build_features()
+    rows, ok = _cpu_rows(cpu_variant)
+    if not ok:
+        return rows, False
+    features = build_features() if cpu_variant == cpu.AUTO else {}
     used = [k for k, v in features.items() if v == "1"]
-    rows.append(("engine build", " ".join(used) or "no CPU features reported"))
-    library = engine_library()
-    if library is not None:
-        count = amx_instructions(library)
-        found = "objdump not installed" if count is None else str(count)
-        rows.append((f"AMX instructions in {library.name}", found))
-        if count:
-            rows.append(("problem", f"the engine build holds AMX instructions. {FIX}"))
-            ok = False
+    if used:
+        rows.append(("CPU backend features", " ".join(used)))
     rows.append(("model", f"{model} ({model.stat().st_size / 2**20:.1f} MiB)"))
     try:
-        result = self_test(model, threads=threads)
+        result = self_test(model, threads=threads, cpu_variant=cpu_variant)
     except SelfTestFailed as exc:
         rows.append(("self-test", f"FAILED: {exc}"))
         return rows, False
@@ -240,7 +273,8 @@ def report(model: Path, threads: int) -> tuple[list[tuple[str, str]], bool]:
     rows.append(
         (
             "self-test",
-            f"ok: {result.prefill_tokens}-token prefill in {result.prefill_ms:.0f} ms "
+            f"ok on the {result.cpu_variant} CPU variant ({', '.join(result.cpu_libraries)}): "
+            f"{result.prefill_tokens}-token prefill in {result.prefill_ms:.0f} ms "
             f"({prefill_rate:.0f} tok/s), {result.decode_tokens} tokens decoded in "
             f"{result.decode_ms:.0f} ms ({decode_rate:.0f} tok/s) on {threads} threads",
         )
@@ -250,7 +284,7 @@ def report(model: Path, threads: int) -> tuple[list[tuple[str, str]], bool]:
 
 def run(args: argparse.Namespace) -> None:
     model = resolve_model(args.model) if args.model is not None else embedded_model_path()
-    rows, ok = report(model, args.threads)
+    rows, ok = report(model, args.threads, args.cpu_variant)
     width = max(len(what) for what, _ in rows)
     for what, finding in rows:
         print(f"{what:<{width}}  {finding}")
@@ -259,8 +293,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _main(argv: list[str]) -> Any:
-    if len(argv) == 3 and argv[0] == "--child":
-        return _child(Path(argv[1]), int(argv[2]))
+    if len(argv) == 4 and argv[0] == "--child":
+        return _child(Path(argv[1]), int(argv[2]), argv[3])
     raise SystemExit("usage: warmloop doctor (this module's --child mode is internal)")
 
 

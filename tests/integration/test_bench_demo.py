@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from tests.conftest import KEY_A, LOG_DIR, LiveServer
 from warmloop.bench import cli as bench
 from warmloop.bench.server import free_port
 from warmloop.config import embedded_model_path
+from warmloop.engine import cpu
 
 TINY = ["--turns", "3", "--instruction-words", "40", "--tool-words", "12", "--output-tokens", "4"]
 SUMMARY_KEYS = {
@@ -87,10 +89,15 @@ def test_bench_chat_api_against_llama_cpp_python_server(tmp_path: Path) -> None:
     pytest.importorskip("sse_starlette", reason="needs llama-cpp-python[server]")
     port = free_port()
     log = (LOG_DIR / f"llama-cpp-server-{port}.log").open("wb")
+    # The engine wheel's CPU backend is a module warmloop loads itself (engine/cpu.py);
+    # llama-cpp-python on its own is pointed at the AVX2 baseline.
+    lib = cpu.library_dir()
+    assert lib is not None
+    env = {**os.environ, "GGML_BACKEND_PATH": str(lib / "libggml-cpu.so")}
     peer = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path()),
          "--port", str(port), "--n_ctx", "1024", "--n_threads", "2"],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     try:
         for _ in range(300):

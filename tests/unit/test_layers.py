@@ -18,7 +18,7 @@ ENGINE_SIDE = {"warmloop.engine.engine", *LLAMA_MODULES}
 # Process-wide by nature, each with its reason (the test fails on any other).
 PROCESS_STATE = {
     # llama.cpp's backend is initialised once per process, whatever app runs
-    ("warmloop.engine.backend", "_backend_initialised"),
+    ("warmloop.engine.backend", "_cpu_choice"),
 }
 MUTABLE = (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.SetComp)
 MUTABLE_CALLS = {"dict", "list", "set", "defaultdict", "Counter", "OrderedDict", "deque"}

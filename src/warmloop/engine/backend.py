@@ -22,6 +22,8 @@ from typing import Any
 
 import llama_cpp
 
+from warmloop.engine import cpu
+
 log = logging.getLogger("warmloop.llama")
 
 # ggml_log_level: 1 DEBUG, 2 INFO, 3 WARN, 4 ERROR, 5 CONT
@@ -42,22 +44,48 @@ def _log_to_python(level: int, text: bytes, _user: Any) -> None:
 _forward_log = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(
     _log_to_python
 )
-_backend_initialised = False
+# The CPU backend variant this process loaded (once: llama.cpp keeps it for good).
+_cpu_choice: cpu.Choice | None = None
+
+
+def load_cpu_backend(wanted: str = cpu.AUTO) -> cpu.Choice:
+    """Load llama.cpp's CPU backend, the variant `cpu.choose` picks for this CPU and OS
+    (or `wanted`), and initialise llama.cpp; once per process. Later calls get what the
+    process runs ("auto" included); one that names another variant is refused: a
+    process cannot swap its kernels."""
+    global _cpu_choice
+    if _cpu_choice is not None:
+        if wanted not in (cpu.AUTO, _cpu_choice.name):
+            raise cpu.CpuVariantError(
+                f"this process already runs the {_cpu_choice.name} CPU variant; "
+                f"--cpu-variant {wanted} needs a process of its own"
+            )
+        return _cpu_choice
+    choice = cpu.choose_here(wanted)
+    llama_cpp.llama_log_set(_forward_log, ctypes.c_void_p())
+    if choice.variant is not None:
+        # Through libllama's own handle: dlsym searches its dependencies, so this is the
+        # libggml (and backend registry) llama.cpp uses. The wheel holds libggml.so and
+        # libggml.so.0 as two files; opening the other one would load a second registry.
+        load = llama_cpp.llama_cpp._lib.ggml_backend_load
+        load.argtypes = [ctypes.c_char_p]
+        load.restype = ctypes.c_void_p
+        path = Path(llama_cpp.__file__).parent / "lib" / choice.variant.file
+        if not load(str(path).encode()):
+            raise BackendError(f"llama.cpp could not load its CPU backend {path}")
+    # With a backend registered, llama_backend_init does not scan for others.
+    llama_cpp.llama_backend_init()
+    _map_large_buffers()
+    _cpu_choice = choice
+    log.info("llama.cpp CPU backend: %s (%s)", choice.name, choice.reason)
+    return choice
 
 
 def system_info() -> dict[str, str]:
-    """What llama.cpp reports it was built with (`llama_print_system_info`)."""
+    """What the loaded llama.cpp reports it runs with (`llama_print_system_info`)."""
+    load_cpu_backend()
     info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
     return dict(re.findall(r"([A-Z0-9_]+) = (\w+)", info))
-
-
-def _init_once() -> None:
-    global _backend_initialised
-    if not _backend_initialised:
-        llama_cpp.llama_log_set(_forward_log, ctypes.c_void_p())
-        llama_cpp.llama_backend_init()
-        _map_large_buffers()
-        _backend_initialised = True
 
 
 def _map_large_buffers() -> None:
@@ -100,8 +128,9 @@ class LlamaBackend:
         n_threads: int,
         n_batch: int,
         swa_full: bool = True,
+        cpu_variant: str = cpu.AUTO,
     ) -> None:
-        _init_once()
+        self.cpu = load_cpu_backend(cpu_variant)
         if not model_path.is_file():
             raise BackendError(f"model file not found: {model_path}")
         mparams = llama_cpp.llama_model_default_params()

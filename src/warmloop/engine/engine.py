@@ -52,6 +52,7 @@ class EngineConfig:
     max_running: int  # sequences decoding at once (1: no batching, the baseline)
     idle_snapshot_s: float  # chains idle this long move to host RAM (0: only when needed)
     max_draft: int  # prompt-lookup draft tokens per step for greedy sequences (0: off)
+    cpu_variant: str  # llama.cpp CPU backend variant (engine/cpu.py): "auto" or a name
 
 
 class Engine:
@@ -67,6 +68,7 @@ class Engine:
             n_seq=config.slots,
             n_threads=config.threads,
             n_batch=config.batch_tokens,
+            cpu_variant=config.cpu_variant,
         )
         self.kv: KVCache = kv_cache(self.backend)
         self.scheduler = Scheduler(
