@@ -27,6 +27,7 @@ from warmloop.engine.request import (
     Finished,
     FinishReason,
     Job,
+    Outbox,
     Placed,
     TokenOut,
 )
@@ -80,6 +81,7 @@ class Engine:
             stall_factor=config.prefill_stall_factor,
         )
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._outbox = Outbox()  # events of one pass of the loop, delivered at its end
         self._stop = False
         self._dead = False
         self._thread = threading.Thread(target=self._loop, name="warmloop-engine", daemon=True)
@@ -119,6 +121,7 @@ class Engine:
         """
         job.loop = asyncio.get_running_loop()
         job.out = asyncio.Queue()
+        job.outbox = self._outbox
         if not self.alive():
             yield Failed("the engine is not running (see the server log)")
             return
@@ -183,6 +186,8 @@ class Engine:
             for job in self.scheduler.clear():
                 job.post(Failed("the engine stopped"))
             raise
+        finally:
+            self._outbox.flush()
 
     def _run_commands(self, idle: bool) -> None:
         """Run what the event loop asked for (submit, cancel, release); one that fails
@@ -227,6 +232,7 @@ class Engine:
                 log.exception("engine step failed")
                 for seq in list(sched.running):
                     self._fail(seq, f"engine error: {exc}")
+            self._outbox.flush()
         for seq in list(sched.running):
             self._finish(seq, "cancelled")
         for job in sched.clear():

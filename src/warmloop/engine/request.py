@@ -101,16 +101,46 @@ class Job:
     # truncation "auto": the prompt continues a chain with its tokens [start, end) dropped
     drop: tuple[int, int] | None = None
     cancelled: bool = False  # set from the event loop; read by the engine thread
-    # Where the results go: the engine thread posts into this loop-owned queue.
+    # Where the results go: the engine thread posts into this loop-owned queue, through
+    # the engine's outbox.
     loop: asyncio.AbstractEventLoop | None = None
     out: asyncio.Queue[EngineEvent] | None = None
+    outbox: Outbox | None = None
 
     def post(self, event: EngineEvent) -> None:
-        if self.loop is None or self.out is None:
-            return
-        # RuntimeError: the loop is closed, nobody is listening any more.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.out.put_nowait, event)
+        if self.outbox is not None and self.loop is not None and self.out is not None:
+            self.outbox.put(self.loop, self.out, event)
+
+
+class Outbox:
+    """Events the engine thread posts during one pass of its loop, handed to each event
+    loop in one call when the pass ends (`flush`): one wake-up of the loop per step,
+    not one per token of every sequence. Owned by the engine thread."""
+
+    def __init__(self) -> None:
+        self._pending: dict[
+            asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[EngineEvent], EngineEvent]]
+        ] = {}
+
+    def put(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        out: asyncio.Queue[EngineEvent],
+        event: EngineEvent,
+    ) -> None:
+        self._pending.setdefault(loop, []).append((out, event))
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for loop, items in pending.items():
+            # RuntimeError: the loop is closed, nobody is listening any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, items)
+
+
+def _deliver(items: list[tuple[asyncio.Queue[EngineEvent], EngineEvent]]) -> None:
+    for out, event in items:
+        out.put_nowait(event)
 
 
 class EngineHandle(Protocol):

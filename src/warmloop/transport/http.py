@@ -93,8 +93,9 @@ class TimedStreamingResponse(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def timed_send(message: Message) -> None:
-            try:
-                await asyncio.wait_for(send(message), self.write_timeout_s)
+            try:  # a deadline, not wait_for: no task per write of every token
+                async with asyncio.timeout(self.write_timeout_s):
+                    await send(message)
             except TimeoutError:
                 log.warning(
                     "SSE client %s read nothing for %g s; dropping it",

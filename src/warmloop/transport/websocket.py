@@ -80,8 +80,9 @@ class _Session:
         text = json.dumps(event, ensure_ascii=False)
         timeout = self.config.write_timeout_s
         async with self._send_lock:
-            try:
-                await asyncio.wait_for(self.ws.send_text(text), timeout)
+            try:  # a deadline, not wait_for: no task per frame
+                async with asyncio.timeout(timeout):
+                    await self.ws.send_text(text)
             except TimeoutError:
                 log.warning(
                     "connection %s read nothing for %g s; dropping it", self.conn.id, timeout
