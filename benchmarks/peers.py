@@ -90,12 +90,12 @@ SHAPES = (
     Shape("1x20", 1, 20, 400, False, (75, 75), (16, 16)),
     Shape("4on4", 4, 10, 400, False, (75, 75), (16, 16)),
     Shape("8on4", 8, 10, 400, False, (75, 75), (16, 16)),
-    Shape("shared-head", 8, 10, 1500, True, (75, 75), (16, 16), goal=0.5),
+    Shape("shared-head", 8, 10, 1500, True, (75, 75), (16, 16), goal=0.3),
     Shape("edit", 2, 6, 300, False, (60, 90), (96, 96), edit=True, goal=0.6),
     # ~4k-token shared head, tool outputs of 200-1,200 tokens: as much as fits in the
     # embedded model's 8,192-token context (llama-server caps a slot at the model's
     # training context, so both servers get 8,192 per slot).
-    Shape("coding-agent", 4, 4, 3800, True, (200, 1200), (30, 100), (0.5, 5.0), goal=0.7),
+    Shape("coding-agent", 4, 4, 3800, True, (200, 1200), (30, 100), (0.5, 5.0), goal=0.65),
 )
 
 
