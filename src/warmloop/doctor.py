@@ -216,15 +216,15 @@ def _cpu_rows(wanted: str) -> tuple[list[tuple[str, str]], bool]:
     ]
     rows.append(("OS enables (XCR0)", f"{here.xcr0:#x}: {' '.join(states) or 'none beyond SSE'}"))
     rows.append(("AMX granted (arch_prctl)", "yes" if here.amx_permission else "no"))
+    lib = cpu.library_dir()
     try:
-        choice = cpu.choose(here, cpu.read_manifest(cpu.library_dir()), wanted)
+        choice = cpu.choose(here, cpu.read_manifest(lib), wanted)
     except cpu.CpuVariantError as exc:
         return [*rows, ("problem", str(exc))], False
     rows.append(("CPU variant", f"{choice.name} ({choice.reason})"))
     for name, why in choice.rejected.items():
         if why:
             rows.append((f"  not {name}", why[0]))
-    lib = cpu.library_dir()
     if choice.variant is None or lib is None:
         return rows, True
     counts = instruction_counts(lib / choice.variant.file)

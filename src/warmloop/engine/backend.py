@@ -70,7 +70,9 @@ def load_cpu_backend(wanted: str = cpu.AUTO) -> cpu.Choice:
         load = llama_cpp.llama_cpp._lib.ggml_backend_load
         load.argtypes = [ctypes.c_char_p]
         load.restype = ctypes.c_void_p
-        path = Path(llama_cpp.__file__).parent / "lib" / choice.variant.file
+        lib = cpu.library_dir()
+        assert lib is not None  # the manifest that named the variant was read there
+        path = lib / choice.variant.file
         if not load(str(path).encode()):
             raise BackendError(f"llama.cpp could not load its CPU backend {path}")
     # With a backend registered, llama_backend_init does not scan for others.

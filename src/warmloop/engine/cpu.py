@@ -224,7 +224,7 @@ _SYS_ARCH_PRCTL = 158
 _ARCH_REQ_XCOMP_PERM = 0x1023
 _XFEATURE_XTILEDATA = 18
 # /proc/cpuinfo names of the flags above where they differ
-_PROC_NAMES = {"sse4_2": "sse4_2", "avx512_vbmi": "avx512vbmi"}
+_PROC_NAMES = {"avx512_vbmi": "avx512vbmi"}
 
 
 def _run_machine_code() -> tuple[frozenset[str], int] | None:

@@ -3,8 +3,9 @@
 `make_sampler` gives a request without a grammar or top-p (greedy, or a temperature:
 what agents send) a `RowSampler`, one numpy pass over the row of logits, and anything
 else llama.cpp's sampler chain (grammar → top-p → temperature → seeded draw, or
-greedy), which first copies every token of the vocabulary into a candidate array: that
-copy was most of the 0.4 ms a sampled token cost per sequence. `json_schema_to_gbnf`
+greedy), which first copies every token of the vocabulary into a candidate array (the
+chain cost about 0.4 ms a sampled token per sequence; a RowSampler draw 48 µs for
+49,152 tokens). `json_schema_to_gbnf`
 and `check_grammar` turn a JSON schema into a grammar and ask llama.cpp whether it
 accepts it before a response starts. With `engine/backend.py`, the only module that
 imports the llama.cpp binding.
