@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ from warmloop.engine.backend import LlamaBackend
 from warmloop.engine.engine import Engine, EngineConfig
 from warmloop.engine.sampling import json_schema_to_gbnf
 from warmloop.kvcache.base import KVOps
+from warmloop.kvcache.disk_store import DiskStore, identity_of
 from warmloop.kvcache.manager import KVCacheManager
 from warmloop.kvcache.policy import LRUPolicy
 from warmloop.metrics import Metrics
@@ -54,6 +57,8 @@ def build_engine(config: Config, metrics: Metrics | None = None) -> Engine:
             host_budget_bytes=config.kv_host_budget,
             metrics=metrics,
             policy=LRUPolicy(),
+            disk=disk_store(config, metrics),
+            disk_sync=config.kv_disk_sync,
         )
 
     return Engine(
@@ -71,6 +76,41 @@ def build_engine(config: Config, metrics: Metrics | None = None) -> Engine:
             cpu_variant=config.cpu_variant,
         ),
         manager,
+    )
+
+
+def disk_store(config: Config, metrics: Metrics | None) -> DiskStore | None:
+    """The KV disk tier under --kv-disk-dir, or None. A file is used only by a server with
+    the same model file, KV layout and engine version (its identity)."""
+    if config.kv_disk_dir is None or not config.kv_reuse:
+        return None
+    directory = config.kv_disk_dir
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    budget = config.kv_disk_budget or shutil.disk_usage(directory).free // 4
+    identity = identity_of(
+        config.model_path(),
+        ctx_per_seq=config.ctx,
+        kv_type="f16",
+        swa_full=True,
+        engine=f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}",
+    )
+
+    def rejected(reason: str) -> None:
+        if metrics:
+            metrics.disk_rejected.labels(reason).inc()
+
+    def written(ok: bool, _nbytes: int) -> None:
+        if metrics and not ok:
+            metrics.disk_write_failures.inc()
+
+    log.info("KV disk tier: %s, budget %.1f GiB", directory, budget / 2**30)
+    return DiskStore(
+        directory,
+        budget,
+        identity,
+        ttl_in_memory_s=config.kv_disk_ttl,
+        on_reject=rejected,
+        on_write=written,
     )
 
 
@@ -152,6 +192,9 @@ def build_runtime(config: Config, transports: Transports) -> tuple[Runtime, Engi
     metrics.bind_gauge(metrics.engine_alive, lambda: float(engine.alive()))
     metrics.bind_gauge(metrics.host_bytes, lambda: slots.host_bytes())
     metrics.bind_gauge(metrics.host_snapshots, lambda: slots.host_snapshots())
+    metrics.bind_gauge(metrics.disk_bytes, lambda: slots.disk_bytes())
+    metrics.bind_gauge(metrics.disk_files, lambda: slots.disk_files())
+    metrics.bind_gauge(metrics.disk_pending, lambda: slots.disk_pending())
     return runtime, engine
 
 

@@ -141,6 +141,30 @@ class Config(BaseSettings):
     kv_idle_snapshot_s: float = Field(
         0.0, ge=0, description="move chains idle this long to host RAM (0 = only when needed)"
     )
+    kv_disk_dir: Path | None = Field(
+        None,
+        description="directory for chains' KV files below host RAM: what leaves RAM, what a "
+        "drain (SIGTERM) holds and what --kv-disk-sync writes (store: true chains and "
+        "conversations only); servers sharing it hand sessions over warm (unset: no disk tier)",
+    )
+    kv_disk_budget: int = Field(
+        0,
+        ge=0,
+        description="bytes of KV files in --kv-disk-dir (0: a quarter of the free space "
+        "there at start); least recently used in_memory chains go first, then 24h ones",
+    )
+    kv_disk_sync: Literal["turn", "idle", "off"] = Field(
+        "idle",
+        description="also write chains to disk: after every turn (a SIGKILL loses at most "
+        "the last turn's KV; costs a copy of the chain's KV per turn), whenever the engine "
+        "is idle, or off (only what leaves RAM, and a drain)",
+    )
+    kv_disk_ttl: float = Field(
+        3600.0,
+        gt=0,
+        description="seconds a chain with prompt_cache_retention in_memory stays on disk "
+        "after its last use (24h chains: 24 hours)",
+    )
     reasoning_history: Literal["template", "keep"] = Field(
         "template",
         description="earlier turns' reasoning as the chat template renders it (what the "

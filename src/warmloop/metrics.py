@@ -52,6 +52,24 @@ class Metrics:
         self.restores = Counter(
             "warmloop_kv_restores", "Snapshots restored into a slot", registry=r
         )
+        self.disk_writes = Counter(
+            "warmloop_kv_disk_writes", "Chains queued to be written to disk", registry=r
+        )
+        self.disk_write_failures = Counter(
+            "warmloop_kv_disk_write_failures",
+            "Chain files that could not be written (a full disk: recomputed later)",
+            registry=r,
+        )
+        self.disk_restores = Counter(
+            "warmloop_kv_disk_restores", "Chains restored from disk into a slot", registry=r
+        )
+        self.disk_rejected = Counter(
+            "warmloop_kv_disk_rejected",
+            "Chain files not used (truncated, corrupt, foreign, tenant, gone, unreadable): "
+            "recomputed instead",
+            ["reason"],
+            registry=r,
+        )
         self.prefix_copies = Counter(
             "warmloop_kv_prefix_copies", "Prefixes copied between slots", registry=r
         )
@@ -126,6 +144,17 @@ class Metrics:
         )
         self.host_bytes = Gauge(
             "warmloop_kv_host_bytes", "Bytes of snapshots in host RAM", registry=r
+        )
+        self.disk_bytes = Gauge(
+            "warmloop_kv_disk_bytes", "Bytes of chain files in the KV disk directory", registry=r
+        )
+        self.disk_pending = Gauge(
+            "warmloop_kv_disk_pending",
+            "Chain file writes, deletes and touches queued for the disk writer",
+            registry=r,
+        )
+        self.disk_files = Gauge(
+            "warmloop_kv_disk_files", "Chain files in the KV disk directory", registry=r
         )
         self.host_snapshots = Gauge(
             "warmloop_kv_host_snapshots", "Snapshots in host RAM", registry=r

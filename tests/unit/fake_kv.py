@@ -9,8 +9,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from warmloop.engine.request import Job, SamplingParams
-from warmloop.kvcache.base import KVRequest, Placement, Slot
-from warmloop.kvcache.manager import KVCacheManager
+from warmloop.kvcache.base import KVRequest, Placement, Retention, Slot
+from warmloop.kvcache.disk_store import DiskStore
+from warmloop.kvcache.manager import DiskSync, KVCacheManager
 from warmloop.kvcache.policy import EvictionPolicy
 
 MADE: list[KVCacheManager] = []  # checked managers of the running test
@@ -62,11 +63,23 @@ def make(
     host: int = 10**6,
     policy: EvictionPolicy | None = None,
     checked: bool = True,
+    disk: DiskStore | None = None,
+    disk_sync: DiskSync = "off",
+    min_snapshot_tokens: int = 4,
 ) -> tuple[KVCacheManager, FakeKV]:
     """A manager over a fake backend; with `checked` its integrity is verified after the
     test (the `kv_integrity` fixture in conftest.py)."""
     kv = FakeKV()
-    mgr = KVCacheManager(n_slots, kv, kv_reuse=kv_reuse, host_budget_bytes=host, policy=policy)
+    mgr = KVCacheManager(
+        n_slots,
+        kv,
+        kv_reuse=kv_reuse,
+        host_budget_bytes=host,
+        policy=policy,
+        disk=disk,
+        disk_sync=disk_sync,
+        min_snapshot_tokens=min_snapshot_tokens,
+    )
     if checked:
         MADE.append(mgr)
     return mgr, kv
@@ -87,6 +100,8 @@ def job(
     prefill_only: bool = False,
     shared_prefix: int = 0,
     drop: tuple[int, int] | None = None,
+    durable: bool = False,
+    retention: Retention = "in_memory",
 ) -> Job:
     return Job(
         f"j{next(_ids)}",
@@ -97,6 +112,8 @@ def job(
         prefill_only=prefill_only,
         shared_prefix=shared_prefix,
         drop=drop,
+        durable=durable,
+        retention=retention,
     )
 
 

@@ -102,11 +102,11 @@ BREAKS: dict[str, tuple[Callable[[Scene], object], str]] = {
     ),
     "index holds a dropped snapshot": (
         lambda s: s.mgr.host.drop(s.snap),
-        r"prefix index holds snapshot \d+: neither a slot nor in host",
+        r"prefix index holds snapshot \d+: neither a slot, in host, nor a file",
     ),
     "index holds a stranger": (
         lambda s: s.mgr.index.insert("A", [1, 2], Slot(7)),
-        r"prefix index holds a foreign slot 7: neither a slot nor in host",
+        r"prefix index holds a foreign slot 7: neither a slot, in host, nor a file",
     ),
     "index tree out of step": (
         ghost_in_tree,
@@ -141,4 +141,6 @@ def test_every_problem_is_reported_at_once() -> None:
     s.mgr.host.drop(s.snap)
     with pytest.raises(KVIntegrityError) as err:
         s.mgr.check_integrity()
-    assert "slot 1 records" in str(err.value) and "neither a slot nor in host" in str(err.value)
+    assert "slot 1 records" in str(err.value) and "neither a slot, in host, nor a file" in str(
+        err.value
+    )

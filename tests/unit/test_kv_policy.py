@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from tests.unit.fake_kv import job, make, run, start
 from warmloop.kvcache.base import KVRequest, Slot
@@ -23,6 +23,8 @@ class Req:
     prefill_only: bool = False
     shared_prefix: int = 0
     drop: tuple[int, int] | None = None
+    durable: bool = False
+    retention: Literal["in_memory", "24h"] = "in_memory"
 
 
 def slot(

@@ -4,11 +4,16 @@ made here passes `check_integrity()` when its test ends (tests/unit/conftest.py)
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.fake_kv import compute, hold, job, make, run, start
+from tests.unit.fake_kv import FakeKV, compute, hold, job, make, run, start
 from warmloop.kvcache.base import Slot, common_prefix
+from warmloop.kvcache.disk_store import DiskStore
+from warmloop.kvcache.manager import KVCacheManager
 
 
 def test_common_prefix() -> None:
@@ -200,22 +205,52 @@ step = st.one_of(
         st.lists(st.integers(0, 3), min_size=1, max_size=8),
         st.booleans(),
         st.integers(0, 3),
+        st.booleans(),
     ),
     st.tuples(st.just("finish"), st.integers(0, 3)),
+    st.tuples(st.just("persist"), st.booleans()),
     st.tuples(st.just("release"), st.sampled_from(["c1", "c2", "c3"]), st.booleans()),
     st.tuples(st.just("idle")),
 )
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(step, max_size=30), st.booleans(), st.sampled_from([0, 400, 10**6]))
-def test_invariants_under_random_traffic(steps: list[tuple], reuse: bool, budget: int) -> None:  # type: ignore[type-arg]
-    mgr, kv = make(3, kv_reuse=reuse, host=budget)
+@given(
+    st.lists(step, max_size=30),
+    st.booleans(),
+    st.sampled_from([0, 400, 10**6]),
+    st.sampled_from([None, 900, 10**6]),
+)
+def test_invariants_under_random_traffic(
+    steps: list[tuple],  # type: ignore[type-arg]
+    reuse: bool,
+    budget: int,
+    disk_budget: int | None,
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        disk = None if disk_budget is None else DiskStore(Path(tmp), disk_budget, {"m": 1})
+        mgr, kv = make(3, kv_reuse=reuse, host=budget, disk=disk, disk_sync="turn")
+        try:
+            traffic(mgr, kv, steps, reuse=reuse, budget=budget)
+        finally:
+            mgr.close()
+
+
+def traffic(
+    mgr: KVCacheManager,
+    kv: FakeKV,
+    steps: list[tuple],  # type: ignore[type-arg]
+    *,
+    reuse: bool,
+    budget: int,
+) -> None:
     running: list[Slot] = []
     for s in steps:
         if s[0] == "start":
-            _, tenant, lease, tokens, prefill_only, generated = s
-            j = job(tokens, tenant, lease, prefill_only=prefill_only, shared_prefix=1)
+            _, tenant, lease, tokens, prefill_only, generated, durable = s
+            j = job(
+                tokens, tenant, lease, prefill_only=prefill_only, shared_prefix=1, durable=durable
+            )
             before = {r.id: list(kv.seqs[r.id]) for r in running}
             if not mgr.can_place(j):
                 assert mgr.place(j) is None
@@ -234,6 +269,8 @@ def test_invariants_under_random_traffic(steps: list[tuple], reuse: bool, budget
             mgr.release(s[1], drop_kv=s[2])
         elif s[0] == "idle":
             mgr.snapshot_idle(0.0)
+        elif s[0] == "persist":
+            mgr.persist(drain=s[1])
         for slot in mgr.slots:
             assert kv.tokens(slot.id) == slot.tokens
             assert slot.busy == (slot in running)
@@ -284,3 +321,22 @@ def test_no_cut_when_the_model_cannot_shift_or_the_chain_is_elsewhere() -> None:
     run(mgr, kv, job(HEAD + OLD[:5], lease="c1"))
     p = start(mgr, kv, job([*HEAD, *KEPT, 1], lease="c1", drop=(10, 30)))
     assert p.reuse == 10 and mgr.stats.cuts == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(step, max_size=30), st.sampled_from([900, 10**6]))
+def test_invariants_with_chains_coming_back_from_disk(
+    steps: list[tuple],  # type: ignore[type-arg]
+    disk_budget: int,
+) -> None:
+    """One slot and no host RAM: every chain that leaves the slot goes to disk, and any
+    later prompt sharing its prefix restores it (start() checks tokens and tenants)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        disk = DiskStore(Path(tmp), disk_budget, {"m": 1})
+        mgr, kv = make(1, host=0, disk=disk, disk_sync="idle", min_snapshot_tokens=1)
+        durable = [(*s[:6], True) if s[0] == "start" else s for s in steps]
+        try:
+            traffic(mgr, kv, durable, reuse=True, budget=0)
+            mgr.persist_idle()
+        finally:
+            mgr.close()

@@ -102,6 +102,7 @@ class Engine:
             # process is exiting anyway, so leave the memory to the OS.
             log.error("engine thread did not stop in %g s; not freeing llama.cpp state", timeout_s)
             return
+        self.kv.close(timeout_s)  # queued KV files are written before the process ends
         self.backend.close()
 
     def alive(self) -> bool:
@@ -150,6 +151,20 @@ class Engine:
         """The connection is gone: unpin its slot and (by default) forget its KV."""
         self._inbox.put(lambda: self.kv.release(lease, drop_kv=drop_kv))
 
+    def persist(self, *, drain: bool) -> Future[int]:
+        """Write every durable chain the engine holds to the disk tier (with `drain`, each
+        running one too as it finishes); resolves with how many were queued."""
+        done: Future[int] = Future()
+
+        def _persist() -> None:
+            try:
+                done.set_result(self.kv.persist(drain=drain))
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        self._inbox.put(_persist)
+        return done
+
     def check_integrity(self, timeout_s: float = 30.0) -> None:
         """Run the KV cache's `check_integrity` on the engine thread (the only one that may
         touch it) and raise its error here. Blocks until the engine gets to it."""
@@ -197,6 +212,8 @@ class Engine:
         except queue.Empty:
             if idle and self.config.idle_snapshot_s > 0:
                 self.kv.snapshot_idle(self.config.idle_snapshot_s)
+            if idle:
+                self.kv.persist_idle()  # --kv-disk-sync idle: nothing else to do now
             return
         while True:
             try:

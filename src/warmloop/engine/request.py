@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from warmloop.kvcache.base import KVCache
+from warmloop.kvcache.base import KVCache, Retention
 
 FinishReason = Literal["stop", "length", "cancelled", "prefilled"]
 
@@ -100,6 +101,10 @@ class Job:
     shared_prefix: int = 0
     # truncation "auto": the prompt continues a chain with its tokens [start, end) dropped
     drop: tuple[int, int] | None = None
+    # store: true or a conversation: the chain's KV may be written to disk and outlive
+    # the process, for `retention` after its last use
+    durable: bool = False
+    retention: Retention = "in_memory"
     cancelled: bool = False  # set from the event loop; read by the engine thread
     # Where the results go: the engine thread posts into this loop-owned queue, through
     # the engine's outbox.
@@ -157,5 +162,9 @@ class EngineHandle(Protocol):
     def cancel(self, job: Job) -> None: ...
 
     def release_lease(self, lease: str, *, drop_kv: bool = True) -> None: ...
+
+    def persist(self, *, drain: bool) -> Future[int]:
+        """Write the durable chains the engine holds to disk (see Engine.persist)."""
+        ...
 
     def alive(self) -> bool: ...

@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-Tier = Literal["slot", "host", "prefix", "none"]
+Tier = Literal["slot", "host", "disk", "prefix", "none"]
+Retention = Literal["in_memory", "24h"]
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -67,6 +68,9 @@ class Slot:
     shared_prefix: int = 0  # leading tokens that are instructions/tools, not conversation
     # The owner left while a job ran: forget the conversation when that job finishes.
     forget_after_job: bool = False
+    # The chain may be written to disk (store: true or a conversation) and for how long
+    durable: bool = False
+    retention: Retention = "in_memory"
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,10 @@ class KVRequest(Protocol):
     def shared_prefix(self) -> int: ...  # leading tokens that are instructions/tools
     @property
     def drop(self) -> tuple[int, int] | None: ...  # see reuse_of: a truncated chain's cut
+    @property
+    def durable(self) -> bool: ...  # the chain may outlive the process (written to disk)
+    @property
+    def retention(self) -> Retention: ...  # prompt_cache_retention: how long on disk
 
 
 class KVOps(Protocol):
@@ -169,6 +177,32 @@ class KVCache(Protocol):
 
     def host_snapshots(self) -> int:
         """Chains held in host RAM."""
+        ...
+
+    def disk_bytes(self) -> int:
+        """Bytes of KV files this server knows in its disk directory."""
+        ...
+
+    def disk_files(self) -> int:
+        """Chains held on disk."""
+        ...
+
+    def disk_pending(self) -> int:
+        """Disk writes, deletes and touches queued, not yet done."""
+        ...
+
+    def persist(self, *, drain: bool) -> int:
+        """Write every durable chain held in a slot or host RAM to disk (not yet there);
+        with `drain`, also each running one as its job finishes. How many were queued."""
+        ...
+
+    def persist_idle(self) -> int:
+        """`--kv-disk-sync idle`: the engine has nothing to do; write durable chains not
+        yet on disk. How many were queued."""
+        ...
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Finish queued disk writes (the process is ending)."""
         ...
 
     def check_integrity(self) -> None:

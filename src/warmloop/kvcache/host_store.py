@@ -15,6 +15,8 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from warmloop.kvcache.base import Retention
+
 _ids = itertools.count(1)
 
 
@@ -25,6 +27,8 @@ class Snapshot:
     tenant: str
     lease: str | None  # the connection whose chain this is, if any
     shared_prefix: int = 0  # leading tokens that are the tenant's instructions/tools
+    durable: bool = False  # may spill to disk (store: true or a conversation)
+    retention: Retention = "in_memory"
     id: int = field(default_factory=lambda: next(_ids))
     created: float = field(default_factory=time.monotonic)
 

@@ -10,12 +10,19 @@ from collections import Counter
 from collections.abc import Hashable
 
 from warmloop.kvcache.base import KVOps, Slot, common_prefix
+from warmloop.kvcache.disk_store import DiskEntry, DiskStore
 from warmloop.kvcache.host_store import HostStore, Snapshot
 from warmloop.kvcache.prefix_index import PrefixIndex
 
 
 def problems(
-    slots: list[Slot], ops: KVOps, host: HostStore, index: PrefixIndex, *, kv_reuse: bool
+    slots: list[Slot],
+    ops: KVOps,
+    host: HostStore,
+    index: PrefixIndex,
+    *,
+    kv_reuse: bool,
+    disk: DiskStore | None = None,
 ) -> list[str]:
     """Every disagreement found, each naming the slot, snapshot or holder concerned."""
     found: list[str] = []
@@ -48,10 +55,19 @@ def problems(
         entry = index.entry(snap)
         if entry != (snap.tenant, snap.tokens):
             found.append(f"snapshot {snap.id}: {_disagreement((snap.tenant, snap.tokens), entry)}")
+    files = list(disk) if disk is not None else []
+    for file in files:
+        if index.entry(file) != (file.tenant, file.tokens):
+            want = (file.tenant, file.tokens)
+            found.append(f"file {file.name}: {_disagreement(want, index.entry(file))}")
+    if disk is not None and disk.bytes_used != sum(e.nbytes for e in files):
+        found.append(f"disk store counts {disk.bytes_used} bytes, its files add up otherwise")
     known = set(slots)
     for holder in index:
-        if holder not in known and holder not in host:
-            found.append(f"prefix index holds {_holder(holder)}: neither a slot nor in host")
+        if holder not in known and holder not in host and not (disk and holder in disk):
+            found.append(
+                f"prefix index holds {_holder(holder)}: neither a slot, in host, nor a file"
+            )
     found += [f"prefix index: {p}" for p in index.verify()]
     return found
 
@@ -77,4 +93,6 @@ def _holder(holder: Hashable) -> str:
         return f"a foreign slot {holder.id}"
     if isinstance(holder, Snapshot):
         return f"snapshot {holder.id}"
+    if isinstance(holder, DiskEntry):
+        return f"file {holder.name}"
     return repr(holder)[:80]

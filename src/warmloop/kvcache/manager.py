@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Hashable, Sequence
+from typing import Literal
 
 from warmloop.kvcache.base import (
     KVCache,
@@ -25,12 +26,14 @@ from warmloop.kvcache.base import (
     KVOps,
     KVRequest,
     Placement,
+    Retention,
     Slot,
     Tier,
     common_prefix,
     reuse_cap,
     reuse_of,
 )
+from warmloop.kvcache.disk_store import DiskEntry, DiskRejected, DiskStore
 from warmloop.kvcache.host_store import HostStore, Snapshot
 from warmloop.kvcache.integrity import problems
 from warmloop.kvcache.mover import KVMover, KVStats
@@ -39,6 +42,9 @@ from warmloop.kvcache.prefix_index import PrefixIndex
 from warmloop.metrics import Metrics
 
 log = logging.getLogger("warmloop.kvcache")
+
+DiskSync = Literal["turn", "idle", "off"]
+_EXPIRE_EVERY_S = 60.0
 
 
 class KVCacheManager(KVCache):
@@ -55,6 +61,8 @@ class KVCacheManager(KVCache):
         min_snapshot_tokens: int = 4,
         metrics: Metrics | None = None,
         policy: EvictionPolicy | None = None,
+        disk: DiskStore | None = None,
+        disk_sync: DiskSync = "off",
     ) -> None:
         self.slots = [Slot(i) for i in range(n_slots)]
         self.ops = ops
@@ -66,6 +74,11 @@ class KVCacheManager(KVCache):
         self.metrics = metrics
         self.stats = KVStats()
         self.mover = KVMover(ops, self.host, self.index, self.stats, metrics)
+        self.disk = disk if kv_reuse else None
+        self.disk_sync = disk_sync
+        self.draining = False  # persist each chain as its job finishes
+        self._expired_at = 0.0
+        self.poll_disk()
 
     # ----- queries ---------------------------------------------------------------------
     def leased_to(self, lease: str) -> Slot | None:
@@ -83,12 +96,21 @@ class KVCacheManager(KVCache):
     def host_snapshots(self) -> int:
         return len(self.host)
 
+    def disk_bytes(self) -> int:
+        return self.disk.bytes_used if self.disk else 0
+
+    def disk_files(self) -> int:
+        return len(self.disk) if self.disk else 0
+
+    def disk_pending(self) -> int:
+        return self.disk.pending() if self.disk else 0
+
     # ----- matching and leasing --------------------------------------------------------
     def match_prefix(
         self, tenant: str, tokens: Sequence[int], *, exclude: Slot | None = None
-    ) -> tuple[int, Slot | Snapshot | None]:
-        """The longest prefix of `tokens` whose KV an idle slot or a host snapshot of
-        `tenant` holds, and the holder to take it from (an idle slot before a snapshot)."""
+    ) -> tuple[int, Slot | Snapshot | DiskEntry | None]:
+        """The longest prefix of `tokens` whose KV an idle slot, a host snapshot or a file
+        of `tenant` holds, and the holder to take it from (the fastest to move)."""
         n, holders = self.index.match(tenant, tokens)
         source = self._pick_source(holders - {exclude}) if n else None
         return (n, source) if source is not None else (0, None)
@@ -96,6 +118,7 @@ class KVCacheManager(KVCache):
     def reusable(self, req: KVRequest) -> int:
         if not self.kv_reuse:
             return 0
+        self.poll_disk()
         own = self.leased_to(req.lease) if req.lease is not None else None
         n = 0
         if own is not None and own.tenant == req.tenant:
@@ -107,6 +130,7 @@ class KVCacheManager(KVCache):
         return self._plan(req) is not None
 
     def place(self, req: KVRequest) -> Placement | None:
+        self.poll_disk()
         plan = self._plan(req)
         if plan is None:
             return None
@@ -156,6 +180,20 @@ class KVCacheManager(KVCache):
             self._save(target, keep=own)
             self.mover.truncate(target, own)
             return self._claim(target, req, own, "slot" if own > 0 else "none")
+        if isinstance(source, DiskEntry):
+            data = self._read_disk(source, req.tenant)
+            if data is None:  # not usable: place again without it
+                return self._fill(req, plan)
+            self._save(target)
+            t0 = time.perf_counter()
+            self.mover.load(data, source.tokens, target, best)
+            assert self.disk is not None
+            self.disk.touch(source)
+            self.stats.disk_restores += 1
+            if self.metrics:
+                self.metrics.disk_restores.inc()
+                self.metrics.restore_seconds.observe(time.perf_counter() - t0)
+            return self._claim(target, req, best, "disk")
         self._save(target)
         if isinstance(source, Slot):
             self.mover.copy(source, target, best)
@@ -175,12 +213,18 @@ class KVCacheManager(KVCache):
                     best = (s, n)
         return best
 
-    def _pick_source(self, holders: set[Hashable]) -> Slot | Snapshot | None:
+    def _pick_source(self, holders: set[Hashable]) -> Slot | Snapshot | DiskEntry | None:
         slots = [h for h in holders if isinstance(h, Slot) and not h.busy]
         if slots:  # a device-side copy beats a restore from host RAM
             return max(slots, key=lambda s: s.last_used)
         snaps = [h for h in holders if isinstance(h, Snapshot) and h in self.host]
-        return max(snaps, key=lambda s: s.created) if snaps else None
+        if snaps:  # host RAM beats a file
+            return max(snaps, key=lambda s: s.created)
+        files = [h for h in holders if isinstance(h, DiskEntry) and self._on_disk(h)]
+        return max(files, key=lambda e: e.last_used) if files else None
+
+    def _on_disk(self, entry: DiskEntry) -> bool:
+        return self.disk is not None and entry in self.disk and not entry.failed
 
     def _claim(self, slot: Slot, req: KVRequest, reuse: int, tier: Tier) -> Placement:
         self.index.remove(slot)
@@ -188,6 +232,8 @@ class KVCacheManager(KVCache):
         slot.tenant = req.tenant
         slot.lease = req.lease
         slot.shared_prefix = req.shared_prefix
+        slot.durable = req.durable
+        slot.retention = req.retention
         if self.metrics:
             self.metrics.lookups.labels(tier).inc()
             if reuse:
@@ -208,17 +254,23 @@ class KVCacheManager(KVCache):
         t0 = time.perf_counter()
         snap = self.mover.read(slot)
         if not self.host.fits(snap.nbytes):
-            return False
-        self.mover.store(snap, self.policy.plan_host(self.host, snap.nbytes), started=t0)
+            return self._spill(snap)
+        victims = self.policy.plan_host(self.host, snap.nbytes)
+        for old in victims:
+            self._spill(old)  # leaving host RAM: to disk, if it is a durable chain
+        self.mover.store(snap, victims, started=t0)
         log.debug(
             "slot %d: saved %d tokens (%d bytes) to host", slot.id, len(snap.tokens), len(snap.data)
         )
         return True
 
     def _held_elsewhere(self, slot: Slot) -> bool:
-        """True if another idle slot or a snapshot already holds all of `slot`'s tokens."""
+        """True if another idle slot or a snapshot already holds all of `slot`'s tokens
+        (a file does not count: host RAM is faster to restore from)."""
         n, holders = self.index.match(slot.tenant, slot.tokens)
-        return n == len(slot.tokens) and bool(holders - {slot})
+        return n == len(slot.tokens) and any(
+            isinstance(h, Slot | Snapshot) for h in holders - {slot}
+        )
 
     def _prefix_held(self, snap: Snapshot) -> bool:
         n, _ = self.index.match(snap.tenant, snap.tokens[: snap.shared_prefix])
@@ -242,6 +294,8 @@ class KVCacheManager(KVCache):
             self.mover.truncate(slot, min(slot.shared_prefix, len(slot.tokens)))
         if self.kv_reuse and slot.tokens:
             self.index.insert(slot.tenant, slot.tokens, slot)
+        if self.disk_sync == "turn" or self.draining:
+            self._persist_slot(slot)
 
     def clear(self, slot: Slot) -> None:
         self.index.remove(slot)
@@ -290,8 +344,108 @@ class KVCacheManager(KVCache):
             moved += self._evict(slot)
         return moved
 
+    # ----- disk ------------------------------------------------------------------------------
+    def poll_disk(self) -> None:
+        """Bring the index up to date with the disk directory: files other servers wrote
+        or deleted (one stat when nothing changed), writes that failed, expired files."""
+        if self.disk is None:
+            return
+        added, gone = self.disk.rescan()
+        for entry in added:
+            self.index.insert(entry.tenant, entry.tokens, entry)
+        for entry in gone + self.disk.failed():
+            self.index.remove(entry)
+        now = time.monotonic()
+        if now - self._expired_at > _EXPIRE_EVERY_S:
+            self._expired_at = now
+            for entry in self.disk.expire():
+                self.index.remove(entry)
+
+    def _on_disk_already(self, tenant: str, tokens: Sequence[int]) -> bool:
+        n, holders = self.index.match(tenant, tokens)
+        return n == len(tokens) and any(isinstance(h, DiskEntry) for h in holders)
+
+    def _spill(self, snap: Snapshot) -> bool:
+        """Queue a durable chain leaving host RAM to be written to disk; True if it was
+        (or already is there)."""
+        if self.disk is None or not snap.durable or len(snap.tokens) < self.min_snapshot_tokens:
+            return False
+        if self._on_disk_already(snap.tenant, snap.tokens):
+            return True
+        return self._write(snap.tokens, snap.data, snap.tenant, snap.shared_prefix, snap.retention)
+
+    def _write(
+        self,
+        tokens: tuple[int, ...],
+        data: bytes | bytearray,
+        tenant: str,
+        shared_prefix: int,
+        retention: Retention,
+    ) -> bool:
+        assert self.disk is not None
+        entry, gone = self.disk.add(
+            tokens, data, tenant=tenant, shared_prefix=shared_prefix, retention=retention
+        )
+        for old in gone:
+            self.index.remove(old)
+        if entry is None:
+            return False
+        self.index.insert(tenant, tokens, entry)
+        self.stats.disk_writes += 1
+        if self.metrics:
+            self.metrics.disk_writes.inc()
+        return True
+
+    def _read_disk(self, entry: DiskEntry, tenant: str) -> bytes | bytearray | None:
+        """The file's KV, or None (the entry is forgotten; corrupt files are deleted)."""
+        assert self.disk is not None
+        try:
+            return self.disk.load(entry, tenant)
+        except DiskRejected as exc:
+            self.stats.disk_rejected += 1
+            self.index.remove(entry)
+            if exc.reason in ("corrupt", "truncated"):
+                self.disk.drop(entry)  # never usable: delete it
+            else:
+                self.disk.forget(entry)
+            return None
+
+    def _persist_slot(self, slot: Slot) -> bool:
+        """Write an idle slot's durable chain to disk unless a file already holds it."""
+        if (
+            self.disk is None
+            or slot.busy
+            or not slot.durable
+            or len(slot.tokens) - slot.shared_prefix < self.min_snapshot_tokens
+            or self._on_disk_already(slot.tenant, slot.tokens)
+        ):
+            return False
+        data = self.ops.seq_state_get(slot.id)
+        tokens = tuple(slot.tokens)
+        return self._write(tokens, data, slot.tenant, slot.shared_prefix, slot.retention)
+
+    def persist(self, *, drain: bool) -> int:
+        if self.disk is None:
+            return 0
+        self.draining = self.draining or drain
+        n = sum(self._persist_slot(s) for s in self.slots if not s.busy)
+        return n + sum(self._spill(snap) for snap in self.host if snap.durable)
+
+    def persist_idle(self) -> int:
+        if self.disk is None or self.disk_sync != "idle":
+            return 0
+        return sum(self._persist_slot(s) for s in self.slots if not s.busy)
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        if self.disk is not None:
+            if not self.disk.flush(timeout_s):
+                log.warning("KV disk writes still queued after %g s", timeout_s)
+            self.disk.close(timeout_s)
+
     # ----- integrity ---------------------------------------------------------------------
     def check_integrity(self) -> None:
-        found = problems(self.slots, self.ops, self.host, self.index, kv_reuse=self.kv_reuse)
+        found = problems(
+            self.slots, self.ops, self.host, self.index, kv_reuse=self.kv_reuse, disk=self.disk
+        )
         if found:
             raise KVIntegrityError("KV cache integrity: " + "; ".join(found))

@@ -9,6 +9,7 @@ tells it what to move and the policy which snapshots make room.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from warmloop.kvcache.base import KVOps, Slot
@@ -25,6 +26,9 @@ class KVStats:
     slot_evictions: int = 0
     host_evictions: int = 0
     cuts: int = 0  # truncated chains whose kept tail was shifted instead of recomputed
+    disk_writes: int = 0  # chains queued to be written to disk
+    disk_restores: int = 0
+    disk_rejected: int = 0  # files not used (corrupt, truncated, foreign, gone)
 
 
 class KVMover:
@@ -59,7 +63,15 @@ class KVMover:
     def read(self, slot: Slot) -> Snapshot:
         """The slot's chain as a snapshot, not yet stored."""
         data = self.ops.seq_state_get(slot.id)
-        return Snapshot(tuple(slot.tokens), data, slot.tenant, slot.lease, slot.shared_prefix)
+        return Snapshot(
+            tuple(slot.tokens),
+            data,
+            slot.tenant,
+            slot.lease,
+            slot.shared_prefix,
+            durable=slot.durable,
+            retention=slot.retention,
+        )
 
     def store(self, snap: Snapshot, victims: list[Snapshot], *, started: float) -> None:
         """Drop `victims` from host RAM, then keep `snap` there and make it matchable;
@@ -96,10 +108,7 @@ class KVMover:
         """Load the first `n` tokens of `snap` into `dst`; a chain back in its own
         connection's slot leaves host RAM (a later eviction saves it again)."""
         t0 = time.perf_counter()
-        self.ops.seq_truncate(dst.id, 0)
-        self.ops.seq_state_set(dst.id, snap.data)
-        self.ops.seq_truncate(dst.id, n)
-        dst.tokens = list(snap.tokens[:n])
+        self.load(snap.data, snap.tokens, dst, n)
         self.host.touch(snap)
         if own_chain:
             self.drop(snap)
@@ -107,3 +116,11 @@ class KVMover:
         if self.metrics:
             self.metrics.restores.inc()
             self.metrics.restore_seconds.observe(time.perf_counter() - t0)
+
+    def load(self, data: bytes | bytearray, tokens: Sequence[int], dst: Slot, n: int) -> None:
+        """Make `dst` hold the first `n` of `tokens`, from `data`: their sequence state."""
+        self.ops.seq_truncate(dst.id, 0)
+        dst.tokens = []  # until the state is in: a failed load leaves an empty slot
+        self.ops.seq_state_set(dst.id, data)
+        self.ops.seq_truncate(dst.id, n)
+        dst.tokens = list(tokens[:n])

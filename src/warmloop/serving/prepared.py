@@ -73,4 +73,5 @@ class Prepared:
             prefill_only=not self.request.generate,
             shared_prefix=self.shared_prefix,
             drop=self.drop,
+            durable=self.request.store,
         )

@@ -5,7 +5,9 @@ Draining: `/healthz` answers 503 (a proxy stops sending new sessions), new WebSo
 upgrades and creates are refused with 503 `server_draining` (HAProxy retries those on
 another worker), each socket is closed with 1012 (service restart: reconnect) as soon
 as its running responses have ended, and the server stops once nothing runs or after
---drain-timeout. A second SIGTERM, or Ctrl-C, stops at once.
+--drain-timeout. With --kv-disk-dir, the drain first writes every durable chain it
+holds to disk (idle ones at once, running ones as they finish), so the next worker (or
+this one, restarted) continues them warm. A second SIGTERM, or Ctrl-C, stops at once.
 """
 
 from __future__ import annotations
@@ -77,6 +79,15 @@ class DrainingServer(Server):
         log.info("SIGTERM: draining (at most %g s)", self.drain_timeout)
         runtime.draining.set()
         deadline = time.monotonic() + self.drain_timeout
+        # With a KV disk tier: every durable chain held now is written at once, each
+        # running one as it finishes (the engine stops only after the writes are done).
+        try:
+            queued = await asyncio.wrap_future(runtime.service.engine.persist(drain=True))
+        except Exception:
+            log.exception("drain: writing chains to disk failed")
+        else:
+            if queued:
+                log.info("drain: %d idle chains queued to the KV disk tier", queued)
         while runtime.busy() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         if runtime.busy():
