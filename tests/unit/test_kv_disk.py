@@ -158,7 +158,8 @@ def test_other_tenants_never_match_a_file(tmp_path: Path) -> None:
 
 
 def test_a_full_disk_degrades_to_recompute(tmp_path: Path, monkeypatch: Any) -> None:
-    mgr, kv, disk = server(tmp_path)
+    writes: list[bool] = []
+    mgr, kv, disk = server(tmp_path, on_write=lambda ok, _n: writes.append(ok))
 
     def full(fd: int, data: Any) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -167,7 +168,7 @@ def test_a_full_disk_degrades_to_recompute(tmp_path: Path, monkeypatch: Any) -> 
     run(mgr, kv, job(range(10), lease="c1", durable=True))
     assert mgr.persist(drain=True) == 1  # queued ...
     assert disk.flush(10)
-    assert disk.write_failures == 1  # ... and failed, leaving nothing behind
+    assert writes == [False]  # ... and failed, leaving nothing behind
     assert list(tmp_path.iterdir()) == []
     mgr.poll_disk()
     assert len(disk) == 0  # forgotten: nothing will try to restore it

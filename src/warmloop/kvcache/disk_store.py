@@ -185,7 +185,6 @@ class DiskStore:
         self._ignored: set[str] = set()  # other models' or unreadable files, by name
         self._dir_stamp: int | None = None
         self.bytes_used = 0
-        self.write_failures = 0
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._queued = 0  # writer tasks not yet done (guarded by _lock)
         self._lock = threading.Condition()
@@ -497,8 +496,6 @@ class DiskStore:
         except OSError as exc:
             level = logging.WARNING if exc.errno in (errno.ENOSPC, errno.EDQUOT) else logging.ERROR
             log.log(level, "KV file %s not written (the chain will be recomputed): %s", path, exc)
-            with self._lock:
-                self.write_failures += 1
             entry.failed = True
         finally:
             with contextlib.suppress(OSError):
