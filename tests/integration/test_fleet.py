@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -41,10 +43,13 @@ def fleet() -> Iterator[Fleet]:
                 pytest.fail(why)
             pytest.skip(why)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
+    shared_kv = tempfile.mkdtemp(prefix="fleet-kv-", dir=LOG_DIR)  # one KV disk for all
     serve = ["--api-key", KEY_A, "--api-key", KEY_B, "--ctx", "2048", "--slots", "2"]
+    serve += ["--kv-disk-dir", shared_kv, "--kv-disk-sync", "turn"]
     f = Fleet(workers=2, port=free_port(), serve_args=serve, state_dir=LOG_DIR, drain_timeout=10)
     with f:
         yield f
+    shutil.rmtree(shared_kv, ignore_errors=True)
 
 
 def create(fleet: Fleet, key: str = KEY_A, **body: Any) -> tuple[dict[str, Any], str]:
@@ -109,10 +114,13 @@ def test_two_tenants_with_one_prompt_cache_key_share_no_kv(fleet: Fleet) -> None
     assert cached(b) < 8, "tenant B reused tenant A's KV"
 
 
-def test_a_killed_workers_chains_continue_or_say_not_found(fleet: Fleet) -> None:
+def test_a_killed_workers_chains_continue_warm_or_say_not_found(fleet: Fleet) -> None:
+    """SIGKILL with --kv-disk-sync turn: the store:true chain's KV was written after its
+    turn to the shared KV directory, so another worker continues it warm."""
     kept, worker = create(fleet, input="Remember the word plum.", store=True)
     lost, worker2 = create(fleet, input="Remember the word fig.", store=False)
     victim = next(w for w in fleet.local if w.worker.id == worker)
+    wait_written(victim.url)
     os.kill(victim.process.pid, signal.SIGKILL)
     victim.process.wait()
     deadline = time.monotonic() + 20
@@ -122,11 +130,23 @@ def test_a_killed_workers_chains_continue_or_say_not_found(fleet: Fleet) -> None
     r, served = create(fleet, input="And now?", previous_response_id=kept["id"])
     assert served != worker and worker_of(r["id"]) == served
     assert r["status"] in ("completed", "incomplete")
-    # computed again from the store (at most the tenant's instructions were there)
-    assert cached(r) < kept["usage"]["input_tokens"]
+    # the items from the shared store, their KV from the shared directory
+    assert cached(r) >= kept["usage"]["total_tokens"] - 1
     if worker2 == worker:  # the store:false chain lived on the killed worker
         gone, _ = create(fleet, input="And now?", previous_response_id=lost["id"], store=False)
         assert gone["error"]["code"] == "previous_response_not_found"
+
+
+def wait_written(worker_url: str) -> None:
+    """Until the worker's KV disk writer has nothing queued (its files are on disk)."""
+    deadline = time.monotonic() + 60
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    while True:
+        text = httpx.get(f"{worker_url}/metrics", headers=auth, timeout=10).text
+        if "\nwarmloop_kv_disk_pending 0.0" in text:
+            return
+        assert time.monotonic() < deadline, "the KV disk writer never caught up"
+        time.sleep(0.1)
 
 
 def revive(fleet: Fleet) -> None:
@@ -206,3 +226,8 @@ async def test_a_drained_worker_finishes_what_runs_and_its_sessions_move_on(flee
         after = await s.run("Which word?")
     assert after.transport == "websocket" and after.reconnects >= 1 and after.replays == 0
     assert worker_of(after.responses[-1].id) not in (worker, None)
+    # The drain wrote the chain (the long response's, which extends the session's) to the
+    # shared KV directory: the new worker computes only the new turn.
+    assert first.responses[-1].usage is not None and after.responses[-1].usage is not None
+    before = first.responses[-1].usage.total_tokens
+    assert after.responses[-1].usage.input_tokens_details.cached_tokens >= before - 1
