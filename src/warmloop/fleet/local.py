@@ -74,8 +74,9 @@ class Proxy:
 
 @dataclass
 class Fleet:
-    """`workers` warmloop workers (ids w1..wN, `--threads 1` unless `serve_args` say
-    otherwise) on free ports, one PostgreSQL store, HAProxy on `port`."""
+    """`workers` warmloop workers (ids w1..wN, `--threads 1` and one shared
+    `--kv-disk-dir` unless `serve_args` say otherwise) on free ports, one PostgreSQL
+    store, HAProxy on `port`."""
 
     workers: int = 3
     port: int = 8000
@@ -123,7 +124,9 @@ class Fleet:
         """Start one worker (not yet healthy, not yet in the proxy's configuration)."""
         port = port or free_port()
         log = self.dir / f"{worker_id}.log"
-        flags = ["--threads", "1", *self.serve_args]  # later flags win
+        # One KV directory for all: a drained or killed worker's chains continue warm
+        # on the others. Later flags win.
+        flags = ["--threads", "1", "--kv-disk-dir", str(self.dir / "kv"), *self.serve_args]
         cmd = [
             sys.executable, "-m", "warmloop.cli", "serve", "--host", "127.0.0.1",
             "--port", str(port), "--worker-id", worker_id, "--store", str(self.store),
