@@ -70,6 +70,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.disk_read_seconds = Histogram(
+            "warmloop_kv_disk_read_seconds",
+            "Time to read and check one chain file (its restore is warmloop_kv_restore_seconds)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.prefix_copies = Counter(
             "warmloop_kv_prefix_copies", "Prefixes copied between slots", registry=r
         )

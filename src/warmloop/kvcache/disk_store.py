@@ -171,6 +171,7 @@ class DiskStore:
         identity: Mapping[str, Any],
         *,
         ttl_in_memory_s: float = 3600.0,
+        max_pending_bytes: int = 512 << 20,
         on_reject: Callable[[Reject], None] | None = None,
         on_write: Callable[[bool, int], None] | None = None,
     ) -> None:
@@ -187,6 +188,10 @@ class DiskStore:
         self.bytes_used = 0
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._queued = 0  # writer tasks not yet done (guarded by _lock)
+        # KV bytes queued and not yet on disk (guarded by _lock): past max_pending_bytes,
+        # `add` waits for the writer, so a slow disk slows spills instead of filling RAM.
+        self.max_pending = max_pending_bytes
+        self._pending_bytes = 0
         self._lock = threading.Condition()
         self._writer = threading.Thread(target=self._write_loop, name="warmloop-kv-disk")
         self._writer.daemon = True
@@ -345,6 +350,15 @@ class DiskStore:
             data=data,
             header=header,
         )
+        with self._lock:
+            if not self._lock.wait_for(
+                lambda: (
+                    self._pending_bytes == 0 or self._pending_bytes + nbytes <= self.max_pending
+                ),
+                timeout=60.0,
+            ):
+                log.warning("KV disk writer is %d bytes behind", self._pending_bytes)
+            self._pending_bytes += nbytes
         self._entries[name] = entry
         self.bytes_used += nbytes
         self._submit(lambda: self._write(entry, [v for v in superseded if v.name != name]))
@@ -467,6 +481,14 @@ class DiskStore:
         self._writer.join(timeout_s)
 
     def _write(self, entry: DiskEntry, superseded: list[DiskEntry]) -> None:
+        try:
+            self._write_file(entry, superseded)
+        finally:
+            with self._lock:
+                self._pending_bytes -= entry.nbytes
+                self._lock.notify_all()
+
+    def _write_file(self, entry: DiskEntry, superseded: list[DiskEntry]) -> None:
         data = entry.data
         if entry.dropped or data is None:
             return

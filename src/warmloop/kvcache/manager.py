@@ -181,9 +181,12 @@ class KVCacheManager(KVCache):
             self.mover.truncate(target, own)
             return self._claim(target, req, own, "slot" if own > 0 else "none")
         if isinstance(source, DiskEntry):
+            t_read = time.perf_counter()
             data = self._read_disk(source, req.tenant)
             if data is None:  # not usable: place again without it
                 return self._fill(req, plan)
+            if self.metrics:
+                self.metrics.disk_read_seconds.observe(time.perf_counter() - t_read)
             self._save(target)
             t0 = time.perf_counter()
             self.mover.load(data, source.tokens, target, best)
