@@ -87,6 +87,7 @@ class Fleet:
     state_dir: Path | None = None
     ready_timeout: float = 180.0
     drain_timeout: float = 30.0  # how long stop() lets a draining worker finish
+    shared_kv: bool = True  # the workers' --kv-disk-dir is one directory
 
     def __post_init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="warmloop-fleet-", dir=self.state_dir))
@@ -125,8 +126,9 @@ class Fleet:
         port = port or free_port()
         log = self.dir / f"{worker_id}.log"
         # One KV directory for all: a drained or killed worker's chains continue warm
-        # on the others. Later flags win.
-        flags = ["--threads", "1", "--kv-disk-dir", str(self.dir / "kv"), *self.serve_args]
+        # on the others (`shared_kv=False`: one each, nothing handed over). Later flags win.
+        kv = self.dir / ("kv" if self.shared_kv else f"kv-{worker_id}")
+        flags = ["--threads", "1", "--kv-disk-dir", str(kv), *self.serve_args]
         cmd = [
             sys.executable, "-m", "warmloop.cli", "serve", "--host", "127.0.0.1",
             "--port", str(port), "--worker-id", worker_id, "--store", str(self.store),
