@@ -13,6 +13,7 @@ _._model_found
 _._is_file
 _._stall_factor
 _._metadata_bounds
+_._retention_spelling
 _._format_literal  # overrides llama_cpp's SchemaConverter method
 tags  # jinja2's Extension declares its tags so
 create_response

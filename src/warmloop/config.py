@@ -141,6 +141,11 @@ class Config(BaseSettings):
     kv_idle_snapshot_s: float = Field(
         0.0, ge=0, description="move chains idle this long to host RAM (0 = only when needed)"
     )
+    prompt_cache_retention: Literal["in_memory", "24h"] = Field(
+        "in_memory",
+        description="the prompt_cache_retention a create that names none gets (echoed in "
+        "its response)",
+    )
     reasoning_history: Literal["template", "keep"] = Field(
         "template",
         description="earlier turns' reasoning as the chat template renders it (what the "

@@ -24,6 +24,9 @@ METADATA_MAX_VALUE_CHARS = 512
 SAFETY_IDENTIFIER_MAX_CHARS = 64
 IDENTIFIER_MAX_CHARS = 512  # user, prompt_cache_key
 
+# How long a prompt's cache should last; older SDKs spell "in_memory" "in-memory".
+Retention = Literal["in_memory", "24h"]
+
 
 class ContextManagement(BaseModel):
     """One `context_management` entry: server-side compaction once the rendered prompt
@@ -57,7 +60,7 @@ class CreateBody(BaseModel):
     text: dict[str, Any] | None = None
     metadata: dict[str, str] | None = Field(default=None, max_length=METADATA_MAX_PAIRS)
     prompt_cache_key: str | None = Field(default=None, max_length=IDENTIFIER_MAX_CHARS)
-    prompt_cache_retention: str | None = Field(default=None, max_length=IDENTIFIER_MAX_CHARS)
+    prompt_cache_retention: Retention | None = None
     truncation: Literal["auto", "disabled"] | None = None
     context_management: list[ContextManagement] | None = Field(default=None, max_length=1)
     user: str | None = Field(default=None, max_length=IDENTIFIER_MAX_CHARS)
@@ -68,6 +71,11 @@ class CreateBody(BaseModel):
     stream_options: dict[str, Any] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=0)
     client_metadata: dict[str, Any] | None = Field(default=None, max_length=METADATA_MAX_PAIRS)
+
+    @field_validator("prompt_cache_retention", mode="before")
+    @classmethod
+    def _retention_spelling(cls, value: Any) -> Any:
+        return "in_memory" if value == "in-memory" else value
 
     @field_validator("metadata")
     @classmethod

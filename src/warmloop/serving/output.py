@@ -67,6 +67,7 @@ def response_object(
         "parallel_tool_calls": body.parallel_tool_calls is not False,
         "previous_response_id": body.previous_response_id,
         "prompt_cache_key": body.prompt_cache_key,
+        "prompt_cache_retention": p.retention,
         "reasoning": {
             "effort": (body.reasoning or {}).get("effort"),
             "summary": (body.reasoning or {}).get("summary"),

@@ -166,6 +166,7 @@ class Preparer:
             truncated_items=truncated,
             drop=drop,
             compaction_threshold=over,
+            retention=body.prompt_cache_retention or self.config.prompt_cache_retention,
         )
 
     def _compaction_threshold(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from warmloop.engine.request import Job, SamplingParams
 from warmloop.protocol.items import CompactionItem, Item
-from warmloop.protocol.requests import CreateRequest
+from warmloop.protocol.requests import CreateRequest, Retention
 from warmloop.protocol.tools import FunctionTool
 from warmloop.serving.families import CallParser
 from warmloop.session.connection import Connection
@@ -60,6 +60,9 @@ class Prepared:
     compaction_threshold: int | None = None
     compaction: Prepared | None = None
     compacted_by: CompactionItem | None = None  # this prompt continues from that summary
+    # prompt_cache_retention, normalised ("in-memory" is "in_memory"), else the server's
+    # --prompt-cache-retention: how long the engine side should keep this prompt's cache
+    retention: Retention = "in_memory"
     created_at: float = field(default_factory=time.time)
 
     def job(self, response_id: str) -> Job:
