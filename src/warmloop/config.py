@@ -224,6 +224,12 @@ class Config(BaseSettings):
     store_timeout_s: float = Field(
         10.0, gt=0, description="a store read or write slower than this fails with 503"
     )
+    conversation_chain_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="bytes of conversations' latest token chains kept in memory, so a "
+        "conversation's next turn tokenizes only its new text (the least recently used go)",
+    )
     # --- WebSocket mode ---
     websocket: bool = Field(
         True, description="WebSocket mode (--no-websocket: upgrades get HTTP 426)"
