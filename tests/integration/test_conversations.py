@@ -438,3 +438,29 @@ def test_conversations_survive_a_restart(store_at: str) -> None:
             client.conversations.retrieve(doomed.id)
     finally:
         s.stop()
+
+
+def test_conversations_in_memory_store() -> None:
+    """`--store memory`: the same API and delta turns, with nothing on disk (a restart
+    forgets the conversation)."""
+    s = start_server("--api-key", KEY_A, "--store", "memory", name="conv-memory")
+    try:
+        client = openai.OpenAI(base_url=s.base_url, api_key=KEY_A, max_retries=0)
+        conv = client.conversations.create(items=[user("My name is Ada.")], metadata={"m": "1"})
+        first = client.responses.create(**TURN, input="What is my name?", conversation=conv.id)
+        second = client.responses.create(**TURN, input="Again.", conversation=conv.id)
+        assert first.usage is not None and second.usage is not None
+        before = first.usage.input_tokens + first.usage.output_tokens
+        assert second.usage.input_tokens_details.cached_tokens >= before - 1
+        items = list(client.conversations.items.list(conv.id, order="asc"))
+        assert len(items) == 5 and items[4].id == second.output[0].id
+        assert client.conversations.retrieve(conv.id).metadata == {"m": "1"}
+    finally:
+        s.stop()
+    s = start_server("--api-key", KEY_A, "--store", "memory", name="conv-memory2")
+    try:
+        client = openai.OpenAI(base_url=s.base_url, api_key=KEY_A, max_retries=0)
+        with pytest.raises(openai.NotFoundError):
+            client.conversations.retrieve(conv.id)
+    finally:
+        s.stop()
