@@ -214,3 +214,15 @@ def test_a_conversation_runs_one_response_at_a_time() -> None:
     locks.acquire("a", "conv_1").release()
     other.release()
     assert len(locks) == 0
+
+
+def test_a_long_append_checks_every_id(store: ConversationStore) -> None:
+    """More items than one id query takes (conversation_sql.IDS_PER_QUERY): a taken id
+    past the first chunk still gets a new one."""
+    conv = new_conversation("a")
+    store.create(conv, [msg(1200)])
+    stored = store.append(conv.id, "a", [msg(k) for k in range(1201)])
+    assert stored is not None and len(stored) == 1201
+    assert stored[1200].id != "msg_1200" and stored[1199].id == "msg_1199"
+    ids = [i.id for i in store.items(conv.id, "a") or ()]
+    assert len(ids) == len(set(ids)) == 1202

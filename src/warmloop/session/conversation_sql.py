@@ -24,6 +24,8 @@ from warmloop.session.conversations import (
 )
 from warmloop.session.store_sql import SQLResponseStore
 
+IDS_PER_QUERY = 500  # SQLite and PostgreSQL bound the parameters of one statement
+
 
 def _item_json(item: Item) -> str:
     return json.dumps(item_to_wire(item, stored=True), ensure_ascii=False)
@@ -154,10 +156,14 @@ class SQLConversationStore:
                 return None
             sql = q("SELECT next_position FROM conversations WHERE id = ?")
             end = int(db.execute(sql, (conversation_id,)).fetchone()[0])
-            marks = ", ".join("?" * len(items))
-            sql = f"SELECT id FROM conversation_items WHERE conversation_id = ? AND id IN ({marks})"
-            taken = db.execute(q(sql), (conversation_id, *(i.id for i in items))).fetchall()
-            stored = unique_ids(items, {r[0] for r in taken})
+            taken: set[str] = set()
+            ids = [i.id for i in items]
+            select = "SELECT id FROM conversation_items WHERE conversation_id = ? AND id IN "
+            for k in range(0, len(ids), IDS_PER_QUERY):  # under the databases' bound
+                chunk = ids[k : k + IDS_PER_QUERY]
+                sql = q(select + "(" + ", ".join("?" * len(chunk)) + ")")
+                taken.update(r[0] for r in db.execute(sql, (conversation_id, *chunk)))
+            stored = unique_ids(items, taken)
             self._insert(db, conversation_id, end - len(stored), stored)
             return stored
 
