@@ -12,7 +12,7 @@ _._model_ref
 _._model_found
 _._is_file
 _._stall_factor
-_._metadata_bounds
+_._retention_spelling
 _._format_literal  # overrides llama_cpp's SchemaConverter method
 tags  # jinja2's Extension declares its tags so
 create_response
@@ -22,6 +22,14 @@ delete_response
 cancel_response
 list_input_items
 list_models
+create_conversation
+get_conversation
+update_conversation
+delete_conversation
+list_conversation_items
+create_conversation_items
+get_conversation_item
+delete_conversation_item
 healthz
 responses_socket
 _.should_exit

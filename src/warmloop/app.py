@@ -31,13 +31,15 @@ from warmloop.serving.grammar import Grammars
 from warmloop.serving.prepare import Preparer
 from warmloop.serving.prompt import PromptRenderer
 from warmloop.serving.responses_service import ResponsesService
+from warmloop.session.conversation_sql import SQLConversationStore
+from warmloop.session.conversations import ConversationStore, InMemoryConversationStore
 from warmloop.session.response_store import InMemoryResponseStore, ResponseStore
 from warmloop.session.store_sql import (
     PostgresResponseStore,
     SQLiteResponseStore,
     SQLResponseStore,
 )
-from warmloop.transport import http, websocket
+from warmloop.transport import conversations, http, websocket
 from warmloop.transport.auth import KeyRing, read_keys_file
 from warmloop.transport.connections import Transports
 from warmloop.transport.errors import api_error_handler, http_error
@@ -131,6 +133,14 @@ def build_store(config: Config) -> ResponseStore:
     return SQLiteResponseStore(path, cache=cache, ttl_s=ttl, timeout_s=timeout)
 
 
+def build_conversations(config: Config, store: ResponseStore) -> ConversationStore:
+    """Conversations live where responses do: in the same database (its writer thread
+    and read connection), or in memory under the cache's bounds."""
+    if isinstance(store, SQLResponseStore):
+        return SQLConversationStore(store)
+    return InMemoryConversationStore(config.store_max_responses, config.store_max_bytes)
+
+
 def model_id(config: Config) -> str:
     """The model's name on the wire: the file's stem, or the Hugging Face / Ollama name
     that --model gave (an Ollama blob's file name says nothing)."""
@@ -160,7 +170,14 @@ def build_runtime(config: Config, transports: Transports) -> tuple[Runtime, Engi
     store = build_store(config)
     grammars = Grammars(json_schema_to_gbnf, renderer.family, check=engine.check_grammar)
     preparer = Preparer(
-        config, store, renderer, backend.tokenize, backend.token_piece, grammars, model_id(config)
+        config,
+        store,
+        renderer,
+        backend.tokenize,
+        backend.token_piece,
+        grammars,
+        model_id(config),
+        conversations=build_conversations(config, store),
     )
     service = ResponsesService(config, engine, store, preparer, metrics)
     runtime = Runtime(
@@ -245,6 +262,7 @@ def create_app(config: Config, transports: Transports | None = None) -> FastAPI:
 
     app = FastAPI(title="warmloop", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(http.router)
+    app.include_router(conversations.router)
     app.include_router(websocket.router)
     app.add_exception_handler(APIError, api_error_handler)
 

@@ -165,6 +165,11 @@ class Config(BaseSettings):
         description="seconds a chain with prompt_cache_retention in_memory stays on disk "
         "after its last use (24h chains: 24 hours)",
     )
+    prompt_cache_retention: Literal["in_memory", "24h"] = Field(
+        "in_memory",
+        description="the prompt_cache_retention a create that names none gets (echoed in "
+        "its response)",
+    )
     reasoning_history: Literal["template", "keep"] = Field(
         "template",
         description="earlier turns' reasoning as the chat template renders it (what the "
@@ -242,6 +247,12 @@ class Config(BaseSettings):
     )
     store_timeout_s: float = Field(
         10.0, gt=0, description="a store read or write slower than this fails with 503"
+    )
+    conversation_chain_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="bytes of conversations' latest token chains kept in memory, so a "
+        "conversation's next turn tokenizes only its new text (the least recently used go)",
     )
     # --- WebSocket mode ---
     websocket: bool = Field(

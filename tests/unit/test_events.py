@@ -190,6 +190,7 @@ def test_response_object_echoes_the_request() -> None:
     assert r.text is not None and r.text.format is not None
     assert r.text.format.type == "json_schema"
     assert (r.truncation, r.user, r.prompt_cache_key) == ("auto", "u1", "pk")
+    assert r.prompt_cache_retention == "in_memory"  # the Prepared's, normalised
     assert raw["warmloop"] == {"ttft_ms": 1.0}
     assert raw["completed_at"] >= raw["created_at"]
 

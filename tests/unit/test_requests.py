@@ -518,3 +518,20 @@ def test_non_boolean_strict_is_rejected() -> None:
             {"input": "x", "tools": [{"type": "function", "name": "f", "strict": "false"}]}
         )
     assert err.value.param == "tools[0].strict"
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [("in_memory", "in_memory"), ("in-memory", "in_memory"), ("24h", "24h"), (None, None)],
+)
+def test_prompt_cache_retention_is_normalised(given: str | None, kept: str | None) -> None:
+    body = {"input": "x"} | ({} if given is None else {"prompt_cache_retention": given})
+    assert parse_create(body).body.prompt_cache_retention == kept
+
+
+@pytest.mark.parametrize("bad", ["1h", "in memory", "IN_MEMORY", "", 24, ["24h"]])
+def test_another_prompt_cache_retention_is_a_400_naming_it(bad: Any) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        parse_create({"input": "x", "prompt_cache_retention": bad})
+    assert (err.value.status, err.value.param) == (400, "prompt_cache_retention")
+    assert "in_memory" in err.value.message and "24h" in err.value.message

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 Tier = Literal["slot", "host", "disk", "prefix", "none"]
-Retention = Literal["in_memory", "24h"]
+Retention = Literal["in_memory", "24h"]  # prompt_cache_retention's values (as on the wire)
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -65,6 +65,21 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class ConversationNotFound(NotFound):
+    """No conversation with this id for this key: never made, deleted, or another's."""
+
+    code = "conversation_not_found"
+
+    def __init__(self, conversation_id: str, param: str = "conversation_id") -> None:
+        super().__init__(f"Conversation with id '{conversation_id}' not found.", param=param)
+
+
+class ConversationLocked(InvalidRequest):
+    """A response is already running on the conversation: its turns run one at a time."""
+
+    code = "conversation_locked"
+
+
 class Unauthorized(APIError):
     status = 401
     type = "invalid_request_error"

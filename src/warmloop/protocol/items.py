@@ -255,8 +255,9 @@ def _item_id(raw: dict[str, Any], param: str, prefix: str) -> str:
     return value
 
 
-def parse_item(raw: Any, index: int) -> Item | ItemReference:
-    param = f"input[{index}]"
+def parse_item(raw: Any, index: int, where: str = "input") -> Item | ItemReference:
+    """Item `index` of the list `where` names (errors name `where[index]...`)."""
+    param = f"{where}[{index}]"
     if not isinstance(raw, dict):
         raise InvalidRequest(f"'{param}' must be an object.", param=param)
     kind = raw.get("type", "message" if "role" in raw else None)

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from warmloop.protocol.errors import InvalidRequest
-from warmloop.protocol.items import Item, ItemReference, parse_input
+from warmloop.protocol.items import MAX_ID_CHARS, Item, ItemReference, parse_input
 from warmloop.protocol.tools import FunctionTool, not_offered, parse_tool_choice, parse_tools
 
 # OpenAI's own bounds on the request's bookkeeping fields (they are echoed in every event
@@ -23,6 +30,27 @@ METADATA_MAX_KEY_CHARS = 64
 METADATA_MAX_VALUE_CHARS = 512
 SAFETY_IDENTIFIER_MAX_CHARS = 64
 IDENTIFIER_MAX_CHARS = 512  # user, prompt_cache_key
+
+
+def _metadata_bounds(value: dict[str, str]) -> dict[str, str]:
+    for key, text in value.items():
+        if len(key) > METADATA_MAX_KEY_CHARS:
+            raise ValueError(f"metadata keys are at most {METADATA_MAX_KEY_CHARS} characters")
+        if len(text) > METADATA_MAX_VALUE_CHARS:
+            raise ValueError(f"metadata values are at most {METADATA_MAX_VALUE_CHARS} characters")
+    return value
+
+
+# `metadata` of a response or a conversation: at most 16 pairs of short strings
+Metadata = Annotated[
+    dict[str, str], Field(max_length=METADATA_MAX_PAIRS), AfterValidator(_metadata_bounds)
+]
+
+# what `include` may ask for (on a create, and when listing a conversation's items)
+INCLUDABLE = ("message.output_text.logprobs", "reasoning.encrypted_content")
+
+# How long a prompt's cache should last; older SDKs spell "in_memory" "in-memory".
+Retention = Literal["in_memory", "24h"]
 
 
 class ContextManagement(BaseModel):
@@ -42,6 +70,7 @@ class CreateBody(BaseModel):
     input: str | list[Any] | None = None
     instructions: str | None = None
     previous_response_id: str | None = None
+    conversation: str | dict[str, Any] | None = None
     store: bool | None = True
     stream: bool | None = False
     background: bool | None = None
@@ -55,9 +84,9 @@ class CreateBody(BaseModel):
     parallel_tool_calls: bool | None = True
     max_tool_calls: int | None = Field(default=None, ge=1)
     text: dict[str, Any] | None = None
-    metadata: dict[str, str] | None = Field(default=None, max_length=METADATA_MAX_PAIRS)
+    metadata: Metadata | None = None
     prompt_cache_key: str | None = Field(default=None, max_length=IDENTIFIER_MAX_CHARS)
-    prompt_cache_retention: str | None = Field(default=None, max_length=IDENTIFIER_MAX_CHARS)
+    prompt_cache_retention: Retention | None = None
     truncation: Literal["auto", "disabled"] | None = None
     context_management: list[ContextManagement] | None = Field(default=None, max_length=1)
     user: str | None = Field(default=None, max_length=IDENTIFIER_MAX_CHARS)
@@ -69,17 +98,10 @@ class CreateBody(BaseModel):
     top_logprobs: int | None = Field(default=None, ge=0, le=0)
     client_metadata: dict[str, Any] | None = Field(default=None, max_length=METADATA_MAX_PAIRS)
 
-    @field_validator("metadata")
+    @field_validator("prompt_cache_retention", mode="before")
     @classmethod
-    def _metadata_bounds(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        for key, text in (value or {}).items():
-            if len(key) > METADATA_MAX_KEY_CHARS:
-                raise ValueError(f"metadata keys are at most {METADATA_MAX_KEY_CHARS} characters")
-            if len(text) > METADATA_MAX_VALUE_CHARS:
-                raise ValueError(
-                    f"metadata values are at most {METADATA_MAX_VALUE_CHARS} characters"
-                )
-        return value
+    def _retention_spelling(cls, value: Any) -> Any:
+        return "in_memory" if value == "in-memory" else value
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,7 @@ class CreateRequest:
     tool_choice: str  # "auto" | "none" | "required" | "function:<name>"
     text_format: TextFormat
     not_offered: tuple[str, ...] = ()  # hosted tool types accepted, not given to the model
+    conversation: str | None = None  # the id of the conversation this response belongs to
 
     @property
     def store(self) -> bool:
@@ -194,6 +217,28 @@ def _check_reasoning(raw: dict[str, Any] | None) -> None:
             )
 
 
+def _conversation_id(raw: str | dict[str, Any] | None) -> str | None:
+    """`conversation`: its id, or `{"id": ...}`."""
+    if raw is None:
+        return None
+    param = "conversation"
+    if isinstance(raw, dict):
+        unknown = sorted(set(raw) - {"id"})
+        if unknown:
+            raise InvalidRequest(
+                f"Unknown parameter: 'conversation.{unknown[0]}'.",
+                param=f"conversation.{unknown[0]}",
+                code="unknown_parameter",
+            )
+        raw, param = raw.get("id"), "conversation.id"
+    if not isinstance(raw, str) or not 0 < len(raw) <= MAX_ID_CHARS:
+        raise InvalidRequest(
+            f"'{param}' must be a conversation id: a string of 1 to {MAX_ID_CHARS} characters.",
+            param=param,
+        )
+    return raw
+
+
 def parse_create(raw: Any, *, websocket: bool = False) -> CreateRequest:
     if not isinstance(raw, dict):
         raise InvalidRequest("The request body must be a JSON object.", param=None)
@@ -214,9 +259,16 @@ def parse_create(raw: Any, *, websocket: bool = False) -> CreateRequest:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input")
     if body.include:
         for i, inc in enumerate(body.include):
-            if inc not in ("message.output_text.logprobs", "reasoning.encrypted_content"):
+            if inc not in INCLUDABLE:
                 raise InvalidRequest(f"Unsupported include value '{inc}'.", param=f"include[{i}]")
     _check_reasoning(body.reasoning)
+    conversation = _conversation_id(body.conversation)
+    if conversation is not None and body.previous_response_id is not None:
+        raise InvalidRequest(
+            "Mutually exclusive parameters: give 'conversation' or 'previous_response_id', "
+            "not both.",
+            param="conversation",
+        )
     items = parse_input(body.input)
     tools = parse_tools(body.tools)
     return CreateRequest(
@@ -226,4 +278,5 @@ def parse_create(raw: Any, *, websocket: bool = False) -> CreateRequest:
         tool_choice=parse_tool_choice(body.tool_choice, tools),
         text_format=_parse_text_format(body.text),
         not_offered=not_offered(body.tools),
+        conversation=conversation,
     )

@@ -66,7 +66,9 @@ def response_object(
         "output": output,
         "parallel_tool_calls": body.parallel_tool_calls is not False,
         "previous_response_id": body.previous_response_id,
+        "conversation": {"id": p.conversation.id} if p.conversation else None,
         "prompt_cache_key": body.prompt_cache_key,
+        "prompt_cache_retention": p.retention,
         "reasoning": {
             "effort": (body.reasoning or {}).get("effort"),
             "summary": (body.reasoning or {}).get("summary"),

@@ -1,11 +1,12 @@
 """Preparing a create: every check that can fail before the first event, and the prompt.
 
 `Preparer.prepare` resolves the chain (`previous_response_id` on the socket or in the
-store), the input items and item references, renders the prompt, tokenizes it (for a
-continuation whose rendered history is unchanged: only the new text, appended to the
-exact tokens the chain's KV holds), picks the grammar and the output budget, and
-builds the sampling parameters. It runs in a worker thread and changes no state, so a
-prepared request that never starts costs nothing.
+store, or the `conversation`'s items and its latest chain), the input items and item
+references, renders the prompt, tokenizes it (for a continuation whose rendered history
+is unchanged: only the new text, appended to the exact tokens the chain's KV holds),
+picks the grammar and the output budget, and builds the sampling parameters. It runs
+in a worker thread and changes no state, so a prepared request that never starts costs
+nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from typing import Any
 from warmloop.config import Config
 from warmloop.engine.request import SamplingParams
 from warmloop.fleet.keys import response_id
-from warmloop.protocol.errors import InvalidRequest, ModelNotFound, PreviousResponseNotFound
+from warmloop.protocol.errors import (
+    ConversationNotFound,
+    InvalidRequest,
+    ModelNotFound,
+    PreviousResponseNotFound,
+)
 from warmloop.protocol.items import (
     CompactionItem,
     Item,
@@ -29,12 +35,17 @@ from warmloop.protocol.items import (
 )
 from warmloop.protocol.requests import CreateRequest, TextFormat
 from warmloop.serving.grammar import Grammars
-from warmloop.serving.prepared import CallContext, Prepared
+from warmloop.serving.prepared import CallContext, ConversationTurn, Prepared
 from warmloop.serving.prompt import Head, PromptRenderer, compacted, kept_reasoning
 from warmloop.serving.sealing import Sealer
 from warmloop.serving.truncation import Piece, Tokenize, Truncation, truncate
+from warmloop.session.conversations import (
+    ConversationLock,
+    ConversationStore,
+    InMemoryConversationStore,
+)
 from warmloop.session.limits import fits, output_budget
-from warmloop.session.response_store import ResponseStore, StoredResponse
+from warmloop.session.response_store import ChainState, ResponseStore, StoredResponse
 
 SUMMARY_REQUEST = (
     "Stop working on the task for a moment. Write a summary of this conversation for "
@@ -56,9 +67,13 @@ class Preparer:
         grammars: Grammars,
         model_id: str,
         sealer: Sealer | None = None,
+        conversations: ConversationStore | None = None,
     ) -> None:
         self.config = config
         self.store = store
+        self.conversations = conversations or InMemoryConversationStore(
+            config.store_max_responses, config.store_max_bytes
+        )
         self.renderer = renderer
         self.tokenize = tokenize
         self.piece = piece
@@ -69,20 +84,28 @@ class Preparer:
         self._head_tokens: dict[str, int] = {}
 
     def prepare(
-        self, request: CreateRequest, ctx: CallContext, cached: StoredResponse | None = None
+        self,
+        request: CreateRequest,
+        ctx: CallContext,
+        cached: StoredResponse | None = None,
+        chain: ChainState | None = None,
+        lock: ConversationLock | None = None,
     ) -> Prepared:
         """The prepared create (worker thread; changes nothing). `cached` is the parent
         response as the client's socket holds it (read on the event loop, which owns
-        the socket's state); otherwise the parent comes from the store."""
+        the socket's state); otherwise the parent comes from the store. For a create
+        on a conversation, `chain` is its latest chain and `lock` the caller's hold on
+        it (both the event loop's); its items come from the store."""
         body = request.body
         self._check_model(body.model)
         previous = self._previous(body.previous_response_id, ctx.tenant, cached)
-        base_history = previous.history if previous else ()
+        conversation = self._conversation(request.conversation, ctx.tenant, chain, lock)
+        base_history = _earlier(previous, conversation)
         new_items = tuple(self._resolve(request.items, base_history, ctx.tenant))
         history_in = compacted(base_history + new_items)
         if not history_in and request.generate:
             raise InvalidRequest("'input' must contain at least one item.", param="input")
-        p = self._build(request, ctx, previous, new_items, history_in)
+        p = self._build(request, ctx, previous, new_items, history_in, conversation=conversation)
         if p.compaction_threshold is not None:
             return replace(p, compaction=self._summary(p))
         return p
@@ -94,7 +117,14 @@ class Preparer:
         `p`; it never compacts again."""
         history = compacted((*p.history_in, summary))
         return self._build(
-            p.request, p.ctx, p.previous, p.new_items, history, same_as=p, compacted_by=summary
+            p.request,
+            p.ctx,
+            p.previous,
+            p.new_items,
+            history,
+            conversation=p.conversation,
+            same_as=p,
+            compacted_by=summary,
         )
 
     def _build(
@@ -105,6 +135,7 @@ class Preparer:
         new_items: tuple[Item, ...],
         history_in: tuple[Item, ...],
         *,
+        conversation: ConversationTurn | None = None,
         same_as: Prepared | None = None,  # the response this is a phase of: its id, time
         compacted_by: CompactionItem | None = None,
     ) -> Prepared:
@@ -113,12 +144,14 @@ class Preparer:
         # A warm-up (generate:false) stops before the assistant header so the next turn's
         # rendering extends it token for token.
         text = self.renderer.render(system, history_in, add_generation_prompt=request.generate)
-        text, tokens, delta_only = self._tokens(text, previous)
+        chain = previous.chain if previous else conversation.chain if conversation else None
+        earlier = _earlier(previous, conversation)
+        text, tokens, delta_only = self._tokens(text, chain, earlier)
         over = self._compaction_threshold(request, system, history_in, len(tokens))
         truncated = 0
         drop = None
         if not over and body.truncation == "auto" and not self._fits(len(tokens), request):
-            cut = self._truncate(request, system, history_in, text, previous)
+            cut = self._truncate(request, system, history_in, text, chain)
             if cut is not None:
                 history_in, text, tokens, truncated = cut.history, cut.text, cut.tokens, cut.dropped
                 if self.config.truncation_kv == "shift":
@@ -166,6 +199,8 @@ class Preparer:
             truncated_items=truncated,
             drop=drop,
             compaction_threshold=over,
+            retention=body.prompt_cache_retention or self.config.prompt_cache_retention,
+            conversation=conversation,
         )
 
     def _compaction_threshold(
@@ -208,7 +243,10 @@ class Preparer:
         )
         request = replace(p.request, body=body, tool_choice="none", text_format=PLAIN_TEXT)
         ask = MessageItem(new_id("msg"), "user", SUMMARY_REQUEST)
-        return self._build(request, p.ctx, p.previous, p.new_items, (*p.history_in, ask))
+        history = (*p.history_in, ask)
+        return self._build(
+            request, p.ctx, p.previous, p.new_items, history, conversation=p.conversation
+        )
 
     def _truncate(
         self,
@@ -216,7 +254,7 @@ class Preparer:
         system: Head,
         history: tuple[Item, ...],
         full: str,
-        previous: StoredResponse | None,
+        chain: ChainState | None,
     ) -> Truncation | None:
         """Drop the oldest items down to --truncation-keep of the context, or as few as
         fit at all when that cannot be reached; None when nothing that may go is enough."""
@@ -236,7 +274,7 @@ class Preparer:
                 lead=_lead(history),
                 generate=request.generate,
                 fits=fits,
-                chain=previous.chain if previous else None,
+                chain=chain,
             )
             if cut is not None:
                 return cut
@@ -281,6 +319,20 @@ class Preparer:
             )
         return record
 
+    def _conversation(
+        self,
+        conversation_id: str | None,
+        tenant: str,
+        chain: ChainState | None,
+        lock: ConversationLock | None,
+    ) -> ConversationTurn | None:
+        if conversation_id is None:
+            return None
+        items = self.conversations.items(conversation_id, tenant)
+        if items is None:
+            raise ConversationNotFound(conversation_id, param="conversation")
+        return ConversationTurn(conversation_id, items, chain, lock)
+
     def _sealing(self, request: CreateRequest, ctx: CallContext) -> Callable[[str], str] | None:
         if "reasoning.encrypted_content" not in (request.body.include or ()):
             return None
@@ -307,15 +359,17 @@ class Preparer:
                 out.append(item)
         return out
 
-    def _tokens(self, text: str, previous: StoredResponse | None) -> tuple[str, list[int], bool]:
-        """The prompt's text, its tokens, and whether they extend the chain's."""
-        chain = previous.chain if previous else None
+    def _tokens(
+        self, text: str, chain: ChainState | None, earlier: tuple[Item, ...]
+    ) -> tuple[str, list[int], bool]:
+        """The prompt's text, its tokens, and whether they extend the chain's (`earlier`:
+        the conversation the chain computed)."""
         if chain is not None and text.startswith(chain.text):
             # The earlier turns render exactly as before: keep the chain's own tokens
             # (including the model's sampled ones) and tokenize only the new text.
             return text, list(chain.tokens) + self.tokenize(text[len(chain.text) :]), True
-        if chain is not None and previous is not None and self.config.reasoning_history == "keep":
-            reasonings = [i.text for i in previous.history if isinstance(i, ReasoningItem)]
+        if chain is not None and self.config.reasoning_history == "keep":
+            reasonings = [i.text for i in earlier if isinstance(i, ReasoningItem)]
             markup = self.renderer.family.reasoning_markup
             new = kept_reasoning(text, chain.text, reasonings, markup)
             if new is not None:  # the template dropped reasoning: keep it as generated
@@ -342,6 +396,15 @@ class Preparer:
             self._head_tokens[head] = n
         # The head ends at a special token, so its tokens are a prefix of the prompt's.
         return n
+
+
+def _earlier(
+    previous: StoredResponse | None, conversation: ConversationTurn | None
+) -> tuple[Item, ...]:
+    """The conversation before a create's input: its parent's, or its conversation's."""
+    if previous is not None:
+        return previous.history
+    return conversation.items if conversation is not None else ()
 
 
 def _knobs(reasoning: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 
 from warmloop.engine.request import Job, SamplingParams
 from warmloop.protocol.items import CompactionItem, Item
-from warmloop.protocol.requests import CreateRequest
+from warmloop.protocol.requests import CreateRequest, Retention
 from warmloop.protocol.tools import FunctionTool
 from warmloop.serving.families import CallParser
 from warmloop.session.connection import Connection
-from warmloop.session.response_store import StoredResponse
+from warmloop.session.conversations import ConversationLock
+from warmloop.session.response_store import ChainState, StoredResponse
 
 
 @dataclass
@@ -28,6 +29,18 @@ class CallContext:
         if self.connection is None:
             return None
         return self.connection.id if self.lane is None else f"{self.connection.id}#{self.lane}"
+
+
+@dataclass(frozen=True)
+class ConversationTurn:
+    """The conversation a response belongs to (`conversation` on the create)."""
+
+    id: str
+    items: tuple[Item, ...]  # the conversation before this response's input
+    # its latest response's chain, if this worker still holds it (ConversationChains)
+    chain: ChainState | None
+    # held from the preparation to the end of the response (one at a time per conversation)
+    lock: ConversationLock | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,10 @@ class Prepared:
     compaction_threshold: int | None = None
     compaction: Prepared | None = None
     compacted_by: CompactionItem | None = None  # this prompt continues from that summary
+    # prompt_cache_retention, normalised ("in-memory" is "in_memory"), else the server's
+    # --prompt-cache-retention: how long the engine side should keep this prompt's cache
+    retention: Retention = "in_memory"
+    conversation: ConversationTurn | None = None  # the one it belongs to; its history
     created_at: float = field(default_factory=time.time)
 
     def job(self, response_id: str) -> Job:
@@ -73,5 +90,8 @@ class Prepared:
             prefill_only=not self.request.generate,
             shared_prefix=self.shared_prefix,
             drop=self.drop,
-            durable=self.request.store,
+            # What may outlive the process on disk: a stored chain, a conversation, or a
+            # prompt whose client asked for its cache to be kept for 24 hours.
+            durable=self.request.store or self.conversation is not None or self.retention == "24h",
+            retention=self.retention,
         )

@@ -3,7 +3,9 @@ the job's tokens into Responses events; the same stream serves JSON, SSE and Web
 
 Beside it: `prepare.py` (checks, prompt tokens), `run.py` (one running response: its
 output, final event, record, metrics, log line), `compacting.py` (compaction first),
-`retrieval.py` (GET, DELETE, cancel), `session/limits.py` (rate, concurrency).
+`retrieval.py` (GET, DELETE, cancel), `conversations.py` (the Conversations API, and
+what a response on a conversation reads and adds), `session/limits.py` (rate,
+concurrency).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from warmloop.protocol.requests import CreateRequest
 from warmloop.serving import event_builder as ev
 from warmloop.serving.background import BackgroundRun, BackgroundRuns
 from warmloop.serving.compacting import CompactionPhase
+from warmloop.serving.conversations import Conversations
 from warmloop.serving.output import response_object
 from warmloop.serving.prepare import Preparer
 from warmloop.serving.prepared import CallContext, Prepared
@@ -59,6 +62,9 @@ class ResponsesService:
         self.live = LiveResponses()
         self.retrieval = Retrieval(store, self.live, engine.cancel)
         self.background = BackgroundRuns(config.background_ttl)
+        self.conversations = Conversations(
+            preparer.conversations, preparer.sealer, config.conversation_chain_bytes
+        )
 
     # ----- admission -------------------------------------------------------------------
     async def open(self, request: CreateRequest, ctx: CallContext) -> AsyncGenerator[ev.Event]:
@@ -105,12 +111,22 @@ class ResponsesService:
 
     async def prepare_off_loop(self, request: CreateRequest, ctx: CallContext) -> Prepared:
         """Every check that needs no engine slot, and the prompt's tokens. What the loop
-        owns is read here (the rate check, the socket's cached parent); the rest runs in
-        a worker thread (store reads, tokenizing) and changes nothing."""
+        owns is read here (the rate check, the socket's cached parent, the conversation's
+        chain and its hold); the rest runs in a worker thread (store reads, tokenizing)
+        and changes nothing. A hold on a conversation is released by the response's end
+        (`_release`), or here if it is refused first."""
         self.admission.check(ctx.tenant)
         parent_id = request.body.previous_response_id
         cached = ctx.connection.lookup(parent_id) if ctx.connection and parent_id else None
-        return await asyncio.to_thread(self.preparer.prepare, request, ctx, cached)
+        if request.conversation is None:
+            return await asyncio.to_thread(self.preparer.prepare, request, ctx, cached)
+        lock = self.conversations.hold(request.conversation, ctx.tenant)
+        chain = self.conversations.chain(request.conversation, ctx.tenant)
+        try:
+            return await asyncio.to_thread(self.preparer.prepare, request, ctx, None, chain, lock)
+        except BaseException:
+            lock.release()
+            raise
 
     def start(self, p: Prepared) -> AsyncGenerator[ev.Event]:
         """Admit `p` and return its event stream, or raise 429 before anything is sent.
@@ -119,12 +135,19 @@ class ResponsesService:
         step. The reservation ends when the stream ends, is closed, or is dropped
         unstarted (the finalizer), whichever comes first.
         """
-        if p.previous is not None and self.retrieval.was_deleted(p.previous.id):
-            raise PreviousResponseNotFound(p.previous.id)  # deleted while it was prepared
-        # A response that compacts first runs its summary's job first (compacting.py).
-        job = (p.compaction or p).job(p.id)
-        live = Live(job, response_object(p, self.model_id, "in_progress", []))
-        self.admission.admit(p.ctx.tenant)  # nothing after this can fail before the finalizer
+        lock = p.conversation.lock if p.conversation else None
+        try:
+            if p.previous is not None and self.retrieval.was_deleted(p.previous.id):
+                raise PreviousResponseNotFound(p.previous.id)  # deleted while it was prepared
+            # A response that compacts first runs its summary's job first (compacting.py).
+            job = (p.compaction or p).job(p.id)
+            snapshot = response_object(p, self.model_id, "in_progress", [])
+            live = Live(job, snapshot, conversation_lock=lock)
+            self.admission.admit(p.ctx.tenant)  # nothing after this can fail before the finalizer
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         self.live.add(p.id, live)
         events = self._stream(p, live)
         weakref.finalize(events, self._dropped, p)
@@ -139,10 +162,13 @@ class ResponsesService:
         self._release(p.id)
 
     def _release(self, response_id: str) -> None:
-        """End an admission (idempotent): the live entry and its concurrency count."""
+        """End an admission (idempotent): the live entry, its concurrency count and its
+        hold on a conversation."""
         live = self.live.pop(response_id)
         if live is not None:
             self.admission.release(live.job.tenant)
+            if live.conversation_lock is not None:
+                live.conversation_lock.release()
 
     def _continuation_failed(
         self, ctx: CallContext, parent_id: str | None, *, refused: APIError | None = None
@@ -194,6 +220,12 @@ class ResponsesService:
                             return
                         if live.deleted:  # DELETE came during the save: it holds
                             await self.retrieval.delete_saved(p.id, live.job.tenant)
+                    if p.conversation is not None and _adds_to_conversation(record, live):
+                        try:  # its items, then its chain, before "completed"
+                            await self.conversations.record(p.conversation.id, record)
+                        except StoreUnavailable as exc:
+                            yield self._failed(run, exc.body())
+                            return
                     if connection is not None and not live.deleted:
                         # Only now can the socket continue it: saved, or store:false.
                         dropped = connection.remember(record, p.ctx.lease)
@@ -248,3 +280,9 @@ class ResponsesService:
             "slots_leased": slots.leased(),
             "responses_running": len(self.live),
         }
+
+
+def _adds_to_conversation(record: StoredResponse, live: Live) -> bool:
+    """A response adds its input and output to its conversation when it completed (or
+    ended at max_output_tokens); not when it was cancelled, deleted or failed."""
+    return not live.deleted and record.response.get("status") in ("completed", "incomplete")

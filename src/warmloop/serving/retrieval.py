@@ -24,6 +24,7 @@ from warmloop.engine.request import Job
 from warmloop.protocol.errors import InvalidRequest, NotFound, StoreUnavailable
 from warmloop.protocol.items import item_to_wire
 from warmloop.session.connection import Connection
+from warmloop.session.conversations import ConversationLock
 from warmloop.session.response_store import RecentIds, ResponseStore, StoredResponse
 
 log = logging.getLogger("warmloop.responses")
@@ -38,6 +39,7 @@ class Live:
     snapshot: dict[str, Any]
     deleted: bool = False  # DELETE arrived while it ran: it is cancelled and never saved
     started: bool = False  # its stream began (else its client left before it did)
+    conversation_lock: ConversationLock | None = None  # released when it ends
 
     def hand_over(self, job: Job) -> None:
         """The response's next phase runs `job` (its summary's job came first): a cancel

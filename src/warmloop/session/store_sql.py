@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from warmloop.fleet.keys import worker_of
 from warmloop.protocol.errors import StoreUnavailable
@@ -35,6 +35,7 @@ from warmloop.session.response_store import (
 )
 
 log = logging.getLogger("warmloop.store")
+T = TypeVar("T")
 
 # The schema, as migration steps: MIGRATIONS[k] takes a database from version k to k + 1
 # (version 0: empty, or a database from before versions were kept: its statements are
@@ -53,6 +54,24 @@ MIGRATIONS: list[list[str]] = [
     history      TEXT NOT NULL   -- the whole conversation up to and including the output
 )""",
         "CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at)",
+    ],
+    [  # 1: conversations (session/conversation_sql.py)
+        """CREATE TABLE IF NOT EXISTS conversations (
+    id            TEXT PRIMARY KEY,
+    owner         TEXT NOT NULL,
+    created_at    DOUBLE PRECISION NOT NULL,
+    metadata      TEXT NOT NULL,   -- JSON object of strings
+    next_position BIGINT NOT NULL  -- the position the next item gets
+)""",
+        """CREATE TABLE IF NOT EXISTS conversation_items (
+    conversation_id TEXT NOT NULL,
+    position        BIGINT NOT NULL,  -- the conversation's order
+    id              TEXT NOT NULL,
+    item            TEXT NOT NULL,    -- the item as the store keeps it (item_to_wire stored)
+    PRIMARY KEY (conversation_id, position)
+)""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS conversation_items_id "
+        "ON conversation_items (conversation_id, id)",
     ],
 ]
 VERSION_TABLE = (
@@ -149,6 +168,27 @@ class SQLResponseStore:
 
     def _q(self, sql: str) -> str:
         return sql.replace("?", self.placeholder)
+
+    def query(self, sql: str) -> str:
+        """`sql` written with `?` placeholders, in this database's style."""
+        return self._q(sql)
+
+    def transaction(self, fn: Callable[[Any], T]) -> T:
+        """Run `fn(connection)` on the writer thread in one transaction (all of it or
+        none) and return what it returns. Blocks: a worker thread's call. Raises
+        StoreUnavailable."""
+        result: T = self._wait(self._submit(lambda db: self._atomic(db, fn)))
+        return result
+
+    def _atomic(self, db: Any, fn: Callable[[Any], T]) -> T:
+        db.execute("BEGIN IMMEDIATE")  # SQLite: take the write lock now, not at the 1st write
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
 
     # ----- writer thread ---------------------------------------------------------------
     def _start_writer(self) -> threading.Thread:
@@ -260,13 +300,19 @@ class SQLResponseStore:
             raise self._timed_out() from None
         self.cache.put(record)  # cached only once durable: a read never sees a lost write
 
-    def _read(self, sql: str, args: tuple[Any, ...]) -> Any:
+    def rows(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        """Every row of a read (`?` placeholders) on the read connection. Blocks: a
+        worker thread's call. Raises StoreUnavailable."""
+        return list(self._read(sql, args, every=True))
+
+    def _read(self, sql: str, args: tuple[Any, ...], *, every: bool = False) -> Any:
         with self._read_lock:
             for attempt in (1, 2):  # a connection lost since the last read: reconnect once
                 try:
                     if self._reader is None:
                         self._reader = self._connect()
-                    return self._reader.execute(self._q(sql), args).fetchone()
+                    cursor = self._reader.execute(self._q(sql), args)
+                    return cursor.fetchall() if every else cursor.fetchone()
                 except Exception as exc:
                     self._close_quietly(self._reader)
                     self._reader = None
@@ -390,6 +436,10 @@ class PostgresResponseStore(SQLResponseStore):
         # A bounded connect: a stopped server must not hold a request for minutes.
         timeout = max(1, int(self.timeout_s))
         return psycopg.connect(self.dsn, autocommit=True, connect_timeout=timeout)
+
+    def _atomic(self, db: Any, fn: Callable[[Any], T]) -> T:
+        with db.transaction():
+            return fn(db)
 
     def _migrate(self) -> None:
         """Workers of a fleet start together on one database: PostgreSQL's `IF NOT
