@@ -53,12 +53,12 @@ FLAGS = ["--no-self-test", "--threads", "2", "--speculative-draft", "0"]
 
 
 def filler(tokens: int, seed: int = 0) -> str:
-    """About `tokens` tokens of log-like text (SmolLM2: ~13 tokens per entry)."""
+    """About `tokens` tokens of log-like text (SmolLM2: ~17 tokens per entry)."""
     rng = random.Random(seed)
     words = ["valve", "pump", "gauge", "relay", "filter", "sensor", "motor", "panel"]
     lines = [
         f"{i}: {rng.choice(words)} {rng.randint(100, 999)} ok at {rng.randint(0, 23):02d}h."
-        for i in range(tokens // 13)
+        for i in range(tokens // 17)
     ]
     return "\n".join(lines)
 
@@ -218,12 +218,12 @@ def wait_written(url: str) -> None:
 
 
 def fleet_run(shared: bool, args: argparse.Namespace) -> dict[str, Any]:
-    head = filler(args.tokens, seed=1)
-    with fleet(shared, args) as f, httpx.Client(base_url=f.base_url, timeout=900) as c:
+    with fleet(shared, args) as f, httpx.Client(base_url=f.url, timeout=900) as c:
         chains: dict[int, dict[str, Any]] = {}
         where: dict[int, str] = {}
         for i in range(args.sessions):
-            body = {"input": f"{head}\nSession {i}: which valve came first?"}
+            # each session its own text: a worker that took it over holds none of it
+            body = {"input": f"{filler(args.tokens, seed=100 + i)}\nWhich valve came first?"}
             c.headers["x-session-id"] = f"s{i}"
             chains[i], _, where[i] = post(c, **body)
         results: dict[str, Any] = {}

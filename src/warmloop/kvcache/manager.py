@@ -254,6 +254,12 @@ class KVCacheManager(KVCache):
             return False
         if self._held_elsewhere(slot):
             return True
+        if (
+            self.host.budget == 0
+            and slot.durable
+            and self._on_disk_already(slot.tenant, slot.tokens)
+        ):
+            return True  # disk is the only tier below, and the chain is there already
         t0 = time.perf_counter()
         snap = self.mover.read(slot)
         if not self.host.fits(snap.nbytes):
