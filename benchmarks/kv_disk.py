@@ -285,6 +285,7 @@ def rss(pid: int) -> int:
 
 def idle(args: argparse.Namespace) -> None:
     work = Path(args.dir or tempfile.mkdtemp(prefix="kvdisk-idle-"))
+    work.mkdir(parents=True, exist_ok=True)
     disk = work / "kv"
     budget = args.budget or int(args.sessions * args.tokens * 24_000 * 1.1)
     free = shutil.disk_usage(work).free
@@ -292,7 +293,7 @@ def idle(args: argparse.Namespace) -> None:
         raise SystemExit(f"needs {budget / 2**30:.1f} GiB on disk, {free / 2**30:.1f} free")
     flags = [*FLAGS, "--ctx", str(args.tokens + 256), "--slots", "2", "--kv-host-budget", "0"]
     flags += ["--kv-disk-dir", str(disk), "--kv-disk-budget", str(budget), "--store-ttl", "0"]
-    flags += ["--store", str(work / "responses.db"), "--kv-disk-sync", "off"]
+    flags += ["--store", str(work / "responses.db"), "--kv-disk-sync", "off", *args.serve]
     head = filler(args.tokens - 120, seed=2)
     samples: list[dict[str, Any]] = []
     try:
@@ -371,11 +372,12 @@ def idle(args: argparse.Namespace) -> None:
         "max_disk_bytes": max(x["disk_bytes"] for x in samples),
     }
     print(json.dumps(summary, indent=2))
-    save("idle", {"args": vars(args) | {"func": None}, "samples": samples, "summary": summary})
-    plot(samples)
+    name = args.name or "idle"
+    save(name, {"args": vars(args) | {"func": None}, "samples": samples, "summary": summary})
+    plot(samples, name)
 
 
-def plot(samples: list[dict[str, Any]]) -> None:
+def plot(samples: list[dict[str, Any]], name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -392,8 +394,8 @@ def plot(samples: list[dict[str, Any]]) -> None:
     b.set_xlabel("session brought back")
     b.set_ylabel("server RSS (MiB)")
     fig.tight_layout()
-    fig.savefig(OUT / "idle.png", dpi=110)
-    print(f"wrote {OUT / 'idle.png'}")
+    fig.savefig(OUT / f"{name}.png", dpi=110)
+    print(f"wrote {OUT / f'{name}.png'}")
 
 
 def main() -> None:
@@ -415,6 +417,8 @@ def main() -> None:
     i.add_argument("--tokens", type=int, default=2048)
     i.add_argument("--budget", type=int, default=0, help="--kv-disk-budget (0: what fits)")
     i.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
+    i.add_argument("--serve", action="append", default=[], help="a `warmloop serve` flag (repeat)")
+    i.add_argument("--name", default=None, help="results file name (default: idle)")
     i.set_defaults(func=idle)
     args = p.parse_args()
     args.func(args)

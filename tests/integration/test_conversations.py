@@ -326,21 +326,25 @@ def agents_client(server: LiveServer) -> Iterator[openai.AsyncOpenAI]:
     yield openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY_A, max_retries=0)
 
 
+@pytest.mark.parametrize("transport", ["http", "websocket"])
 async def test_openai_agents_conversations_session(
-    agents_client: openai.AsyncOpenAI, server: LiveServer
+    agents_client: openai.AsyncOpenAI, server: LiveServer, transport: str
 ) -> None:
     """`OpenAIConversationsSession` keeps an agent's history in a warmloop conversation:
     the second run's model call gets the first run's items (from `items.list`), and both
-    runs' items are added (`items.create`)."""
+    runs' items are added (`items.create`); the agent's model calls go over HTTP or over
+    the Responses WebSocket mode (`OpenAIResponsesWSModel`)."""
     from agents import Agent, ModelSettings, OpenAIConversationsSession, Runner
-    from agents.models.openai_responses import OpenAIResponsesModel
+    from agents.models.openai_responses import OpenAIResponsesModel, OpenAIResponsesWSModel
+
+    model_class = OpenAIResponsesModel if transport == "http" else OpenAIResponsesWSModel
 
     conv = await agents_client.conversations.create()
     session = OpenAIConversationsSession(conversation_id=conv.id, openai_client=agents_client)
     agent = Agent(
         name="assistant",
         instructions="Answer in a few words.",
-        model=OpenAIResponsesModel(model="default", openai_client=agents_client),
+        model=model_class(model="default", openai_client=agents_client),
         # the agent treats `incomplete` as an error: room for the whole answer
         model_settings=ModelSettings(temperature=0, max_tokens=96),
     )
@@ -349,6 +353,10 @@ async def test_openai_agents_conversations_session(
     assert [i.get("role") for i in after_one] == ["user", "assistant"]
     assert after_one[1]["content"][0]["text"] == one.final_output  # type: ignore[index]
     two = await Runner.run(agent, "What is my name?", session=session)
+    async with httpx.AsyncClient(base_url=server.url, headers=AUTH) as http:
+        gauges = (await http.get("/metrics")).text
+    sockets = float(gauges.split("\nwarmloop_websocket_connections ", 1)[1].split()[0])
+    assert (sockets >= 1) == (transport == "websocket")  # the WS model keeps its socket open
     # the second run's request carried the first run's items before its own input
     response_id = two.raw_responses[0].response_id
     async with httpx.AsyncClient(base_url=server.base_url, headers=AUTH) as http:

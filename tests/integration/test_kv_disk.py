@@ -180,3 +180,42 @@ def test_a_full_disk_fails_no_response(tiny_fs: Path, tmp_path: Path) -> None:
     finally:
         drain(s)
     assert files(tiny_fs) == [] and not list(tiny_fs.glob(".*.tmp"))
+
+
+def test_a_conversation_continues_warm_after_a_restart(dirs: tuple[Path, Path]) -> None:
+    disk, db = dirs
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    s = serve(disk, db, "--kv-disk-sync", "off")
+    try:
+        conv = httpx.post(f"{s.url}/v1/conversations", json={}, headers=auth, timeout=30).json()
+        first = create(s, input=LONG + "\nWhich ship came first?", conversation=conv["id"])
+    finally:
+        drain(s)
+    assert len(files(disk)) == 1  # the drain wrote the conversation's chain
+    s = serve(disk, db)
+    try:
+        nxt = create(s, input="And the last one?", conversation=conv["id"])
+        assert cached(nxt) >= first["usage"]["total_tokens"] - 1
+        assert metric(s, "warmloop_kv_disk_restores_total") == 1
+    finally:
+        s.stop()
+
+
+def test_24h_retention_keeps_a_store_false_prompt_on_disk(dirs: tuple[Path, Path]) -> None:
+    """store: false is never written, unless the client asked for 24 hours of cache."""
+    disk, db = dirs
+    s = serve(disk, db, "--kv-disk-sync", "off")
+    try:
+        kept = create(s, input=LONG + "\nFirst?", store=False, prompt_cache_retention="24h")
+        assert kept["prompt_cache_retention"] == "24h"
+        create(s, input=LONG + "\nSecond?", store=False)  # in_memory: RAM only
+    finally:
+        drain(s)
+    [f] = files(disk)
+    assert b'"retention": "24h"' in f.read_bytes()[:4096]
+    s = serve(disk, db)
+    try:  # a stateless client resending the same prompt gets it from the file
+        again = create(s, input=LONG + "\nFirst?", store=False)
+        assert cached(again) >= kept["usage"]["input_tokens"] - 1
+    finally:
+        s.stop()
