@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +260,131 @@ def test_file_format_and_identity(tmp_path: Path) -> None:
     assert back.tokens == (1, 2, 3) and back.retention == "24h" and back.shared_prefix == 1
     assert again.load(back, "A") == b"kv"
     again.close()
+
+
+# ----- what the review of the disk tier found: a misbehaving disk never raises -------------
+def write_one(tmp_path: Path, **kw: Any) -> Path:
+    mgr, kv, _ = server(tmp_path, **kw)
+    run(mgr, kv, job(range(10), lease="c1", durable=True))
+    mgr.persist(drain=True)
+    mgr.close()
+    [f] = kv_files(tmp_path)
+    return f
+
+
+def test_a_header_with_negative_counts_is_corrupt_not_a_crash(tmp_path: Path) -> None:
+    f = write_one(tmp_path)
+    raw = f.read_bytes()
+    f.write_bytes(raw.replace(b'"tokens": 10', b'"tokens": -9'))
+    mgr, _kv, disk = server(tmp_path)
+    assert len(disk) == 0 and disk.rejected == ["corrupt"]  # type: ignore[attr-defined]
+    mgr.close()
+    assert not f.exists()
+
+
+def test_another_format_is_left_alone(tmp_path: Path) -> None:
+    f = write_one(tmp_path)
+    f.write_bytes(b"WLKVDSK2" + f.read_bytes()[8:])  # a newer warmloop's file
+    mgr, _kv, disk = server(tmp_path)
+    assert len(disk) == 0 and disk.rejected == ["foreign"]  # type: ignore[attr-defined]
+    mgr.close()
+    assert f.exists()
+
+
+def test_a_failing_delete_does_not_reach_placement(tmp_path: Path, monkeypatch: Any) -> None:
+    f = write_one(tmp_path)
+    os.utime(f, (0, 0))  # long expired: the next scan deletes it
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    mgr, _kv, disk = server(tmp_path)
+    p = mgr.place(job([*range(10), 5], durable=True))
+    assert p is not None and p.tier == "none"
+    mgr.finish(p.slot)
+    mgr.close()
+    assert f.exists() and len(disk) == 0
+
+
+def test_a_directory_deleted_at_run_time(tmp_path: Path) -> None:
+    d = tmp_path / "kv"
+    mgr, kv, disk = server(d)
+    run(mgr, kv, job(range(10), lease="c1", durable=True))
+    mgr.persist(drain=True)
+    assert disk.flush(10)
+    mgr.slots[0].lease = None
+    mgr.clear(mgr.slots[0])
+    shutil.rmtree(d)
+    # its file is gone: recomputed; draining since the first persist, so written again
+    p = run(mgr, kv, job([*range(10), 5], durable=True))
+    assert p.tier == "none"
+    mgr.close()
+    assert len(kv_files(d)) == 1  # the directory is back and takes files
+
+
+def test_a_file_llama_cpp_refuses_is_recomputed(tmp_path: Path) -> None:
+    write_one(tmp_path)
+    mgr, kv, disk = server(tmp_path)
+
+    def refuse(seq: int, data: bytes | bytearray) -> None:
+        raise RuntimeError("could not restore state into sequence")
+
+    kv.seq_state_set = refuse  # type: ignore[method-assign]
+    p = mgr.place(job([*range(10), 5], durable=True))
+    assert p is not None and p.tier == "none" and p.reuse == 0
+    mgr.finish(p.slot)
+    assert len(disk) == 0 and mgr.stats.disk_rejected == 1
+    mgr.close()
+
+
+def test_superseding_keeps_the_longer_retention(tmp_path: Path) -> None:
+    disk = store(tmp_path)
+    disk.add((1, 2, 3), b"a", tenant="A", shared_prefix=0, retention="24h")
+    newer, gone = disk.add((1, 2, 3, 4), b"b", tenant="A", shared_prefix=0, retention="in_memory")
+    assert newer is not None and newer.retention == "24h" and len(gone) == 1
+    disk.close()
+    assert len(kv_files(tmp_path)) == 1
+
+
+def test_a_released_conversations_shortened_snapshot_never_reaches_disk(tmp_path: Path) -> None:
+    """store:false with a shared head: the head stays matchable in host RAM, but the
+    snapshot's data still holds the conversation, so it is no longer durable."""
+    mgr, kv, _ = server(tmp_path)
+    run(mgr, kv, job(range(10), lease="c1", durable=True, shared_prefix=4))
+    mgr.snapshot_idle(0.0)
+    mgr.release("c1", drop_kv=True)
+    [snap] = list(mgr.host)
+    assert snap.tokens == (0, 1, 2, 3) and not snap.durable
+    assert mgr.persist(drain=True) == 0
+    mgr.close()
+    assert kv_files(tmp_path) == []
+
+
+def test_stale_temp_files_are_removed_at_start(tmp_path: Path) -> None:
+    old, young = tmp_path / ".x.kv.1.a.tmp", tmp_path / ".y.kv.2.b.tmp"
+    old.write_bytes(b"half a write")
+    young.write_bytes(b"a write going on")
+    os.utime(old, (0, 0))
+    store(tmp_path).close()
+    assert not old.exists() and young.exists()
+
+
+def test_a_behind_writer_skips_writes_and_keeps_superseded_files(tmp_path: Path) -> None:
+    disk = store(tmp_path, max_pending_bytes=100)
+    first, _ = disk.add((1, 2), b"x" * 80, tenant="A", shared_prefix=0, retention="in_memory")
+    assert disk.flush(10) and first is not None
+    gate = threading.Event()
+    disk._submit(gate.wait)  # the writer is stuck on a slow disk
+    try:
+        second, gone = disk.add((1, 2, 3), b"y" * 80, tenant="A", shared_prefix=0,
+                                retention="in_memory")  # fmt: skip
+        assert second is not None and gone == [first]  # queued: 80 bytes pending
+        third, _ = disk.add((7,), b"z" * 80, tenant="A", shared_prefix=0, retention="in_memory")
+        assert third is None  # over the pending bound: skipped, nothing waits
+        added, _ = disk.rescan(force=True)
+        assert added == []  # the superseded file, still on disk, is not read back in
+    finally:
+        gate.set()
+    disk.close()
+    assert [f.name for f in kv_files(tmp_path)] == [second.name]

@@ -97,12 +97,14 @@ class Engine:
         self._inbox.put(_halt)
         with contextlib.suppress(RuntimeError):  # never started
             self._thread.join(timeout=timeout_s)
+        # Queued KV files are written before the process ends (this touches no llama.cpp
+        # state, so it runs even when the engine thread is stuck).
+        self.kv.close(timeout_s)
         if self._thread.is_alive():
             # Freeing the context under a running decode would crash the process; the
             # process is exiting anyway, so leave the memory to the OS.
             log.error("engine thread did not stop in %g s; not freeing llama.cpp state", timeout_s)
             return
-        self.kv.close(timeout_s)  # queued KV files are written before the process ends
         self.backend.close()
 
     def alive(self) -> bool:
@@ -213,7 +215,10 @@ class Engine:
             if idle and self.config.idle_snapshot_s > 0:
                 self.kv.snapshot_idle(self.config.idle_snapshot_s)
             if idle:
-                self.kv.persist_idle()  # --kv-disk-sync idle: nothing else to do now
+                try:
+                    self.kv.persist_idle()  # --kv-disk-sync idle: nothing else to do now
+                except Exception:
+                    log.exception("writing idle chains to disk failed")
             return
         while True:
             try:

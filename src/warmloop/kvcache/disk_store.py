@@ -41,6 +41,7 @@ import queue
 import struct
 import threading
 import time
+import uuid
 from array import array
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ SUFFIX = ".kv"
 _HEAD = struct.Struct("<8sI")
 _DIGEST = 32
 MAX_HEADER = 1 << 20
+RESCAN_S = 5.0  # look at the directory at least this often, whatever its mtime says
 
 RETENTION_24H_S = 24 * 3600.0
 
@@ -89,16 +91,19 @@ class DiskRejected(Exception):
 
 
 def identity_of(model_path: Path, **params: Any) -> dict[str, Any]:
-    """What a file's KV depends on: the model file (its size and the SHA-256 of its first
-    and last 4 MiB: cheap for any model size, and a GGUF's header and tensor data differ
-    between any two models), plus the caller's context parameters and versions."""
+    """What a file's KV depends on: the model file (its size and the SHA-256 of all of it
+    up to 64 MiB, else of 17 slices of 1 MiB spread over it from the header to the end:
+    cheap for any model size, and two models that differ only in some layers differ in
+    the slices that hold them), plus the caller's context parameters and versions."""
     size = model_path.stat().st_size
     digest = hashlib.sha256()
     with model_path.open("rb") as f:
-        digest.update(f.read(4 << 20))
-        if size > 8 << 20:
-            f.seek(size - (4 << 20))
+        if size <= 64 << 20:
             digest.update(f.read())
+        else:
+            for k in range(17):
+                f.seek((size - (1 << 20)) * k // 16)
+                digest.update(f.read(1 << 20))
     return {"format": FORMAT, "model_size": size, "model_sha": digest.hexdigest(), **params}
 
 
@@ -138,8 +143,8 @@ def read_header(f: Any, size: int) -> tuple[dict[str, Any], tuple[int, ...], int
     if len(head) < _HEAD.size:
         raise DiskRejected("truncated", "shorter than its header")
     magic, hlen = _HEAD.unpack(head)
-    if magic != MAGIC:
-        raise DiskRejected("corrupt", "not a warmloop KV file")
+    if magic != MAGIC:  # another format (a newer warmloop's) or another program's file
+        raise DiskRejected("foreign", "not a KV file of this format")
     if hlen > MAX_HEADER:
         raise DiskRejected("corrupt", f"header of {hlen} bytes")
     raw = f.read(hlen)
@@ -149,7 +154,10 @@ def read_header(f: Any, size: int) -> tuple[dict[str, Any], tuple[int, ...], int
         header = json.loads(raw)
         n = int(header["tokens"])
         data_bytes = int(header["data_bytes"])
-    except (ValueError, KeyError, TypeError) as exc:
+        int(header.get("shared_prefix", 0))
+        if n < 0 or data_bytes < 0:
+            raise ValueError(f"{n} tokens, {data_bytes} bytes")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DiskRejected("corrupt", f"header: {exc}") from None
     expected = _HEAD.size + hlen + 4 * n + data_bytes + _DIGEST
     if size < expected:
@@ -183,19 +191,37 @@ class DiskStore:
         self._on_write = on_write
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._entries: dict[str, DiskEntry] = {}
-        self._ignored: set[str] = set()  # other models' or unreadable files, by name
+        self._ignored: set[str] = set()  # unreadable files and ones refused at restore
+        self._foreign: dict[str, float] = {}  # other models' files: name -> mtime
+        # Files this server has let go of whose delete is queued: never read back in
+        # (guarded by _lock; the writer removes a name once its file is gone).
+        self._deleting: set[str] = set()
         self._dir_stamp: int | None = None
+        self._scanned_at = 0.0
         self.bytes_used = 0
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._queued = 0  # writer tasks not yet done (guarded by _lock)
-        # KV bytes queued and not yet on disk (guarded by _lock): past max_pending_bytes,
-        # `add` waits for the writer, so a slow disk slows spills instead of filling RAM.
+        # Fresh KV bytes queued and not yet on disk (guarded by _lock): past
+        # max_pending_bytes, `add` refuses (after waiting `wait_s`), so a slow disk skips
+        # writes instead of filling RAM.
         self.max_pending = max_pending_bytes
         self._pending_bytes = 0
         self._lock = threading.Condition()
         self._writer = threading.Thread(target=self._write_loop, name="warmloop-kv-disk")
         self._writer.daemon = True
         self._writer.start()
+        self._remove_stale_temp_files()
+
+    def _remove_stale_temp_files(self, older_than_s: float = 600.0) -> None:
+        """Temp files a crashed writer left (a SIGKILL mid-write); a live writer's are
+        younger (a write takes seconds)."""
+        now = time.time()
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.dir):
+                if name.startswith(".") and name.endswith(".tmp"):
+                    with contextlib.suppress(OSError):
+                        if now - (self.dir / name).stat().st_mtime > older_than_s:
+                            (self.dir / name).unlink()
 
     # ----- the index of files ------------------------------------------------------------
     def __len__(self) -> int:
@@ -218,24 +244,35 @@ class DiskStore:
         directory, or before this one started): (new entries, entries gone). Cheap when
         nothing changed: one stat of the directory."""
         try:
-            stamp = self.dir.stat().st_mtime_ns
+            stamp: int | None = self.dir.stat().st_mtime_ns
+        except FileNotFoundError:  # deleted under us: every file is gone; start again
+            stamp = None
+            with contextlib.suppress(OSError):
+                self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError:
             return [], []
-        if stamp == self._dir_stamp and not force:
+        # The directory's mtime says when names came or went; NFS caches it for a while,
+        # so look anyway every RESCAN_S.
+        fresh = time.monotonic() - self._scanned_at < RESCAN_S
+        if stamp is not None and stamp == self._dir_stamp and fresh and not force:
             return [], []
         self._dir_stamp = stamp
+        self._scanned_at = time.monotonic()
         try:
             names = {n for n in os.listdir(self.dir) if n.endswith(SUFFIX)}
         except OSError:
-            return [], []
+            names = set()
+        with self._lock:
+            deleting = set(self._deleting)
         now = time.time()
         added: list[DiskEntry] = []
-        for name in names - self._entries.keys() - self._ignored:
+        new = names - self._entries.keys() - self._ignored - self._foreign.keys() - deleting
+        for name in sorted(new):
             entry = self._read_entry(name)
             if entry is None:
                 continue
             if self.expired(entry, now):
-                self._delete(entry)
+                self._queue_delete(entry.name)
                 continue
             self._entries[name] = entry
             self.bytes_used += entry.nbytes
@@ -244,36 +281,39 @@ class DiskStore:
         for entry in gone:
             self.forget(entry)
         self._ignored &= names
+        for name in list(self._foreign):
+            if name not in names:
+                del self._foreign[name]
         return added, gone
 
     def _read_entry(self, name: str) -> DiskEntry | None:
+        """The entry for file `name` (its header only), or None: unusable (counted;
+        damaged files deleted, other models' and formats' remembered and left)."""
         path = self.dir / name
         try:
             with path.open("rb") as f:
                 st = os.fstat(f.fileno())
                 header, tokens, _ = read_header(f, st.st_size)
+            tenant = str(header.get("tenant", ""))
+            foreign = header.get("identity") != self.identity
+            if not foreign and file_name(self.identity, tenant, tokens) != name:
+                raise DiskRejected("corrupt", "its name does not match its content")
         except FileNotFoundError:
             return None
-        except (OSError, DiskRejected) as exc:
+        except Exception as exc:  # any unreadable file is just not used
             reason: Reject = exc.reason if isinstance(exc, DiskRejected) else "unreadable"
             log.warning("KV file %s not used: %s", name, exc)
             self._reject(reason)
             if reason in ("truncated", "corrupt"):  # complete files are renamed in: damaged
-                with contextlib.suppress(OSError):
-                    path.unlink()
+                self._queue_delete(name)
+            elif reason == "foreign":
+                self._foreign[name] = _mtime(path)
             else:
                 self._ignored.add(name)
             return None
-        if header.get("identity") != self.identity:
-            self._ignored.add(name)  # another model's or build's: not ours to use or delete
+        if foreign:  # another model's or build's: not ours to use; deleted once stale
+            self._foreign[name] = st.st_mtime
             self._reject("foreign")
-            return None
-        tenant = str(header.get("tenant", ""))
-        if file_name(self.identity, tenant, tokens) != name:
-            log.warning("KV file %s: its name does not match its content; deleted", name)
-            self._reject("corrupt")
-            with contextlib.suppress(OSError):
-                path.unlink()
             return None
         retention: Retention = "24h" if header.get("retention") == "24h" else "in_memory"
         return DiskEntry(
@@ -298,10 +338,28 @@ class DiskStore:
         tenant: str,
         shared_prefix: int,
         retention: Retention,
+        fresh: bool = True,
+        wait_s: float = 0.0,
     ) -> tuple[DiskEntry | None, list[DiskEntry]]:
         """Queue `data` (the KV of exactly `tokens`) to be written. Returns the new entry
-        (None when it cannot fit the budget) and the entries it made go: least recently
-        used ones for room, and older files of the tenant that are a prefix of it."""
+        and the entries it made go: least recently used ones for room, and older files
+        of the tenant that are a prefix of it. None (and nothing changes) when it cannot
+        fit the budget, or when `fresh` data (a copy made for this write, not bytes that
+        were in host RAM anyway) would put more than `max_pending` bytes in the writer's
+        queue after waiting `wait_s` for it: a slow disk skips writes, never fills RAM."""
+        # Files that are a prefix of the new one (the same chain's earlier turns): the new
+        # file serves them too. They are deleted once it is on disk, never before, so a
+        # crash in between leaves the older file rather than none. The new file keeps the
+        # longest retention among them.
+        superseded = [
+            e
+            for e in self._entries.values()
+            if e.tenant == tenant
+            and len(e.tokens) <= len(tokens)
+            and tokens[: len(e.tokens)] == e.tokens
+        ]
+        if any(e.retention == "24h" for e in superseded):
+            retention = "24h"
         name = file_name(self.identity, tenant, tokens)
         header = encode_header(
             self.identity,
@@ -314,23 +372,18 @@ class DiskStore:
         nbytes = len(header) + 4 * len(tokens) + len(data) + _DIGEST
         if not self.fits(nbytes):
             return None, []
-        # Files that are a prefix of the new one (the same chain's earlier turns): the new
-        # file serves them too. They are deleted once it is on disk, never before, so a
-        # crash in between leaves the older file rather than none.
-        superseded = [
-            e
-            for e in self._entries.values()
-            if e.tenant == tenant
-            and len(e.tokens) <= len(tokens)
-            and tokens[: len(e.tokens)] == e.tokens
-        ]
+        if fresh and not self._room_to_queue(len(data), wait_s):
+            log.warning(
+                "KV disk writer is behind; a chain of %d tokens is not written", len(tokens)
+            )
+            return None, []
         over = self.bytes_used - sum(v.nbytes for v in superseded) + nbytes - self.budget
         room: list[DiskEntry] = []
         if over > 0:
-            for e in sorted(
-                (e for e in self._entries.values() if e not in superseded),
-                key=lambda e: (e.retention == "24h", e.last_used),
-            ):
+            candidates = [e for e in self._entries.values() if e not in superseded]
+            for e in candidates:  # another server's restores touch the files it shares
+                e.last_used = max(e.last_used, _mtime(self.path(e)))
+            for e in sorted(candidates, key=lambda e: (e.retention == "24h", e.last_used)):
                 if over <= 0:
                     break
                 room.append(e)
@@ -339,6 +392,9 @@ class DiskStore:
             self.drop(v)
         for v in superseded:
             self.forget(v)
+            if v.name != name:
+                with self._lock:
+                    self._deleting.add(v.name)
         entry = DiskEntry(
             name=name,
             tokens=tokens,
@@ -350,24 +406,37 @@ class DiskStore:
             data=data,
             header=header,
         )
-        with self._lock:
-            if not self._lock.wait_for(
-                lambda: (
-                    self._pending_bytes == 0 or self._pending_bytes + nbytes <= self.max_pending
-                ),
-                timeout=60.0,
-            ):
-                log.warning("KV disk writer is %d bytes behind", self._pending_bytes)
-            self._pending_bytes += nbytes
         self._entries[name] = entry
         self.bytes_used += nbytes
-        self._submit(lambda: self._write(entry, [v for v in superseded if v.name != name]))
+        self._submit(lambda: self._write(entry, [v for v in superseded if v.name != name], fresh))
         return entry, room + superseded
+
+    def _room_to_queue(self, nbytes: int, wait_s: float) -> bool:
+        """Reserve `nbytes` of the pending budget (waiting up to `wait_s`)."""
+
+        def room() -> bool:
+            return self._pending_bytes == 0 or self._pending_bytes + nbytes <= self.max_pending
+
+        with self._lock:
+            if not self._lock.wait_for(room, timeout=wait_s):
+                return False
+            self._pending_bytes += nbytes
+            return True
 
     def drop(self, entry: DiskEntry) -> None:
         """Forget `entry` and delete its file (after any queued write of it)."""
         if self.forget(entry):
-            self._submit(lambda: self._delete(entry))
+            self._queue_delete(entry.name)
+
+    def ignore(self, entry: DiskEntry) -> None:
+        """Forget `entry` and never read its file again (it was refused at restore)."""
+        self.forget(entry)
+        self._ignored.add(entry.name)
+
+    def _queue_delete(self, name: str) -> None:
+        with self._lock:
+            self._deleting.add(name)
+        self._submit(lambda: self._delete(name))
 
     def forget(self, entry: DiskEntry) -> bool:
         """Stop tracking `entry` (its file, if any, stays); False if it was not tracked."""
@@ -393,11 +462,23 @@ class DiskStore:
         return bad
 
     def expire(self) -> list[DiskEntry]:
-        """Drop entries past their retention; returns them."""
+        """Drop entries past their retention (by the file's mtime: another server's
+        restores renew it too); returns them. Other models' files go once older than any
+        retention."""
         now = time.time()
-        old = [e for e in self._entries.values() if self.expired(e, now)]
+        old = []
+        for e in list(self._entries.values()):
+            if self.expired(e, now) and e.data is None:
+                e.last_used = max(e.last_used, _mtime(self.path(e)))
+                if self.expired(e, now):
+                    old.append(e)
         for e in old:
             self.drop(e)
+        stale = max(RETENTION_24H_S, self.ttl["in_memory"])
+        for name, mtime in list(self._foreign.items()):
+            if now - mtime > stale:
+                del self._foreign[name]
+                self._queue_delete(name)
         return old
 
     # ----- reading ---------------------------------------------------------------------------
@@ -430,10 +511,12 @@ class DiskStore:
                 digest.update(out)
                 if f.read(_DIGEST) != digest.digest():
                     raise self._rejected("corrupt", f"{entry.name}: checksum mismatch")
+        except DiskRejected:
+            raise
         except FileNotFoundError:
             raise self._rejected("gone", f"{entry.name} was deleted") from None
-        except OSError as exc:
-            raise self._rejected("unreadable", f"{entry.name}: {exc}") from None
+        except Exception as exc:  # OSError, MemoryError, a header with nonsense
+            raise self._rejected("unreadable", f"{entry.name}: {exc!r}") from None
         return out
 
     def _rejected(self, reason: Reject, detail: str) -> DiskRejected:
@@ -480,12 +563,14 @@ class DiskStore:
         self._queue.put(None)
         self._writer.join(timeout_s)
 
-    def _write(self, entry: DiskEntry, superseded: list[DiskEntry]) -> None:
+    def _write(self, entry: DiskEntry, superseded: list[DiskEntry], reserved: bool) -> None:
+        data_len = len(entry.data) if entry.data is not None else 0
         try:
             self._write_file(entry, superseded)
         finally:
             with self._lock:
-                self._pending_bytes -= entry.nbytes
+                if reserved:
+                    self._pending_bytes -= data_len
                 self._lock.notify_all()
 
     def _write_file(self, entry: DiskEntry, superseded: list[DiskEntry]) -> None:
@@ -493,10 +578,11 @@ class DiskStore:
         if entry.dropped or data is None:
             return
         path = self.path(entry)
-        tmp = self.dir / f".{entry.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        ok = False
+        tmp = self.dir / f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+        ok = created = False
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            created = True
             try:
                 digest = hashlib.sha256()
                 for part in (
@@ -520,24 +606,42 @@ class DiskStore:
             log.log(level, "KV file %s not written (the chain will be recomputed): %s", path, exc)
             entry.failed = True
         finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            if created:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
             if ok:
                 entry.data = None  # on disk now: the RAM copy goes
                 entry.header = b""
                 for old in superseded:
-                    self._delete(old)
+                    self._delete(old.name)
+            else:  # the older files stay and may be read back in
+                with self._lock:
+                    self._deleting.difference_update(old.name for old in superseded)
             if self._on_write is not None:
                 self._on_write(ok, len(data))
 
-    def _delete(self, entry: DiskEntry) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path(entry).unlink()
+    def _delete(self, name: str) -> None:
+        try:
+            (self.dir / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("KV file %s could not be deleted: %s", name, exc)
+        finally:
+            with self._lock:
+                self._deleting.discard(name)
 
     def _utime(self, entry: DiskEntry) -> None:
         if not entry.dropped and entry.data is None:
             with contextlib.suppress(OSError):
                 os.utime(self.path(entry))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:

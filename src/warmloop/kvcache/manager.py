@@ -45,6 +45,7 @@ log = logging.getLogger("warmloop.kvcache")
 
 DiskSync = Literal["turn", "idle", "off"]
 _EXPIRE_EVERY_S = 60.0
+_DRAIN_WAIT_S = 30.0  # how long a drain's write may wait for room in the writer's queue
 
 
 class KVCacheManager(KVCache):
@@ -77,6 +78,7 @@ class KVCacheManager(KVCache):
         self.disk = disk if kv_reuse else None
         self.disk_sync = disk_sync
         self.draining = False  # persist each chain as its job finishes
+        self._too_big: dict[int, int] = {}  # slot id -> token count that did not fit
         self._expired_at = 0.0
         self.poll_disk()
 
@@ -156,11 +158,19 @@ class KVCacheManager(KVCache):
             self.stats.slot_evictions += 1
             if self.metrics:
                 self.metrics.slot_evictions.inc()
-        tokens = req.tokens
-        cap = reuse_cap(req)
         if not self.kv_reuse:
             self.mover.truncate(target, 0)
             return self._claim(target, req, 0, "none")
+        while True:  # again without a file that could not be restored
+            placed = self._fill_from_best(req, target)
+            if placed is not None:
+                return placed
+
+    def _fill_from_best(self, req: KVRequest, target: Slot) -> Placement | None:
+        """Fill `target` from the best source of `req`'s prefix; None when that was a file
+        that could not be used (it is forgotten: the caller tries again without it)."""
+        tokens = req.tokens
+        cap = reuse_cap(req)
         own, cut = (0, False)
         if target.tenant == req.tenant:
             own, cut = reuse_of(target.tokens, req, can_cut=self.ops.can_cut)
@@ -181,16 +191,26 @@ class KVCacheManager(KVCache):
             self.mover.truncate(target, own)
             return self._claim(target, req, own, "slot" if own > 0 else "none")
         if isinstance(source, DiskEntry):
+            assert self.disk is not None
             t_read = time.perf_counter()
             data = self._read_disk(source, req.tenant)
             if data is None:  # not usable: place again without it
-                return self._fill(req, plan)
+                return None
             if self.metrics:
                 self.metrics.disk_read_seconds.observe(time.perf_counter() - t_read)
             self._save(target)
             t0 = time.perf_counter()
-            self.mover.load(data, source.tokens, target, best)
-            assert self.disk is not None
+            try:
+                self.mover.load(data, source.tokens, target, best)
+            except Exception as exc:  # llama.cpp refused a checked file: recompute
+                log.warning("KV file %s could not be restored: %s", source.name, exc)
+                self.index.remove(source)
+                self.disk.ignore(source)
+                self.stats.disk_rejected += 1
+                if self.metrics:
+                    self.metrics.disk_rejected.labels("unreadable").inc()
+                self.mover.truncate(target, 0)
+                return None
             self.disk.touch(source)
             self.stats.disk_restores += 1
             if self.metrics:
@@ -304,7 +324,7 @@ class KVCacheManager(KVCache):
         if self.kv_reuse and slot.tokens:
             self.index.insert(slot.tenant, slot.tokens, slot)
         if self.disk_sync == "turn" or self.draining:
-            self._persist_slot(slot)
+            self._persist_slot(slot, wait_s=_DRAIN_WAIT_S if self.draining else 0.0)
 
     def clear(self, slot: Slot) -> None:
         self.index.remove(slot)
@@ -337,9 +357,11 @@ class KVCacheManager(KVCache):
                 self.index.remove(snap)
                 if snap.shared_prefix and not self._prefix_held(snap):
                     # Only the shared instructions stay matchable (restores truncate to
-                    # the match), so the conversation itself can never be reached again.
+                    # the match), so the conversation itself can never be reached again;
+                    # its data still holds it, so it never goes to disk.
                     snap.tokens = snap.tokens[: snap.shared_prefix]
                     snap.lease = None
+                    snap.durable = False
                     self.index.insert(snap.tenant, snap.tokens, snap)
                 else:
                     self.mover.drop(snap)
@@ -356,7 +378,14 @@ class KVCacheManager(KVCache):
     # ----- disk ------------------------------------------------------------------------------
     def poll_disk(self) -> None:
         """Bring the index up to date with the disk directory: files other servers wrote
-        or deleted (one stat when nothing changed), writes that failed, expired files."""
+        or deleted (one stat when nothing changed), writes that failed, expired files.
+        Never raises: a disk that misbehaves only means recomputing."""
+        try:
+            self._poll_disk()
+        except Exception:
+            log.exception("KV disk: looking at the directory failed")
+
+    def _poll_disk(self) -> None:
         if self.disk is None:
             return
         added, gone = self.disk.rescan()
@@ -372,7 +401,9 @@ class KVCacheManager(KVCache):
 
     def _on_disk_already(self, tenant: str, tokens: Sequence[int]) -> bool:
         n, holders = self.index.match(tenant, tokens)
-        return n == len(tokens) and any(isinstance(h, DiskEntry) for h in holders)
+        return n == len(tokens) and any(
+            isinstance(h, DiskEntry) and self._on_disk(h) for h in holders
+        )
 
     def _spill(self, snap: Snapshot) -> bool:
         """Queue a durable chain leaving host RAM to be written to disk; True if it was
@@ -381,7 +412,16 @@ class KVCacheManager(KVCache):
             return False
         if self._on_disk_already(snap.tenant, snap.tokens):
             return True
-        return self._write(snap.tokens, snap.data, snap.tenant, snap.shared_prefix, snap.retention)
+        # The snapshot's bytes are in RAM anyway: they do not count against the writer's
+        # queue bound.
+        return self._write(
+            snap.tokens,
+            snap.data,
+            snap.tenant,
+            snap.shared_prefix,
+            snap.retention,
+            fresh=False,
+        )
 
     def _write(
         self,
@@ -390,10 +430,19 @@ class KVCacheManager(KVCache):
         tenant: str,
         shared_prefix: int,
         retention: Retention,
+        *,
+        fresh: bool,
+        wait_s: float = 0.0,
     ) -> bool:
         assert self.disk is not None
         entry, gone = self.disk.add(
-            tokens, data, tenant=tenant, shared_prefix=shared_prefix, retention=retention
+            tokens,
+            data,
+            tenant=tenant,
+            shared_prefix=shared_prefix,
+            retention=retention,
+            fresh=fresh,
+            wait_s=wait_s,
         )
         for old in gone:
             self.index.remove(old)
@@ -419,25 +468,43 @@ class KVCacheManager(KVCache):
                 self.disk.forget(entry)
             return None
 
-    def _persist_slot(self, slot: Slot) -> bool:
-        """Write an idle slot's durable chain to disk unless a file already holds it."""
+    def _persist_slot(self, slot: Slot, *, wait_s: float = 0.0) -> bool:
+        """Write an idle slot's durable chain to disk unless a file already holds it (or
+        it did not fit the budget last time, at this length). Never raises."""
         if (
             self.disk is None
             or slot.busy
             or not slot.durable
             or len(slot.tokens) - slot.shared_prefix < self.min_snapshot_tokens
+            or self._too_big.get(slot.id) == len(slot.tokens)
             or self._on_disk_already(slot.tenant, slot.tokens)
         ):
             return False
-        data = self.ops.seq_state_get(slot.id)
-        tokens = tuple(slot.tokens)
-        return self._write(tokens, data, slot.tenant, slot.shared_prefix, slot.retention)
+        try:
+            data = self.ops.seq_state_get(slot.id)
+            if not self.disk.fits(len(data) + 4 * len(slot.tokens)):
+                self._too_big[slot.id] = len(slot.tokens)
+                return False
+            tokens = tuple(slot.tokens)
+            return self._write(
+                tokens,
+                data,
+                slot.tenant,
+                slot.shared_prefix,
+                slot.retention,
+                fresh=True,
+                wait_s=wait_s,
+            )
+        except Exception:
+            log.exception("slot %d: writing its chain to disk failed", slot.id)
+            return False
 
     def persist(self, *, drain: bool) -> int:
         if self.disk is None:
             return 0
         self.draining = self.draining or drain
-        n = sum(self._persist_slot(s) for s in self.slots if not s.busy)
+        wait_s = _DRAIN_WAIT_S if drain else 0.0  # a drain's writes wait for the disk
+        n = sum(self._persist_slot(s, wait_s=wait_s) for s in self.slots if not s.busy)
         return n + sum(self._spill(snap) for snap in self.host if snap.durable)
 
     def persist_idle(self) -> int:

@@ -81,13 +81,17 @@ class DrainingServer(Server):
         deadline = time.monotonic() + self.drain_timeout
         # With a KV disk tier: every durable chain held now is written at once, each
         # running one as it finishes (the engine stops only after the writes are done).
+        engine = runtime.service.engine
         try:
-            queued = await asyncio.wrap_future(runtime.service.engine.persist(drain=True))
+            if engine.alive():
+                persisted = asyncio.wrap_future(engine.persist(drain=True))
+                queued = await asyncio.wait_for(persisted, max(deadline - time.monotonic(), 0))
+                if queued:
+                    log.info("drain: %d idle chains queued to the KV disk tier", queued)
+        except TimeoutError:
+            log.warning("drain: the engine did not get to writing chains to disk in time")
         except Exception:
             log.exception("drain: writing chains to disk failed")
-        else:
-            if queued:
-                log.info("drain: %d idle chains queued to the KV disk tier", queued)
         while runtime.busy() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         if runtime.busy():
