@@ -85,6 +85,7 @@ def test_a_drained_chain_continues_warm_after_a_restart(dirs: tuple[Path, Path])
         nxt = create(s, input="And the last one?", previous_response_id=first["id"])
         prompt = nxt["usage"]["input_tokens"]
         assert cached(nxt) >= prompt - 40  # only the new turn is computed
+        assert nxt["warmloop"]["delta_only"] is True  # the stored chain's tokens
         assert metric(s, "warmloop_kv_disk_restores_total") == 1
         # Another tenant sending the very same conversation finds none of it.
         other = create(s, KEY_B, input=LONG + "\nWhich ship came first?")

@@ -90,6 +90,8 @@ def test_responses_survive_a_restart(store: str) -> None:
             },
         )
         assert third["usage"]["input_tokens"] > second["usage"]["input_tokens"]
+        # ... as a delta: the chain's exact tokens were stored with it (schema step 2)
+        assert third["warmloop"]["delta_only"] is True
         # store:false never reached the disk; other tenants see nothing
         assert (
             httpx.get(f"{s.base_url}/responses/{ephemeral['id']}", headers=AUTH).status_code == 404

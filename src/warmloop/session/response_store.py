@@ -3,8 +3,9 @@
 A record holds the wire `response` object, the request's input items, its output
 items and the whole conversation up to and including this response (`history`), so a
 `previous_response_id` continuation needs nothing else. `chain` is the exact token
-list this conversation's KV corresponds to, kept in memory only (never persisted):
-with it a continuation tokenizes only its delta.
+list this conversation's KV corresponds to (and its text): with it a continuation
+tokenizes only its delta. The SQL stores keep it too (schema step 2), so that holds
+after a restart and on another worker of a fleet.
 """
 
 from __future__ import annotations

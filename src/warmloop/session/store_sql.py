@@ -5,20 +5,24 @@ the placeholder style differ.
 Writes go through one writer thread, so the event loop never waits on disk; the service
 awaits a write before it reports `completed`, so a response a client saw complete is
 committed. Reads are single-row primary-key lookups on a read connection (SQLite's WAL
-lets them run beside the writer). Records are stored as their wire JSON; the KV token
-chain is not persisted (a reloaded chain is re-tokenized, or found in the prefix cache).
+lets them run beside the writer). Records are stored as their wire JSON, with the chain's
+exact tokens and text: a continuation after a restart, or on another worker, is a delta
+whose prefix is token for token what the KV (a slot, or a file of --kv-disk-dir) holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import queue
 import sqlite3
+import sys
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -28,6 +32,7 @@ from warmloop.fleet.keys import worker_of
 from warmloop.protocol.errors import StoreUnavailable
 from warmloop.protocol.items import Item, ItemReference, item_to_wire, parse_item
 from warmloop.session.response_store import (
+    ChainState,
     InMemoryResponseStore,
     RecentIds,
     StoredResponse,
@@ -73,6 +78,12 @@ MIGRATIONS: list[list[str]] = [
         "CREATE UNIQUE INDEX IF NOT EXISTS conversation_items_id "
         "ON conversation_items (conversation_id, id)",
     ],
+    [  # 2: the chain's exact tokens and text, so a turn after a restart (or on another
+        # worker of a fleet) is a delta and finds the KV files of --kv-disk-dir token for
+        # token; NULL for responses saved before (those re-tokenize, as they did)
+        "ALTER TABLE responses ADD COLUMN chain_tokens TEXT",  # base64 of int32 LE
+        "ALTER TABLE responses ADD COLUMN chain_text TEXT",
+    ],
 ]
 VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS warmloop_schema (id INTEGER PRIMARY KEY, version INTEGER NOT NULL)"
@@ -107,7 +118,36 @@ def migrate(db: Any, migrations: list[list[str]] = MIGRATIONS) -> tuple[int, int
     return before, len(migrations)
 
 
-COLUMNS = "id, owner, created_at, expires_at, status, response, input_items, output_items, history"
+COLUMNS = (
+    "id, owner, created_at, expires_at, status, response, input_items, output_items, history, "
+    "chain_tokens, chain_text"
+)
+
+
+def _chain_columns(chain: ChainState | None) -> tuple[str | None, str | None]:
+    if chain is None:
+        return None, None
+    tokens = chain.tokens
+    if sys.byteorder != "little":
+        tokens = array("i", tokens)
+        tokens.byteswap()
+    return base64.b64encode(tokens.tobytes()).decode(), chain.text
+
+
+def _chain(tokens: str | None, text: str | None) -> ChainState | None:
+    """The chain stored with a response, or None (none stored, or unreadable: then the
+    conversation is re-tokenized, which is slower, never wrong)."""
+    if tokens is None or text is None:
+        return None
+    try:
+        raw = base64.b64decode(tokens, validate=True)
+        out = array("i")
+        out.frombytes(raw)
+    except ValueError:
+        return None
+    if sys.byteorder != "little":
+        out.byteswap()
+    return ChainState(text, out)
 
 
 def _items_json(items: tuple[Item, ...]) -> str:
@@ -151,7 +191,7 @@ class SQLResponseStore:
         # into the cache. Guarded by _cache_lock with the cache writes that depend on it.
         self._deleted = RecentIds()
         self._cache_lock = threading.Lock()
-        ph = ", ".join([self.placeholder] * 9)
+        ph = ", ".join([self.placeholder] * len(COLUMNS.split(", ")))
         updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS.split(", ")[1:])
         self._upsert = (
             f"INSERT INTO responses ({COLUMNS}) VALUES ({ph}) "
@@ -287,6 +327,7 @@ class SQLResponseStore:
             _items_json(record.input_items),
             _items_json(record.output_items),
             _items_json(record.history),
+            *_chain_columns(record.chain),
         )
 
         def write(db: Any) -> None:
@@ -330,7 +371,8 @@ class SQLResponseStore:
         if cached is not None:
             return cached
         row = self._read(
-            "SELECT response, input_items, output_items, history FROM responses "
+            "SELECT response, input_items, output_items, history, chain_tokens, chain_text "
+            "FROM responses "
             "WHERE id = ? AND owner = ? AND (expires_at IS NULL OR expires_at > ?)",
             (response_id, owner, now),
         )
@@ -343,7 +385,7 @@ class SQLResponseStore:
             input_items=_items(row[1]),
             output_items=_items(row[2]),
             history=_items(row[3]),
-            chain=None,
+            chain=_chain(row[4], row[5]),
             stored=True,
         )
         with self._cache_lock:
