@@ -196,6 +196,9 @@ class DiskStore:
         # Files this server has let go of whose delete is queued: never read back in
         # (guarded by _lock; the writer removes a name once its file is gone).
         self._deleting: set[str] = set()
+        # Entries whose write failed, until `failed()` takes them (guarded by _lock):
+        # placements poll for them, so they are handed over, never searched for.
+        self._failed_writes: list[DiskEntry] = []
         self._dir_stamp: int | None = None
         self._scanned_at = 0.0
         self.bytes_used = 0
@@ -456,10 +459,9 @@ class DiskStore:
     def failed(self) -> list[DiskEntry]:
         """Entries whose write failed since the last call (forgotten here; the caller
         removes them from its index)."""
-        bad = [e for e in self._entries.values() if e.failed]
-        for e in bad:
-            self.forget(e)
-        return bad
+        with self._lock:
+            bad, self._failed_writes = self._failed_writes, []
+        return [e for e in bad if self.forget(e)]
 
     def expire(self) -> list[DiskEntry]:
         """Drop entries past their retention (by the file's mtime: another server's
@@ -605,6 +607,8 @@ class DiskStore:
             level = logging.WARNING if exc.errno in (errno.ENOSPC, errno.EDQUOT) else logging.ERROR
             log.log(level, "KV file %s not written (the chain will be recomputed): %s", path, exc)
             entry.failed = True
+            with self._lock:
+                self._failed_writes.append(entry)
         finally:
             if created:
                 with contextlib.suppress(OSError):

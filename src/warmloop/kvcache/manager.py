@@ -204,11 +204,9 @@ class KVCacheManager(KVCache):
                 self.mover.load(data, source.tokens, target, best)
             except Exception as exc:  # llama.cpp refused a checked file: recompute
                 log.warning("KV file %s could not be restored: %s", source.name, exc)
-                self.index.remove(source)
-                self.disk.ignore(source)
-                self.stats.disk_rejected += 1
                 if self.metrics:
                     self.metrics.disk_rejected.labels("unreadable").inc()
+                self._refused(source, "ignore")
                 self.mover.truncate(target, 0)
                 return None
             self.disk.touch(source)
@@ -460,13 +458,22 @@ class KVCacheManager(KVCache):
         try:
             return self.disk.load(entry, tenant)
         except DiskRejected as exc:
-            self.stats.disk_rejected += 1
-            self.index.remove(entry)
-            if exc.reason in ("corrupt", "truncated"):
-                self.disk.drop(entry)  # never usable: delete it
-            else:
-                self.disk.forget(entry)
+            self._refused(entry, "delete" if exc.reason in ("corrupt", "truncated") else "forget")
             return None
+
+    def _refused(self, entry: DiskEntry, fate: Literal["delete", "ignore", "forget"]) -> None:
+        """A file that could not be restored leaves the index and the store: deleted when
+        damaged, ignored (never read again) when llama.cpp refused it, else (gone,
+        another tenant's) forgotten. The prompt is computed instead."""
+        assert self.disk is not None
+        self.stats.disk_rejected += 1
+        self.index.remove(entry)
+        if fate == "delete":
+            self.disk.drop(entry)
+        elif fate == "ignore":
+            self.disk.ignore(entry)
+        else:
+            self.disk.forget(entry)
 
     def _persist_slot(self, slot: Slot, *, wait_s: float = 0.0) -> bool:
         """Write an idle slot's durable chain to disk unless a file already holds it (or
