@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,6 +86,20 @@ def start_postgres() -> PostgresInstance:
             pytest.fail(why)
         pytest.skip(why)
     return PostgresInstance()
+
+
+def fresh_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store location for one test of a fixture parametrized "sqlite" / "postgres":
+    a SQLite file, or an empty schema of the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "responses.db")
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    import psycopg
+
+    schema = "t" + uuid.uuid4().hex[:12]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return f"{dsn}?options=-csearch_path%3D{schema}"
 
 
 @pytest.fixture(scope="session")

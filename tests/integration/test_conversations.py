@@ -4,7 +4,6 @@ errors, and openai-agents' `OpenAIConversationsSession`."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 from openai.types.conversations import Conversation, ConversationDeletedResource
 from openai.types.responses import Response
 
-from tests.conftest import KEY_A, KEY_B, LiveServer, start_server
+from tests.conftest import KEY_A, KEY_B, LiveServer, fresh_store, start_server
 from tests.robustness import leaks
 
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
@@ -382,16 +381,7 @@ async def test_openai_agents_conversations_session(
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh store: a SQLite file, or an empty PostgreSQL schema (as test_store.py)."""
-    if request.param == "sqlite":
-        return str(tmp_path / "responses.db")
-    dsn: str = request.getfixturevalue("postgres_dsn")
-    import psycopg
-
-    schema = "c" + uuid.uuid4().hex[:12]
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    return f"{dsn}?options=-csearch_path%3D{schema}"
+    return fresh_store(request, tmp_path)
 
 
 def test_conversations_survive_a_restart(store_at: str) -> None:

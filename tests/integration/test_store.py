@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import KEY_A, KEY_B, start_server
+from tests.conftest import KEY_A, KEY_B, fresh_store, start_server
 
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
 OTHER = {"Authorization": f"Bearer {KEY_B}"}
@@ -24,16 +24,7 @@ KEYS = ("--api-key", KEY_A, "--api-key", KEY_B)
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh store location for one test: a SQLite file, or an empty PostgreSQL schema."""
-    if request.param == "sqlite":
-        return str(tmp_path / "responses.db")
-    dsn: str = request.getfixturevalue("postgres_dsn")
-    import psycopg
-
-    schema = "t" + uuid.uuid4().hex[:12]
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    return f"{dsn}?options=-csearch_path%3D{schema}"
+    return fresh_store(request, tmp_path)
 
 
 def stored_rows(store: str) -> list[tuple[str, str, str]]:
